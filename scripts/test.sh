@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Runs every Tidings test. Provisions what the tests need, then runs cargo test:
+#   - a throwaway PostgreSQL cluster on a free loopback port (installed with apt only
+#     when no PostgreSQL binaries exist), removed on exit;
+# The PostgreSQL tests read TIDINGS_TEST_PG_URL and fail (never skip) without it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK=$(mktemp -d /tmp/tidings-test.XXXXXX)
+PIDS=()
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    if [ -n "${PG_BIN:-}" ] && [ -d "$WORK/pg" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+apt_install() {
+    log "installing with apt: $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# initdb refuses to run as root: run the cluster as the postgres user when we are root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$PG_BIN" ]; then
+        apt_install postgresql
+        PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    mkdir -p "$WORK/pg" "$WORK/pgsock"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$WORK/pg" "$WORK/pgsock" && chmod 755 "$WORK"
+    as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+    local port
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        if as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -t 60 -l "$WORK/pg/server.log" \
+            -o "-p $port -k $WORK/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+            start >/dev/null; then
+            export TIDINGS_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+            log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+            return 0
+        fi
+    done
+    cat "$WORK/pg/server.log" >&2
+    log "could not start PostgreSQL"
+    return 1
+}
+
+start_postgres
+
+log "cargo test"
+cargo test --workspace --locked "$@"

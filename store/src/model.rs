@@ -1,0 +1,245 @@
+//! Rows and write requests. Message-shaped data is returned as the protocol's own
+//! views (`MessageView`, `EventBody`), so what the store returns is what clients see.
+
+use std::sync::Arc;
+
+pub use tidings_core::protocol::event::{
+    AckView, ConversationKind, ConversationView, EventBody, MessageKind, MessageView, ReceiptKind,
+    Role,
+};
+use tidings_core::protocol::ErrorCode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+/// What login needs: the user and their argon2id hash.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A login on one device; refresh tokens rotate within it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A refresh token to store: only its hash, never the token.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub token_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was valid; it is now used and the new one replaces it.
+    Rotated(Session),
+    /// Unknown, expired, or its session was revoked.
+    Invalid,
+    /// The token had already been used: someone replayed it, so its whole session
+    /// was revoked (refresh-token reuse detection).
+    Reused(Session),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: String,
+    pub kind: ConversationKind,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_seq: u64,
+    pub last_activity_at: i64,
+}
+
+impl Conversation {
+    pub fn view(&self) -> ConversationView {
+        ConversationView {
+            id: self.id.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub id: String,
+    pub kind: ConversationKind,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: String,
+    /// Everyone who starts in it, creator included, with their roles.
+    pub members: Vec<(String, Role)>,
+    pub created_at: i64,
+}
+
+impl NewConversation {
+    /// The key that makes a direct conversation unique per pair of users.
+    pub fn direct_key(&self) -> Option<String> {
+        if self.kind != ConversationKind::Direct {
+            return None;
+        }
+        let mut ids: Vec<&str> = self.members.iter().map(|(u, _)| u.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids.join(":"))
+    }
+}
+
+/// Result of creating a conversation: a direct one that already existed is returned
+/// as it is, with `created = false` and no events.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub conversation: Conversation,
+    pub created: bool,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub read_seq: u64,
+    pub delivered_seq: u64,
+    pub archived: bool,
+    pub muted: bool,
+    pub joined_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub id: String,
+    pub uploader_id: String,
+    pub storage_key: String,
+    pub mime: String,
+    pub size: u64,
+    pub sha256: String,
+    pub filename: Option<String>,
+    pub created_at: i64,
+}
+
+/// A message to store. `id` is assigned by the caller (a fresh ULID); if the
+/// (sender, client_msg_id) pair was stored before, the earlier message wins.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub conv: String,
+    pub sender: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    pub attachment: Option<String>,
+    pub created_at: i64,
+}
+
+/// One write of a batch. `user` is always the acting user (the sender of the command).
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Send(NewMessage),
+    Edit {
+        user: String,
+        msg: String,
+        body: String,
+        at: i64,
+    },
+    Delete {
+        user: String,
+        msg: String,
+        at: i64,
+    },
+    React {
+        user: String,
+        msg: String,
+        emoji: String,
+        add: bool,
+        at: i64,
+    },
+    Marker {
+        user: String,
+        conv: String,
+        kind: ReceiptKind,
+        seq: u64,
+        at: i64,
+    },
+}
+
+/// One durable event for one user, stamped with that user's inbox sequence number.
+/// The body is shared between the recipients of the same event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub user: String,
+    pub seq: u64,
+    pub body: Arc<EventBody>,
+}
+
+/// What became of one [`WriteOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Stored; `deliveries` are the inbox events it produced, to fan out.
+    Applied {
+        ack: AckView,
+        deliveries: Vec<Delivery>,
+    },
+    /// Nothing changed and nothing is fanned out: a retried send (the ack names the
+    /// message stored the first time), a reaction already there, a marker that would
+    /// move backwards.
+    Unchanged { ack: AckView },
+    /// Refused; nothing was written for this op.
+    Rejected { code: ErrorCode, message: String },
+}
+
+impl WriteOutcome {
+    pub(crate) fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
+        WriteOutcome::Rejected {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A stored inbox event, as sync replays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEvent {
+    pub seq: u64,
+    pub body: EventBody,
+    pub created_at: i64,
+}
+
+/// Which side of a sequence number a history page is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqPage {
+    /// The newest `limit` messages with seq < `before` (or the newest overall), newest first.
+    Before { before: Option<u64>, limit: u32 },
+    /// The oldest `limit` messages with seq > `after`, oldest first.
+    After { after: u64, limit: u32 },
+}

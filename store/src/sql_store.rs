@@ -1,0 +1,820 @@
+//! The SQL both dialects share, written once and expanded per backend by
+//! [`impl_sql_store!`]. Placeholders are `$N`, which PostgreSQL and sqlx's SQLite driver
+//! both accept; multi-row writes use `UPDATE … FROM (VALUES …)`, which both support
+//! (SQLite since 3.33; sqlx bundles a newer one). Each backend passes:
+//! - `$store`: its type, with `fn reader(&self)` and `fn writer(&self)` pools;
+//! - `$db`: the sqlx database type;
+//! - `$lock`: the row-lock suffix for read-then-write selects (`FOR UPDATE` on
+//!   PostgreSQL, where several nodes may write at once; empty on SQLite, whose single
+//!   writer connection already serializes writes).
+
+/// Rows per multi-row statement: keeps every statement under both dialects' bind
+/// limits (SQLite: 32766, PostgreSQL: 65535) whatever the batch size.
+pub(crate) const CHUNK_ROWS: usize = 1000;
+
+/// The columns a `MessageView` is read from.
+pub(crate) const MESSAGE_SELECT: &str = "SELECT m.id, m.conversation_id, m.seq, m.sender_id, \
+     m.client_msg_id, m.kind, m.body, m.reply_to, m.mentions, m.created_at, m.edited_at, \
+     m.deleted_at, a.id AS att_id, a.mime AS att_mime, a.size AS att_size, \
+     a.filename AS att_name \
+     FROM messages m LEFT JOIN attachments a ON a.id = m.attachment_id";
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+macro_rules! impl_sql_store {
+    ($store:ty, $db:ty, backend = $backend:expr, lock = $lock:literal) => {
+        use std::collections::{HashMap, HashSet};
+        use std::sync::Arc;
+
+        use sqlx::{QueryBuilder, Row};
+        use tidings_core::protocol::event::AttachmentView;
+
+        use crate::batch::{self, AttachmentRow, ConvState, MemberMarkers, Plan, Snapshot};
+        use crate::error::{StoreError, StoreResult};
+        use crate::model::*;
+        use crate::sql_store::{to_i64, to_u64, CHUNK_ROWS, MESSAGE_SELECT};
+        use crate::store::{Backend, Store};
+
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Tx<'c> = sqlx::Transaction<'c, $db>;
+
+        fn user_from_row(row: &DbRow) -> StoreResult<User> {
+            Ok(User {
+                id: row.try_get("id")?,
+                username: row.try_get("username")?,
+                display_name: row.try_get("display_name")?,
+                created_at: row.try_get("created_at")?,
+                last_seen_at: row.try_get("last_seen_at")?,
+            })
+        }
+
+        fn session_from_row(row: &DbRow) -> StoreResult<Session> {
+            Ok(Session {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                device_id: row.try_get("device_id")?,
+                created_at: row.try_get("created_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        }
+
+        fn conversation_from_row(row: &DbRow) -> StoreResult<Conversation> {
+            let kind: String = row.try_get("kind")?;
+            Ok(Conversation {
+                id: row.try_get("id")?,
+                kind: ConversationKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("conversation kind {kind:?}")))?,
+                name: row.try_get("name")?,
+                topic: row.try_get("topic")?,
+                created_by: row.try_get("created_by")?,
+                created_at: row.try_get("created_at")?,
+                last_seq: to_u64(row.try_get("last_seq")?),
+                last_activity_at: row.try_get("last_activity_at")?,
+            })
+        }
+
+        fn member_from_row(row: &DbRow) -> StoreResult<Member> {
+            let role: String = row.try_get("role")?;
+            Ok(Member {
+                conversation_id: row.try_get("conversation_id")?,
+                user_id: row.try_get("user_id")?,
+                role: Role::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("member role {role:?}")))?,
+                read_seq: to_u64(row.try_get("read_seq")?),
+                delivered_seq: to_u64(row.try_get("delivered_seq")?),
+                archived: row.try_get("archived")?,
+                muted: row.try_get("muted")?,
+                joined_at: row.try_get("joined_at")?,
+            })
+        }
+
+        fn message_from_row(row: &DbRow) -> StoreResult<MessageView> {
+            let kind: String = row.try_get("kind")?;
+            let mentions: String = row.try_get("mentions")?;
+            let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+            let att_id: Option<String> = row.try_get("att_id")?;
+            let attachment = match att_id {
+                Some(id) => Some(AttachmentView {
+                    id,
+                    mime: row.try_get("att_mime")?,
+                    size: to_u64(row.try_get("att_size")?),
+                    name: row.try_get("att_name")?,
+                }),
+                None => None,
+            };
+            Ok(MessageView {
+                id: row.try_get("id")?,
+                conv: row.try_get("conversation_id")?,
+                seq: to_u64(row.try_get("seq")?),
+                sender: row.try_get("sender_id")?,
+                client_msg_id: row.try_get("client_msg_id")?,
+                kind: MessageKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("message kind {kind:?}")))?,
+                body: row.try_get("body")?,
+                reply_to: row.try_get("reply_to")?,
+                mentions: serde_json::from_str(&mentions)?,
+                attachment,
+                created_at: row.try_get("created_at")?,
+                edited_at: row.try_get("edited_at")?,
+                deleted: deleted_at.is_some(),
+            })
+        }
+
+        /// Appends ` IN ($a, $b, …)` for `items` (which must not be empty).
+        fn push_in<'a>(qb: &mut QueryBuilder<'a, $db>, items: impl IntoIterator<Item = String>) {
+            qb.push(" IN (");
+            let mut sep = qb.separated(", ");
+            for item in items {
+                sep.push_bind(item);
+            }
+            qb.push(")");
+        }
+
+        async fn load_messages_where(
+            tx: &mut Tx<'_>,
+            column: &str,
+            ids: impl IntoIterator<Item = String>,
+        ) -> StoreResult<Vec<MessageView>> {
+            let mut qb = QueryBuilder::<$db>::new(MESSAGE_SELECT);
+            qb.push(" WHERE m.").push(column);
+            push_in(&mut qb, ids);
+            let rows = qb.build().fetch_all(&mut **tx).await?;
+            rows.iter().map(message_from_row).collect()
+        }
+
+        /// Reads, and on PostgreSQL locks in id order, the inbox counters of `users`.
+        async fn load_inbox_seqs(
+            tx: &mut Tx<'_>,
+            users: &HashSet<String>,
+        ) -> StoreResult<HashMap<String, u64>> {
+            let mut sorted: Vec<&String> = users.iter().collect();
+            sorted.sort();
+            let mut seqs = HashMap::with_capacity(users.len());
+            for chunk in sorted.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new("SELECT id, inbox_seq FROM users WHERE id");
+                push_in(&mut qb, chunk.iter().map(|s| (*s).clone()));
+                qb.push(concat!(" ORDER BY id ", $lock));
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    seqs.insert(row.try_get("id")?, to_u64(row.try_get("inbox_seq")?));
+                }
+            }
+            Ok(seqs)
+        }
+
+        /// Writes final inbox counters and the events they numbered.
+        async fn store_events(
+            tx: &mut Tx<'_>,
+            counters: &[(String, u64)],
+            events: &[(String, u64, Arc<EventBody>, i64)],
+        ) -> StoreResult<()> {
+            for chunk in counters.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new("UPDATE users SET inbox_seq = v.column2 FROM (");
+                qb.push_values(chunk, |mut b, (user, seq)| {
+                    b.push_bind(user.clone()).push_bind(to_i64(*seq));
+                });
+                qb.push(") AS v WHERE users.id = v.column1");
+                qb.build().execute(&mut **tx).await?;
+            }
+            // One event body is shared by all its recipients: serialize it once (keyed by
+            // the Arc's address, as a plain integer so the future stays Send).
+            let mut encoded: HashMap<usize, String> = HashMap::new();
+            for (_, _, body, _) in events {
+                if let std::collections::hash_map::Entry::Vacant(e) = encoded.entry(Arc::as_ptr(body) as usize) {
+                    e.insert(serde_json::to_string(&**body)?);
+                }
+            }
+            for chunk in events.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO inbox_events (user_id, seq, payload, created_at) ",
+                );
+                qb.push_values(chunk, |mut b, (user, seq, body, at)| {
+                    let payload = encoded.get(&(Arc::as_ptr(body) as usize)).cloned().unwrap_or_default();
+                    b.push_bind(user.clone())
+                        .push_bind(to_i64(*seq))
+                        .push_bind(payload)
+                        .push_bind(*at);
+                });
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// Numbers and stores one event per recipient; used outside write batches.
+        async fn append_events(
+            tx: &mut Tx<'_>,
+            recipients: &[String],
+            body: EventBody,
+            at: i64,
+        ) -> StoreResult<Vec<Delivery>> {
+            let users: HashSet<String> = recipients.iter().cloned().collect();
+            let mut seqs = load_inbox_seqs(tx, &users).await?;
+            let body = Arc::new(body);
+            let mut events = Vec::with_capacity(recipients.len());
+            let mut deliveries = Vec::with_capacity(recipients.len());
+            for user in recipients {
+                let seq = seqs.entry(user.clone()).or_insert(0);
+                *seq += 1;
+                events.push((user.clone(), *seq, body.clone(), at));
+                deliveries.push(Delivery { user: user.clone(), seq: *seq, body: body.clone() });
+            }
+            let mut counters: Vec<(String, u64)> = seqs.into_iter().collect();
+            counters.sort();
+            store_events(tx, &counters, &events).await?;
+            Ok(deliveries)
+        }
+
+        /// Reads everything `ops` may touch, locking conversations and inbox counters
+        /// (PostgreSQL) in a fixed order: conversations first, then users, each by id.
+        async fn snapshot(tx: &mut Tx<'_>, ops: &[WriteOp]) -> StoreResult<Snapshot> {
+            let mut wanted = Snapshot::wanted(ops);
+            let mut snap = Snapshot::default();
+            if !wanted.messages.is_empty() {
+                for m in load_messages_where(tx, "id", wanted.messages.drain()).await? {
+                    wanted.convs.insert(m.conv.clone());
+                    snap.messages.insert(m.id.clone(), m);
+                }
+            }
+            if !wanted.convs.is_empty() {
+                let mut sorted: Vec<String> = wanted.convs.iter().cloned().collect();
+                sorted.sort();
+                let mut qb = QueryBuilder::<$db>::new("SELECT id, kind, last_seq FROM conversations WHERE id");
+                push_in(&mut qb, sorted.iter().cloned());
+                qb.push(concat!(" ORDER BY id ", $lock));
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let kind: String = row.try_get("kind")?;
+                    let kind = ConversationKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("conversation kind {kind:?}")))?;
+                    snap.convs.insert(
+                        row.try_get("id")?,
+                        ConvState { kind, last_seq: to_u64(row.try_get("last_seq")?) },
+                    );
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT conversation_id, user_id, read_seq, delivered_seq FROM members \
+                     WHERE left_at IS NULL AND conversation_id",
+                );
+                push_in(&mut qb, sorted);
+                qb.push(" ORDER BY joined_at, user_id");
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let conv: String = row.try_get("conversation_id")?;
+                    let markers = MemberMarkers {
+                        read_seq: to_u64(row.try_get("read_seq")?),
+                        delivered_seq: to_u64(row.try_get("delivered_seq")?),
+                    };
+                    snap.members.entry(conv).or_default().push((row.try_get("user_id")?, markers));
+                }
+            }
+            // After the conversation locks, so two racing retries of one send see each other.
+            if !wanted.senders.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(MESSAGE_SELECT);
+                qb.push(" WHERE m.sender_id");
+                push_in(&mut qb, wanted.senders.drain());
+                qb.push(" AND m.client_msg_id");
+                push_in(&mut qb, wanted.client_ids.drain());
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let m = message_from_row(&row)?;
+                    snap.sent.insert((m.sender.clone(), m.client_msg_id.clone()), m);
+                }
+            }
+            if !wanted.attachments.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT id, uploader_id, mime, size, filename FROM attachments WHERE id",
+                );
+                push_in(&mut qb, wanted.attachments.drain());
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let id: String = row.try_get("id")?;
+                    let view = AttachmentView {
+                        id: id.clone(),
+                        mime: row.try_get("mime")?,
+                        size: to_u64(row.try_get("size")?),
+                        name: row.try_get("filename")?,
+                    };
+                    snap.attachments.insert(id, AttachmentRow { uploader: row.try_get("uploader_id")?, view });
+                }
+            }
+            if !wanted.reactors.is_empty() && !snap.messages.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT message_id, user_id, emoji FROM reactions WHERE message_id",
+                );
+                push_in(&mut qb, snap.messages.keys().cloned());
+                qb.push(" AND user_id");
+                push_in(&mut qb, wanted.reactors.drain());
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    snap.reactions.insert((
+                        row.try_get("message_id")?,
+                        row.try_get("user_id")?,
+                        row.try_get("emoji")?,
+                    ));
+                }
+            }
+            let users: HashSet<String> =
+                snap.members.values().flatten().map(|(u, _)| u.clone()).collect();
+            if !users.is_empty() {
+                snap.inbox_seqs = load_inbox_seqs(tx, &users).await?;
+            }
+            Ok(snap)
+        }
+
+        async fn execute(tx: &mut Tx<'_>, plan: &Plan) -> StoreResult<()> {
+            for chunk in plan.conv_seqs.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "UPDATE conversations SET last_seq = v.column2, last_activity_at = v.column3 FROM (",
+                );
+                qb.push_values(chunk, |mut b, (conv, seq, at)| {
+                    b.push_bind(conv.clone()).push_bind(to_i64(*seq)).push_bind(*at);
+                });
+                qb.push(") AS v WHERE conversations.id = v.column1");
+                qb.build().execute(&mut **tx).await?;
+            }
+            for chunk in plan.inserts.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, \
+                     body, reply_to, mentions, attachment_id, created_at, edited_at, deleted_at) ",
+                );
+                let mut failed = None;
+                qb.push_values(chunk, |mut b, row| {
+                    let v = &row.view;
+                    let mentions = serde_json::to_string(&v.mentions).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        "[]".into()
+                    });
+                    b.push_bind(v.id.clone())
+                        .push_bind(v.conv.clone())
+                        .push_bind(to_i64(v.seq))
+                        .push_bind(v.sender.clone())
+                        .push_bind(v.client_msg_id.clone())
+                        .push_bind(v.kind.as_str())
+                        .push_bind(v.body.clone())
+                        .push_bind(v.reply_to.clone())
+                        .push_bind(mentions)
+                        .push_bind(row.attachment_id.clone())
+                        .push_bind(v.created_at)
+                        .push_bind(v.edited_at)
+                        .push_bind(row.deleted_at);
+                });
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                qb.build().execute(&mut **tx).await?;
+            }
+            for (id, body, edited_at, deleted_at) in &plan.updates {
+                sqlx::query(
+                    "UPDATE messages SET body = $2, edited_at = $3, deleted_at = $4, \
+                     mentions = CASE WHEN $4 IS NULL THEN mentions ELSE '[]' END, \
+                     attachment_id = CASE WHEN $4 IS NULL THEN attachment_id ELSE NULL END \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(body)
+                .bind(edited_at)
+                .bind(deleted_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            for chunk in plan.reactions_added.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO reactions (message_id, user_id, emoji, created_at) ",
+                );
+                qb.push_values(chunk, |mut b, (msg, user, emoji, at)| {
+                    b.push_bind(msg.clone()).push_bind(user.clone()).push_bind(emoji.clone()).push_bind(*at);
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut **tx).await?;
+            }
+            for (msg, user, emoji) in &plan.reactions_removed {
+                sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3")
+                    .bind(msg)
+                    .bind(user)
+                    .bind(emoji)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            for chunk in plan.markers.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "UPDATE members SET read_seq = v.column3, delivered_seq = v.column4 FROM (",
+                );
+                qb.push_values(chunk, |mut b, (conv, user, read, delivered)| {
+                    b.push_bind(conv.clone())
+                        .push_bind(user.clone())
+                        .push_bind(to_i64(*read))
+                        .push_bind(to_i64(*delivered));
+                });
+                qb.push(") AS v WHERE members.conversation_id = v.column1 AND members.user_id = v.column2");
+                qb.build().execute(&mut **tx).await?;
+            }
+            store_events(tx, &plan.inbox_seqs, &plan.events).await
+        }
+
+        async fn session_by_token(tx: &mut Tx<'_>, token_hash: &str) -> StoreResult<Option<(Session, i64, Option<i64>)>> {
+            let row = sqlx::query(concat!(
+                "SELECT s.id, s.user_id, s.device_id, s.created_at, s.revoked_at, \
+                 r.expires_at, r.used_at FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id \
+                 WHERE r.token_hash = $1 ",
+                $lock
+            ))
+            .bind(token_hash)
+            .fetch_optional(&mut **tx)
+            .await?;
+            match row {
+                None => Ok(None),
+                Some(row) => Ok(Some((session_from_row(&row)?, row.try_get("expires_at")?, row.try_get("used_at")?))),
+            }
+        }
+
+        async fn insert_refresh_token(tx: &mut Tx<'_>, session: &str, token: &NewRefreshToken) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&token.token_hash)
+            .bind(session)
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        const USER_COLUMNS: &str = "id, username, display_name, created_at, last_seen_at";
+        const CONVERSATION_COLUMNS: &str =
+            "id, kind, name, topic, created_by, created_at, last_seq, last_activity_at";
+        const MEMBER_COLUMNS: &str =
+            "conversation_id, user_id, role, read_seq, delivered_seq, archived, muted, joined_at";
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            async fn create_user(&self, new: NewUser) -> StoreResult<User> {
+                let result = sqlx::query(
+                    "INSERT INTO users (id, username, display_name, password_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&new.id)
+                .bind(&new.username)
+                .bind(&new.display_name)
+                .bind(&new.password_hash)
+                .bind(new.created_at)
+                .execute(self.writer())
+                .await;
+                match result {
+                    Err(e) => match StoreError::from(e) {
+                        StoreError::Conflict(_) => Err(StoreError::Conflict(format!("username {:?} is taken", new.username))),
+                        other => Err(other),
+                    },
+                    Ok(_) => Ok(User {
+                        id: new.id,
+                        username: new.username,
+                        display_name: new.display_name,
+                        created_at: new.created_at,
+                        last_seen_at: None,
+                    }),
+                }
+            }
+
+            async fn user(&self, id: &str) -> StoreResult<Option<User>> {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>> {
+                let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1");
+                let row = sqlx::query(&sql).bind(username).fetch_optional(self.reader()).await?;
+                match row {
+                    None => Ok(None),
+                    Some(row) => Ok(Some(Credentials {
+                        user: user_from_row(&row)?,
+                        password_hash: row.try_get("password_hash")?,
+                    })),
+                }
+            }
+
+            async fn search_users(&self, prefix: &str, limit: u32) -> StoreResult<Vec<User>> {
+                let escaped: String = prefix
+                    .to_lowercase()
+                    .chars()
+                    .flat_map(|c| match c {
+                        '%' | '_' | '\\' => vec!['\\', c],
+                        c => vec![c],
+                    })
+                    .collect();
+                let pattern = format!("{escaped}%");
+                let sql = format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username LIKE $1 ESCAPE '\\' \
+                     OR lower(display_name) LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(pattern)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(user_from_row).collect()
+            }
+
+            async fn set_last_seen(&self, user: &str, at: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE users SET last_seen_at = $2 WHERE id = $1")
+                    .bind(user)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn touch_device(&self, user: &str, device: &str, at: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO devices (user_id, id, created_at, last_seen_at) VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (user_id, id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+                )
+                .bind(user)
+                .bind(device)
+                .bind(at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, session: &Session, token: &NewRefreshToken) -> StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, device_id, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&session.id)
+                .bind(&session.user_id)
+                .bind(&session.device_id)
+                .bind(session.created_at)
+                .execute(&mut *tx)
+                .await?;
+                insert_refresh_token(&mut tx, &session.id, token).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rotate_refresh_token(&self, old_hash: &str, new: &NewRefreshToken, now: i64) -> StoreResult<Rotation> {
+                let mut tx = self.writer().begin().await?;
+                let Some((session, expires_at, used_at)) = session_by_token(&mut tx, old_hash).await? else {
+                    return Ok(Rotation::Invalid);
+                };
+                if session.revoked_at.is_some() || expires_at <= now {
+                    return Ok(Rotation::Invalid);
+                }
+                if used_at.is_some() {
+                    sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1")
+                        .bind(&session.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(Rotation::Reused(Session { revoked_at: Some(now), ..session }));
+                }
+                sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1")
+                    .bind(old_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_refresh_token(&mut tx, &session.id, new).await?;
+                tx.commit().await?;
+                Ok(Rotation::Rotated(session))
+            }
+
+            async fn revoke_session_by_token(&self, token_hash: &str, now: i64) -> StoreResult<Option<Session>> {
+                let mut tx = self.writer().begin().await?;
+                let Some((session, _, _)) = session_by_token(&mut tx, token_hash).await? else {
+                    return Ok(None);
+                };
+                if session.revoked_at.is_some() {
+                    return Ok(None);
+                }
+                sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1")
+                    .bind(&session.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(Session { revoked_at: Some(now), ..session }))
+            }
+
+            async fn revoke_session(&self, session_id: &str, now: i64) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(session_id)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn session_active(&self, session_id: &str) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(session_id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.is_some())
+            }
+
+            async fn create_conversation(&self, new: NewConversation) -> StoreResult<Created> {
+                let direct_key = new.direct_key();
+                let find_direct = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = $1");
+                let mut tx = self.writer().begin().await?;
+                if let Some(key) = &direct_key {
+                    if let Some(row) = sqlx::query(&find_direct).bind(key).fetch_optional(&mut *tx).await? {
+                        return Ok(Created { conversation: conversation_from_row(&row)?, created: false, deliveries: vec![] });
+                    }
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO conversations (id, kind, name, topic, direct_key, created_by, created_at, last_activity_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(&new.id)
+                .bind(new.kind.as_str())
+                .bind(&new.name)
+                .bind(&new.topic)
+                .bind(&direct_key)
+                .bind(&new.created_by)
+                .bind(new.created_at)
+                .execute(&mut *tx)
+                .await;
+                if let Err(e) = inserted {
+                    let e = StoreError::from(e);
+                    // Another request created the same direct conversation first: return it.
+                    if let (StoreError::Conflict(_), Some(key)) = (&e, &direct_key) {
+                        drop(tx);
+                        let row = sqlx::query(&find_direct).bind(key).fetch_one(self.writer()).await?;
+                        return Ok(Created { conversation: conversation_from_row(&row)?, created: false, deliveries: vec![] });
+                    }
+                    return Err(e);
+                }
+                let mut members: Vec<(String, Role)> = Vec::with_capacity(new.members.len());
+                for (user, role) in &new.members {
+                    if !members.iter().any(|(u, _)| u == user) {
+                        members.push((user.clone(), *role));
+                    }
+                }
+                for chunk in members.chunks(CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO members (conversation_id, user_id, role, joined_at) ");
+                    qb.push_values(chunk, |mut b, (user, role)| {
+                        b.push_bind(new.id.clone()).push_bind(user.clone()).push_bind(role.as_str()).push_bind(new.created_at);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                let conversation = Conversation {
+                    id: new.id.clone(),
+                    kind: new.kind,
+                    name: new.name.clone(),
+                    topic: new.topic.clone(),
+                    created_by: new.created_by.clone(),
+                    created_at: new.created_at,
+                    last_seq: 0,
+                    last_activity_at: new.created_at,
+                };
+                let recipients: Vec<String> = members.into_iter().map(|(u, _)| u).collect();
+                let deliveries = append_events(
+                    &mut tx,
+                    &recipients,
+                    EventBody::Conversation(conversation.view()),
+                    new.created_at,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Created { conversation, created: true, deliveries })
+            }
+
+            async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(conversation_from_row).transpose()
+            }
+
+            async fn members(&self, conversation: &str) -> StoreResult<Vec<Member>> {
+                let sql = format!(
+                    "SELECT {MEMBER_COLUMNS} FROM members WHERE conversation_id = $1 AND left_at IS NULL \
+                     ORDER BY joined_at, user_id"
+                );
+                let rows = sqlx::query(&sql).bind(conversation).fetch_all(self.reader()).await?;
+                rows.iter().map(member_from_row).collect()
+            }
+
+            async fn member(&self, conversation: &str, user: &str) -> StoreResult<Option<Member>> {
+                let sql = format!(
+                    "SELECT {MEMBER_COLUMNS} FROM members WHERE conversation_id = $1 AND user_id = $2 \
+                     AND left_at IS NULL"
+                );
+                let row = sqlx::query(&sql).bind(conversation).bind(user).fetch_optional(self.reader()).await?;
+                row.as_ref().map(member_from_row).transpose()
+            }
+
+            async fn all_memberships(&self) -> StoreResult<Vec<(String, String)>> {
+                let rows = sqlx::query("SELECT conversation_id, user_id FROM members WHERE left_at IS NULL")
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("conversation_id")?, r.try_get("user_id")?)))
+                    .collect()
+            }
+
+            async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+                if ops.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut tx = self.writer().begin().await?;
+                let snap = snapshot(&mut tx, ops).await?;
+                let plan = batch::plan(ops, snap);
+                execute(&mut tx, &plan).await?;
+                tx.commit().await?;
+                Ok(plan.outcomes)
+            }
+
+            async fn message(&self, id: &str) -> StoreResult<Option<MessageView>> {
+                let sql = format!("{MESSAGE_SELECT} WHERE m.id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(message_from_row).transpose()
+            }
+
+            async fn history(&self, conversation: &str, page: SeqPage) -> StoreResult<Vec<MessageView>> {
+                let (sql, bound, limit) = match page {
+                    SeqPage::Before { before, limit } => (
+                        format!("{MESSAGE_SELECT} WHERE m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"),
+                        before.map_or(i64::MAX, to_i64),
+                        limit,
+                    ),
+                    SeqPage::After { after, limit } => (
+                        format!("{MESSAGE_SELECT} WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"),
+                        to_i64(after),
+                        limit,
+                    ),
+                };
+                let rows = sqlx::query(&sql)
+                    .bind(conversation)
+                    .bind(bound)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(message_from_row).collect()
+            }
+
+            async fn reactions(&self, message: &str) -> StoreResult<Vec<(String, String)>> {
+                let rows = sqlx::query(
+                    "SELECT user_id, emoji FROM reactions WHERE message_id = $1 ORDER BY created_at, user_id, emoji",
+                )
+                .bind(message)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("emoji")?))).collect()
+            }
+
+            async fn inbox_since(&self, user: &str, since: u64, limit: u32) -> StoreResult<Vec<InboxEvent>> {
+                let rows = sqlx::query(
+                    "SELECT seq, payload, created_at FROM inbox_events WHERE user_id = $1 AND seq > $2 \
+                     ORDER BY seq LIMIT $3",
+                )
+                .bind(user)
+                .bind(to_i64(since))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let payload: String = r.try_get("payload")?;
+                        Ok(InboxEvent {
+                            seq: to_u64(r.try_get("seq")?),
+                            body: serde_json::from_str(&payload)?,
+                            created_at: r.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn insert_attachment(&self, a: &NewAttachment) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&a.id)
+                .bind(&a.uploader_id)
+                .bind(&a.storage_key)
+                .bind(&a.mime)
+                .bind(to_i64(a.size))
+                .bind(&a.sha256)
+                .bind(&a.filename)
+                .bind(a.created_at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_store;

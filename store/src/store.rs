@@ -1,0 +1,92 @@
+//! The one storage API. Handlers and the worker hold an `Arc<dyn Store>`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{StoreError, StoreResult};
+use crate::model::*;
+use crate::{PgStore, SqliteStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Opens (creating if needed) and migrates the database named by `url`:
+/// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// A trivial query, for readiness checks.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- accounts -------------------------------------------------------------------
+    /// Fails with `Conflict` when the username is taken.
+    async fn create_user(&self, new: NewUser) -> StoreResult<User>;
+    async fn user(&self, id: &str) -> StoreResult<Option<User>>;
+    async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>>;
+    /// Users whose username or display name starts with `prefix` (case-insensitive).
+    async fn search_users(&self, prefix: &str, limit: u32) -> StoreResult<Vec<User>>;
+    async fn set_last_seen(&self, user: &str, at: i64) -> StoreResult<()>;
+    /// Records that `device` of `user` connected now (creating the device row).
+    async fn touch_device(&self, user: &str, device: &str, at: i64) -> StoreResult<()>;
+
+    // --- sessions and refresh tokens ------------------------------------------------
+    async fn create_session(&self, session: &Session, token: &NewRefreshToken) -> StoreResult<()>;
+    /// Uses `old_hash` once and stores `new` in its place, all or nothing.
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new: &NewRefreshToken,
+        now: i64,
+    ) -> StoreResult<Rotation>;
+    /// Revokes the session `old_hash` belongs to; returns it if there was one.
+    async fn revoke_session_by_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<Session>>;
+    async fn revoke_session(&self, session_id: &str, now: i64) -> StoreResult<bool>;
+    /// True when the session exists and is not revoked.
+    async fn session_active(&self, session_id: &str) -> StoreResult<bool>;
+
+    // --- conversations and members --------------------------------------------------
+    /// Creates a conversation and its members, and stores a `conversation` event in each
+    /// member's inbox. A direct conversation that exists for the pair is returned instead.
+    async fn create_conversation(&self, new: NewConversation) -> StoreResult<Created>;
+    async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>>;
+    /// Current (not departed) members.
+    async fn members(&self, conversation: &str) -> StoreResult<Vec<Member>>;
+    async fn member(&self, conversation: &str, user: &str) -> StoreResult<Option<Member>>;
+    /// Every current (conversation, user) pair: the seed of the broker's ACL index.
+    async fn all_memberships(&self) -> StoreResult<Vec<(String, String)>>;
+
+    // --- messages ----------------------------------------------------------------------
+    /// Applies a batch of writes in one transaction, in order; one outcome per op.
+    /// Refusals are per op (the others still apply); an `Err` means nothing was written.
+    async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>>;
+    async fn message(&self, id: &str) -> StoreResult<Option<MessageView>>;
+    async fn history(&self, conversation: &str, page: SeqPage) -> StoreResult<Vec<MessageView>>;
+    /// (user, emoji) pairs on a message, oldest first.
+    async fn reactions(&self, message: &str) -> StoreResult<Vec<(String, String)>>;
+
+    // --- inbox ---------------------------------------------------------------------------
+    /// The user's inbox events with seq > `since`, oldest first, at most `limit`.
+    async fn inbox_since(&self, user: &str, since: u64, limit: u32)
+        -> StoreResult<Vec<InboxEvent>>;
+
+    // --- attachments ---------------------------------------------------------------------
+    async fn insert_attachment(&self, attachment: &NewAttachment) -> StoreResult<()>;
+}

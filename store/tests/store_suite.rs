@@ -1,0 +1,731 @@
+//! The store's behaviour, proven on SQLite and on PostgreSQL alike.
+
+mod common;
+
+use std::sync::Arc;
+
+use tidings_core::protocol::event::EventBody;
+use tidings_core::protocol::ids::new_id;
+use tidings_core::protocol::ErrorCode;
+use tidings_store::*;
+
+async fn user(store: &Arc<dyn Store>, name: &str) -> User {
+    store
+        .create_user(NewUser {
+            id: new_id(),
+            username: name.into(),
+            display_name: Some(format!("{name} display")),
+            password_hash: "hash".into(),
+            created_at: now_ms(),
+        })
+        .await
+        .expect("create user")
+}
+
+async fn group(store: &Arc<dyn Store>, owner: &User, others: &[&User]) -> Conversation {
+    let mut members = vec![(owner.id.clone(), Role::Owner)];
+    members.extend(others.iter().map(|u| (u.id.clone(), Role::Member)));
+    store
+        .create_conversation(NewConversation {
+            id: new_id(),
+            kind: ConversationKind::Group,
+            name: Some("team".into()),
+            topic: None,
+            created_by: owner.id.clone(),
+            members,
+            created_at: now_ms(),
+        })
+        .await
+        .expect("create group")
+        .conversation
+}
+
+fn send(conv: &Conversation, sender: &User, client_id: &str, body: &str) -> WriteOp {
+    WriteOp::Send(NewMessage {
+        id: new_id(),
+        conv: conv.id.clone(),
+        sender: sender.id.clone(),
+        client_msg_id: client_id.into(),
+        body: body.into(),
+        reply_to: None,
+        mentions: vec![],
+        attachment: None,
+        created_at: now_ms(),
+    })
+}
+
+fn applied(outcome: &WriteOutcome) -> (&AckView, &Vec<Delivery>) {
+    match outcome {
+        WriteOutcome::Applied { ack, deliveries } => (ack, deliveries),
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+fn rejected(outcome: &WriteOutcome) -> ErrorCode {
+    match outcome {
+        WriteOutcome::Rejected { code, .. } => *code,
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+async fn usernames_are_unique_and_searchable(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    user(&store, "alicia").await;
+    user(&store, "bob").await;
+    let dup = store
+        .create_user(NewUser {
+            id: new_id(),
+            username: "alice".into(),
+            display_name: None,
+            password_hash: "x".into(),
+            created_at: now_ms(),
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(store.user(&alice.id).await.unwrap(), Some(alice.clone()));
+    let creds = store
+        .credentials("alice")
+        .await
+        .unwrap()
+        .expect("credentials");
+    assert_eq!((creds.user, creds.password_hash.as_str()), (alice, "hash"));
+    assert!(store.credentials("nobody").await.unwrap().is_none());
+    let found: Vec<String> = store
+        .search_users("ali", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(found, ["alice", "alicia"]);
+    assert!(
+        store.search_users("%", 10).await.unwrap().is_empty(),
+        "LIKE wildcards are escaped"
+    );
+    assert_eq!(
+        store.search_users("", 2).await.unwrap().len(),
+        2,
+        "limit applies"
+    );
+}
+
+async fn refresh_tokens_rotate_once_and_reuse_revokes_the_session(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let now = now_ms();
+    let session = Session {
+        id: new_id(),
+        user_id: alice.id.clone(),
+        device_id: Some("phone".into()),
+        created_at: now,
+        revoked_at: None,
+    };
+    let token = |h: &str| NewRefreshToken {
+        token_hash: h.into(),
+        created_at: now,
+        expires_at: now + 60_000,
+    };
+    store.create_session(&session, &token("t1")).await.unwrap();
+    assert!(store.session_active(&session.id).await.unwrap());
+
+    assert_eq!(
+        store
+            .rotate_refresh_token("t1", &token("t2"), now)
+            .await
+            .unwrap(),
+        Rotation::Rotated(session.clone())
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("t1", &token("t3"), now)
+            .await
+            .unwrap(),
+        Rotation::Reused(_)
+    ));
+    assert!(
+        !store.session_active(&session.id).await.unwrap(),
+        "reuse revokes the session"
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("t2", &token("t4"), now)
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("unknown", &token("t5"), now)
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+
+    let s2 = Session {
+        id: new_id(),
+        ..session.clone()
+    };
+    store
+        .create_session(
+            &s2,
+            &NewRefreshToken {
+                token_hash: "old".into(),
+                created_at: now,
+                expires_at: now - 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token("old", &token("t6"), now)
+            .await
+            .unwrap(),
+        Rotation::Invalid,
+        "expired"
+    );
+    assert!(store
+        .revoke_session_by_token("old", now)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(
+        store
+            .revoke_session_by_token("old", now)
+            .await
+            .unwrap()
+            .is_none(),
+        "already revoked"
+    );
+    assert!(!store.session_active(&s2.id).await.unwrap());
+}
+
+async fn direct_conversation_is_one_per_pair(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "alice").await, user(&store, "bob").await);
+    let direct = |first: &User, second: &User| NewConversation {
+        id: new_id(),
+        kind: ConversationKind::Direct,
+        name: None,
+        topic: None,
+        created_by: first.id.clone(),
+        members: vec![
+            (first.id.clone(), Role::Member),
+            (second.id.clone(), Role::Member),
+        ],
+        created_at: now_ms(),
+    };
+    let first = store.create_conversation(direct(&a, &b)).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.deliveries.len(), 2, "both members hear of it");
+    let again = store.create_conversation(direct(&b, &a)).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.conversation.id, first.conversation.id);
+    let members = store.members(&first.conversation.id).await.unwrap();
+    assert_eq!(members.len(), 2);
+    let inbox = store.inbox_since(&a.id, 0, 10).await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert!(matches!(&inbox[0].body, EventBody::Conversation(c) if c.id == first.conversation.id));
+    let pairs = store.all_memberships().await.unwrap();
+    assert!(pairs.contains(&(first.conversation.id.clone(), b.id.clone())));
+}
+
+async fn a_batch_assigns_gap_free_seqs_and_fans_out_to_every_member(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        user(&store, "alice").await,
+        user(&store, "bob").await,
+        user(&store, "carol").await,
+    );
+    let conv = group(&store, &a, &[&b, &c]).await;
+    let ops: Vec<WriteOp> = (0..10)
+        .map(|i| {
+            send(
+                &conv,
+                [&a, &b, &c][i % 3],
+                &format!("m{i}"),
+                &format!("hello {i}"),
+            )
+        })
+        .collect();
+    let outcomes = store.write_batch(&ops).await.unwrap();
+    assert_eq!(outcomes.len(), 10);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let (ack, deliveries) = applied(outcome);
+        assert_eq!(ack.seq, Some(i as u64 + 1));
+        let mut users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
+        users.sort();
+        let mut expected = vec![a.id.as_str(), b.id.as_str(), c.id.as_str()];
+        expected.sort();
+        assert_eq!(users, expected);
+    }
+    // Each user's inbox: the conversation event (seq 1), then the ten messages (2..=11).
+    for u in [&a, &b, &c] {
+        let inbox = store.inbox_since(&u.id, 0, 100).await.unwrap();
+        let seqs: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+    }
+    // The inbox replays exactly what was delivered.
+    let delivered_to_b: Vec<(u64, EventBody)> = outcomes
+        .iter()
+        .flat_map(|o| {
+            applied(o)
+                .1
+                .iter()
+                .filter(|d| d.user == b.id)
+                .map(|d| (d.seq, (*d.body).clone()))
+        })
+        .collect();
+    let replayed: Vec<(u64, EventBody)> = store
+        .inbox_since(&b.id, 1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.body))
+        .collect();
+    assert_eq!(replayed, delivered_to_b);
+
+    let newest = store
+        .history(
+            &conv.id,
+            SeqPage::Before {
+                before: None,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), [10, 9, 8]);
+    let older = store
+        .history(
+            &conv.id,
+            SeqPage::Before {
+                before: Some(8),
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 7);
+    let after = store
+        .history(
+            &conv.id,
+            SeqPage::After {
+                after: 8,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), [9, 10]);
+    assert_eq!(
+        store
+            .conversation(&conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        10
+    );
+}
+
+async fn a_retried_send_is_stored_once(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "alice").await, user(&store, "bob").await);
+    let conv = group(&store, &a, &[&b]).await;
+    let first = store
+        .write_batch(&[send(&conv, &a, "same", "hi")])
+        .await
+        .unwrap();
+    let (ack, _) = applied(&first[0]);
+    // Retried in a later batch, and twice within one batch.
+    let retry = store
+        .write_batch(&[
+            send(&conv, &a, "same", "hi"),
+            send(&conv, &a, "again", "x"),
+            send(&conv, &a, "again", "x"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(retry[0], WriteOutcome::Unchanged { ack: ack.clone() });
+    let (again_ack, _) = applied(&retry[1]);
+    assert_eq!(
+        retry[2],
+        WriteOutcome::Unchanged {
+            ack: again_ack.clone()
+        }
+    );
+    // The same client id from another sender is another message.
+    let other = store
+        .write_batch(&[send(&conv, &b, "same", "hi")])
+        .await
+        .unwrap();
+    applied(&other[0]);
+    let all = store
+        .history(
+            &conv.id,
+            SeqPage::After {
+                after: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+}
+
+async fn outsiders_and_unknown_conversations_are_refused(store: Arc<dyn Store>) {
+    let (a, b, eve) = (
+        user(&store, "alice").await,
+        user(&store, "bob").await,
+        user(&store, "eve").await,
+    );
+    let conv = group(&store, &a, &[&b]).await;
+    let mut ghost = conv.clone();
+    ghost.id = new_id();
+    let outcomes = store
+        .write_batch(&[
+            send(&conv, &eve, "e1", "let me in"),
+            send(&ghost, &a, "g1", "anyone?"),
+            send(&conv, &a, "ok", "fine"),
+            WriteOp::Marker {
+                user: eve.id.clone(),
+                conv: conv.id.clone(),
+                kind: ReceiptKind::Read,
+                seq: 1,
+                at: now_ms(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rejected(&outcomes[0]), ErrorCode::NotMember);
+    assert_eq!(rejected(&outcomes[1]), ErrorCode::NotFound);
+    let (ack, _) = applied(&outcomes[2]);
+    assert_eq!(ack.seq, Some(1), "refused sends take no seq");
+    assert_eq!(rejected(&outcomes[3]), ErrorCode::NotMember);
+    let msg = ack.msg.clone().unwrap();
+    let outcomes = store
+        .write_batch(&[
+            WriteOp::React {
+                user: eve.id.clone(),
+                msg: msg.clone(),
+                emoji: "👍".into(),
+                add: true,
+                at: now_ms(),
+            },
+            WriteOp::Edit {
+                user: eve.id.clone(),
+                msg: msg.clone(),
+                body: "pwned".into(),
+                at: now_ms(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected(&outcomes[0]),
+        ErrorCode::NotFound,
+        "outsiders learn nothing about the message"
+    );
+    assert_eq!(rejected(&outcomes[1]), ErrorCode::NotFound);
+    assert!(store.inbox_since(&eve.id, 0, 10).await.unwrap().is_empty());
+}
+
+async fn only_the_sender_edits_or_deletes(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "alice").await, user(&store, "bob").await);
+    let conv = group(&store, &a, &[&b]).await;
+    let out = store
+        .write_batch(&[send(&conv, &a, "m1", "helo")])
+        .await
+        .unwrap();
+    let msg = applied(&out[0]).0.msg.clone().unwrap();
+    let at = now_ms();
+    let out = store
+        .write_batch(&[
+            WriteOp::Edit {
+                user: b.id.clone(),
+                msg: msg.clone(),
+                body: "mine now".into(),
+                at,
+            },
+            WriteOp::Edit {
+                user: a.id.clone(),
+                msg: msg.clone(),
+                body: "hello".into(),
+                at,
+            },
+            WriteOp::Edit {
+                user: a.id.clone(),
+                msg: msg.clone(),
+                body: "hello".into(),
+                at,
+            },
+            WriteOp::Delete {
+                user: b.id.clone(),
+                msg: msg.clone(),
+                at,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rejected(&out[0]), ErrorCode::Forbidden);
+    let (_, deliveries) = applied(&out[1]);
+    assert_eq!(deliveries.len(), 2);
+    assert!(
+        matches!(&*deliveries[0].body, EventBody::MessageUpdated(m) if m.body == "hello" && m.edited_at == Some(at))
+    );
+    assert!(
+        matches!(out[2], WriteOutcome::Unchanged { .. }),
+        "an identical edit changes nothing"
+    );
+    assert_eq!(rejected(&out[3]), ErrorCode::Forbidden);
+    let stored = store.message(&msg).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.body.as_str(), stored.edited_at),
+        ("hello", Some(at))
+    );
+
+    let out = store
+        .write_batch(&[WriteOp::Delete {
+            user: a.id.clone(),
+            msg: msg.clone(),
+            at,
+        }])
+        .await
+        .unwrap();
+    let (_, deliveries) = applied(&out[0]);
+    assert!(
+        matches!(&*deliveries[0].body, EventBody::MessageUpdated(m) if m.deleted && m.body.is_empty())
+    );
+    let stored = store.message(&msg).await.unwrap().unwrap();
+    assert!(stored.deleted && stored.body.is_empty());
+    let out = store
+        .write_batch(&[
+            WriteOp::Edit {
+                user: a.id.clone(),
+                msg: msg.clone(),
+                body: "undo".into(),
+                at,
+            },
+            WriteOp::Delete {
+                user: a.id.clone(),
+                msg: msg.clone(),
+                at,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rejected(&out[0]), ErrorCode::Invalid);
+    assert!(matches!(out[1], WriteOutcome::Unchanged { .. }));
+}
+
+async fn reactions_toggle_and_fan_out(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "alice").await, user(&store, "bob").await);
+    let conv = group(&store, &a, &[&b]).await;
+    let out = store
+        .write_batch(&[send(&conv, &a, "m1", "lunch?")])
+        .await
+        .unwrap();
+    let msg = applied(&out[0]).0.msg.clone().unwrap();
+    let react = |u: &User, emoji: &str, add: bool| WriteOp::React {
+        user: u.id.clone(),
+        msg: msg.clone(),
+        emoji: emoji.into(),
+        add,
+        at: now_ms(),
+    };
+    let out = store
+        .write_batch(&[
+            react(&b, "👍", true),
+            react(&b, "👍", true),
+            react(&a, "🎉", true),
+            react(&a, "🎉", false),
+            react(&a, "x", false),
+        ])
+        .await
+        .unwrap();
+    let (_, d) = applied(&out[0]);
+    assert!(
+        matches!(&*d[0].body, EventBody::Reaction(r) if r.added && r.emoji == "👍" && r.user == b.id)
+    );
+    assert!(matches!(out[1], WriteOutcome::Unchanged { .. }));
+    applied(&out[2]);
+    applied(&out[3]);
+    assert!(matches!(out[4], WriteOutcome::Unchanged { .. }));
+    assert_eq!(
+        store.reactions(&msg).await.unwrap(),
+        vec![(b.id.clone(), "👍".to_string())]
+    );
+}
+
+async fn markers_only_move_forward(store: Arc<dyn Store>) {
+    let (a, b) = (user(&store, "alice").await, user(&store, "bob").await);
+    let conv = group(&store, &a, &[&b]).await;
+    let ops: Vec<WriteOp> = (0..5)
+        .map(|i| send(&conv, &a, &format!("m{i}"), "x"))
+        .collect();
+    store.write_batch(&ops).await.unwrap();
+    let marker = |kind, seq| WriteOp::Marker {
+        user: b.id.clone(),
+        conv: conv.id.clone(),
+        kind,
+        seq,
+        at: now_ms(),
+    };
+    let out = store
+        .write_batch(&[
+            marker(ReceiptKind::Delivered, 2),
+            marker(ReceiptKind::Read, 4),
+            marker(ReceiptKind::Read, 3),
+            marker(ReceiptKind::Delivered, 99),
+        ])
+        .await
+        .unwrap();
+    let (_, d) = applied(&out[0]);
+    assert_eq!(d.len(), 2, "the sender hears of the receipt");
+    applied(&out[1]);
+    assert!(
+        matches!(out[2], WriteOutcome::Unchanged { .. }),
+        "read markers never move back"
+    );
+    let (ack, _) = applied(&out[3]);
+    assert_eq!(
+        ack.seq,
+        Some(5),
+        "a marker is clamped to the newest message"
+    );
+    let m = store.member(&conv.id, &b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.read_seq, m.delivered_seq),
+        (4, 5),
+        "reading implies delivery"
+    );
+}
+
+async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
+    let (a, b, eve) = (
+        user(&store, "alice").await,
+        user(&store, "bob").await,
+        user(&store, "eve").await,
+    );
+    let conv = group(&store, &a, &[&b]).await;
+    let other = group(&store, &eve, &[]).await;
+    let out = store
+        .write_batch(&[send(&other, &eve, "secret", "elsewhere")])
+        .await
+        .unwrap();
+    let foreign = applied(&out[0]).0.msg.clone().unwrap();
+    let photo = NewAttachment {
+        id: new_id(),
+        uploader_id: a.id.clone(),
+        storage_key: format!("k/{}", new_id()),
+        mime: "image/png".into(),
+        size: 1234,
+        sha256: "00".into(),
+        filename: Some("cat.png".into()),
+        created_at: now_ms(),
+    };
+    store.insert_attachment(&photo).await.unwrap();
+    let with = |op: WriteOp, f: &dyn Fn(&mut NewMessage)| match op {
+        WriteOp::Send(mut m) => {
+            f(&mut m);
+            WriteOp::Send(m)
+        }
+        other => other,
+    };
+    let out = store
+        .write_batch(&[
+            with(send(&conv, &a, "r1", "re"), &|m| {
+                m.reply_to = Some(foreign.clone())
+            }),
+            with(send(&conv, &a, "p1", ""), &|m| {
+                m.attachment = Some(photo.id.clone())
+            }),
+            with(send(&conv, &b, "p2", "stolen"), &|m| {
+                m.attachment = Some(photo.id.clone())
+            }),
+            with(send(&conv, &a, "men", "hey @bob @eve"), &|m| {
+                m.mentions = vec![b.id.clone(), eve.id.clone(), b.id.clone()]
+            }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rejected(&out[0]), ErrorCode::Invalid);
+    let (ack, _) = applied(&out[1]);
+    let stored = store
+        .message(ack.msg.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.kind, MessageKind::Image);
+    assert_eq!(
+        stored
+            .attachment
+            .as_ref()
+            .map(|x| (x.mime.as_str(), x.size)),
+        Some(("image/png", 1234))
+    );
+    assert_eq!(
+        rejected(&out[2]),
+        ErrorCode::NotFound,
+        "only the uploader may attach an upload"
+    );
+    let (ack, _) = applied(&out[3]);
+    let stored = store
+        .message(ack.msg.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.mentions,
+        vec![b.id.clone()],
+        "non-members and repeats are dropped"
+    );
+    let first = stored.id.clone();
+    let out = store
+        .write_batch(&[with(send(&conv, &b, "r2", "yes"), &|m| {
+            m.reply_to = Some(first.clone())
+        })])
+        .await
+        .unwrap();
+    let (ack, _) = applied(&out[0]);
+    assert_eq!(
+        store
+            .message(ack.msg.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .reply_to,
+        Some(first)
+    );
+}
+
+async fn large_fan_out_batches_stay_within_bind_limits(store: Arc<dyn Store>) {
+    let owner = user(&store, "owner").await;
+    let mut others = Vec::new();
+    for i in 0..60 {
+        others.push(user(&store, &format!("member{i:02}")).await);
+    }
+    let refs: Vec<&User> = others.iter().collect();
+    let conv = group(&store, &owner, &refs).await;
+    // 60 messages x 61 members = 3,660 inbox events in one transaction.
+    let ops: Vec<WriteOp> = (0..60)
+        .map(|i| send(&conv, &owner, &format!("b{i}"), "broadcast"))
+        .collect();
+    let out = store.write_batch(&ops).await.unwrap();
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { deliveries, .. } if deliveries.len() == 61)));
+    let inbox = store.inbox_since(&others[59].id, 0, 1000).await.unwrap();
+    assert_eq!(inbox.len(), 61);
+}
+
+on_both_backends!(
+    usernames_are_unique_and_searchable,
+    refresh_tokens_rotate_once_and_reuse_revokes_the_session,
+    direct_conversation_is_one_per_pair,
+    a_batch_assigns_gap_free_seqs_and_fans_out_to_every_member,
+    a_retried_send_is_stored_once,
+    outsiders_and_unknown_conversations_are_refused,
+    only_the_sender_edits_or_deletes,
+    reactions_toggle_and_fan_out,
+    markers_only_move_forward,
+    replies_mentions_and_attachments_are_checked,
+    large_fan_out_batches_stay_within_bind_limits,
+);
