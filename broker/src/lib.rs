@@ -1,1 +1,2 @@
-//! placeholder
+//! tidings-broker: the realtime plane (embedded rumqttd, connection guard, presence,
+//! persistence worker). Built by the realtime issue; see ARCHITECTURE.md.

@@ -1,0 +1,5 @@
+//! One module per resource.
+
+pub mod auth;
+pub mod health;
+pub mod me;

@@ -1,0 +1,160 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `TIDINGS_*`
+//! environment variables (figment merges them in that order).
+//!
+//! Environment names are the keys with the section joined by `_`:
+//! `data_dir` = TIDINGS_DATA_DIR, `http.listen` = TIDINGS_HTTP_LISTEN,
+//! `mqtt.listen` = TIDINGS_MQTT_LISTEN, `auth.jwt_secret` = TIDINGS_AUTH_JWT_SECRET, …
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Sections whose keys the environment spells `SECTION_KEY`.
+const SECTIONS: [&str; 4] = ["http", "mqtt", "auth", "log"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Where the SQLite database, uploads and the generated signing key live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: SQLite at `{data_dir}/tidings.db`.
+    pub database_url: Option<String>,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 over TCP.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthConfig {
+    /// HS256 secret for access tokens (at least 32 bytes). Every node of a deployment
+    /// needs the same one; when unset, one is generated into `{data_dir}/jwt.secret`.
+    pub jwt_secret: Option<String>,
+    pub access_ttl_secs: i64,
+    pub refresh_ttl_secs: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// An env-filter directive; RUST_LOG overrides it.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            http: HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+            mqtt: MqttConfig {
+                listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            },
+            auth: AuthConfig {
+                jwt_secret: None,
+                access_ttl_secs: tidings_core::protocol::limits::ACCESS_TOKEN_TTL_SECS,
+                refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
+            },
+            log: LogConfig {
+                filter: "info".into(),
+                format: LogFormat::Text,
+            },
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
+            figment = figment.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("TIDINGS_").map(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS
+                .iter()
+                .find(|s| key.starts_with(&format!("{s}_")))
+                .map_or_else(|| key.clone(), |_| key.replacen('_', ".", 1))
+                .into()
+        });
+        figment
+            .merge(env)
+            .extract()
+            .context("reading the configuration")
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tidings.db").display()))
+    }
+}
+
+#[cfg(test)]
+// figment's Jail returns its own (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tidings.toml",
+                "data_dir = \"/srv/tidings\"\n[http]\nlisten = \"0.0.0.0:9000\"\n[mqtt]\nlisten = \"127.0.0.1:1884\"\n",
+            )?;
+            jail.set_env("TIDINGS_HTTP_LISTEN", "127.0.0.1:9100");
+            jail.set_env("TIDINGS_DATABASE_URL", "postgres://db/tidings");
+            let c = Config::load(Some(Path::new("tidings.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("/srv/tidings"));
+            assert_eq!(c.http.listen.to_string(), "127.0.0.1:9100");
+            assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1884");
+            assert_eq!(c.database_url(), "postgres://db/tidings");
+            jail.set_env("TIDINGS_DATA_DIR", "/var/lib/tidings");
+            jail.set_env("TIDINGS_MQTT_LISTEN", "0.0.0.0:2883");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/tidings"));
+            assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:2883");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.database_url(), "sqlite://./data/tidings.db");
+            assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1883");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,122 @@
+//! `tidings serve`: opens the store, loads the signing key, starts the HTTP API, and
+//! shuts down cleanly on SIGINT or SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tidings_auth::TokenKeys;
+use tidings_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let store = tidings_store::connect(&url)
+        .await
+        .with_context(|| format!("opening database {}", redact(&url)))?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+    Ok(store)
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The configured secret, or the one generated into the data directory on first start.
+fn load_keys(config: &Config) -> anyhow::Result<TokenKeys> {
+    let secret = match &config.auth.jwt_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => load_or_create_secret(&config.data_dir.join("jwt.secret"))?,
+    };
+    TokenKeys::new(
+        &secret,
+        config.auth.access_ttl_secs,
+        config.auth.refresh_ttl_secs,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()));
+    }
+    let secret = TokenKeys::generate_secret();
+    write_private(path, hex::encode(secret).as_bytes())?;
+    tracing::info!(path = %path.display(), "generated a JWT signing secret");
+    Ok(secret.to_vec())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let keys = load_keys(&config)?;
+    let state = tidings_rest::AppState::new(store, keys);
+
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "http listening");
+
+    axum::serve(
+        listener,
+        tidings_rest::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving HTTP")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,301 @@
+//! The end-to-end harness: starts the real `tidings` binary as a child process on free
+//! loopback ports, with its own data directory and either SQLite or a fresh PostgreSQL
+//! database, and talks to it over real sockets.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor};
+
+/// The JWT secret every test server signs with, so tests can mint tokens (expired ones).
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub http: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub database_url: Option<String>,
+}
+
+/// How to start a server.
+pub struct Options {
+    pub db: Db,
+    /// Working directory; data_dir is left to its default (./data) when set.
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub database_url: Option<String>,
+}
+
+impl Options {
+    pub fn new(db: Db) -> Self {
+        Options {
+            db,
+            cwd: None,
+            env: vec![],
+            database_url: None,
+        }
+    }
+}
+
+/// A new, empty database in the test PostgreSQL cluster (scripts/test.sh starts it).
+pub async fn fresh_pg_database() -> String {
+    let admin = std::env::var("TIDINGS_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("TIDINGS_TEST_PG_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
+    });
+    let name = format!("e2e_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to test PostgreSQL");
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
+
+impl Server {
+    pub async fn start(db: Db) -> Server {
+        Server::start_with(Options::new(db)).await
+    }
+
+    pub async fn start_with(mut opts: Options) -> Server {
+        if opts.db == Db::Postgres && opts.database_url.is_none() {
+            opts.database_url = Some(fresh_pg_database().await);
+        }
+        let (dir, data_dir) = match &opts.cwd {
+            Some(cwd) => (None, cwd.join("data")),
+            None => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let data = dir.path().join("data");
+                (Some(dir), data)
+            }
+        };
+        let mut server = Server {
+            child: None,
+            http: String::new(),
+            data_dir,
+            _dir: dir,
+            logs: Arc::new(Mutex::new(Vec::new())),
+            database_url: opts.database_url.clone(),
+        };
+        server.spawn(&opts);
+        server
+    }
+
+    fn spawn(&mut self, opts: &Options) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        cmd.arg("serve")
+            .env_remove("RUST_LOG")
+            .env("TIDINGS_HTTP_LISTEN", "127.0.0.1:0")
+            .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
+            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match &opts.cwd {
+            Some(cwd) => {
+                cmd.current_dir(cwd);
+            }
+            None => {
+                cmd.env("TIDINGS_DATA_DIR", &self.data_dir);
+            }
+        }
+        if let Some(url) = &opts.database_url {
+            cmd.env("TIDINGS_DATABASE_URL", url);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tidings");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (tx, logs) = (tx.clone(), self.logs.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("TIDINGS_TEST_ECHO").is_some() {
+                        eprintln!("[server] {line}");
+                    }
+                    logs.lock().expect("log lock").push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(addr) = field(&line, "http listening", "addr=") {
+                        self.http = format!("http://{addr}");
+                        return;
+                    }
+                }
+                Err(_) => {
+                    if let Some(status) = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        panic!(
+                            "tidings exited with {status} before listening:\n{}",
+                            self.logs()
+                        );
+                    }
+                }
+            }
+        }
+        panic!("tidings did not start within 60s:\n{}", self.logs());
+    }
+
+    /// Everything the server printed so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tidings ignored SIGTERM for 20s:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server and starts it again on the same data directory and database.
+    pub fn restart(&mut self, opts: &Options) {
+        assert!(
+            self.stop().success(),
+            "clean exit expected:\n{}",
+            self.logs()
+        );
+        self.spawn(opts);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value after `key` in a log line containing `marker`.
+fn field<'a>(line: &'a str, marker: &str, key: &str) -> Option<&'a str> {
+    if !line.contains(marker) {
+        return None;
+    }
+    let start = line.find(key)? + key.len();
+    line[start..].split_whitespace().next()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// A registered user with live tokens.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub username: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+pub async fn register(server: &Server, username: &str) -> Account {
+    let password = format!("pw-{username}-123");
+    let res = client()
+        .post(server.url("/v1/auth/register"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(res.status(), 201, "register {username}");
+    let body: Value = res.json().await.expect("json");
+    account_from(&body, &password)
+}
+
+pub fn account_from(body: &Value, password: &str) -> Account {
+    Account {
+        id: body["user"]["id"].as_str().expect("user.id").to_owned(),
+        username: body["user"]["username"]
+            .as_str()
+            .expect("user.username")
+            .to_owned(),
+        password: password.to_owned(),
+        access: body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned(),
+        refresh: body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
+    }
+}
+
+/// Asserts an error response's status and code, and returns its body.
+pub async fn expect_error(res: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status for expected {code}");
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
