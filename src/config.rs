@@ -37,6 +37,10 @@ pub struct HttpConfig {
 pub struct MqttConfig {
     /// MQTT 3.1.1 over TCP.
     pub listen: SocketAddr,
+    /// MQTT 3.1.1 over WebSocket (any path), for browsers and proxies.
+    pub ws_listen: SocketAddr,
+    pub ws_enabled: bool,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +76,9 @@ impl Default for Config {
             },
             mqtt: MqttConfig {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                ws_listen: SocketAddr::from(([0, 0, 0, 0], 8083)),
+                ws_enabled: true,
+                max_connections: 10_000,
             },
             auth: AuthConfig {
                 jwt_secret: None,
@@ -79,7 +86,8 @@ impl Default for Config {
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
             },
             log: LogConfig {
-                filter: "info".into(),
+                // rumqttd logs every accept and subscription at info.
+                filter: "info,rumqttd=warn".into(),
                 format: LogFormat::Text,
             },
         }

@@ -1,5 +1,5 @@
-//! `tidings serve`: opens the store, loads the signing key, starts the HTTP API, and
-//! shuts down cleanly on SIGINT or SIGTERM.
+//! `tidings serve`: opens the store, loads the signing key, starts the realtime plane
+//! (MQTT broker and worker) and the HTTP API, and shuts down cleanly on SIGINT or SIGTERM.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,8 +74,20 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
-    let keys = load_keys(&config)?;
-    let state = tidings_rest::AppState::new(store, keys);
+    let keys = Arc::new(load_keys(&config)?);
+
+    let realtime = tidings_broker::start(
+        tidings_broker::BrokerConfig {
+            listen: config.mqtt.listen,
+            ws_listen: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
+            max_connections: config.mqtt.max_connections,
+        },
+        store.clone(),
+        keys.clone(),
+    )
+    .await
+    .context("starting the MQTT broker")?;
+    let state = tidings_rest::AppState::new(store, keys, realtime.fanout.clone());
 
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -89,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("serving HTTP")?;
+    realtime.stop_listeners();
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::health::router())
         .nest("/v1/auth", routes::auth::router())
         .nest("/v1/me", routes::me::router())
+        .nest("/v1/conversations", routes::conversations::router())
+        .nest("/v1/sync", routes::sync::router())
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_JSON_BYTES))
         .layer(TraceLayer::new_for_http())

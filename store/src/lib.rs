@@ -16,15 +16,19 @@
 
 mod batch;
 mod error;
+pub mod membership;
 pub mod model;
 mod postgres;
+pub mod sink;
 mod sql_store;
 mod sqlite;
 mod store;
 
 pub use error::{StoreError, StoreResult};
+pub use membership::MembershipIndex;
 pub use model::*;
 pub use postgres::PgStore;
+pub use sink::{EventSink, NoSink};
 pub use sqlite::SqliteStore;
 pub use store::{connect, Backend, Store};
 

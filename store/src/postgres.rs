@@ -10,6 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub struct PgStore {
     pool: PgPool,
+    index: std::sync::Arc<crate::MembershipIndex>,
 }
 
 impl PgStore {
@@ -21,7 +22,10 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
+            load_memberships(&pool).await?,
+        ));
+        Ok(PgStore { pool, index })
     }
 
     fn writer(&self) -> &PgPool {

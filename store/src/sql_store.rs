@@ -2,7 +2,8 @@
 //! [`impl_sql_store!`]. Placeholders are `$N`, which PostgreSQL and sqlx's SQLite driver
 //! both accept; multi-row writes use `UPDATE … FROM (VALUES …)`, which both support
 //! (SQLite since 3.33; sqlx bundles a newer one). Each backend passes:
-//! - `$store`: its type, with `fn reader(&self)` and `fn writer(&self)` pools;
+//! - `$store`: its type, with `fn reader(&self)` and `fn writer(&self)` pools and an
+//!   `index: Arc<MembershipIndex>` field it keeps current after membership commits;
 //! - `$db`: the sqlx database type;
 //! - `$lock`: the row-lock suffix for read-then-write selects (`FOR UPDATE` on
 //!   PostgreSQL, where several nodes may write at once; empty on SQLite, whose single
@@ -43,6 +44,16 @@ macro_rules! impl_sql_store {
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Tx<'c> = sqlx::Transaction<'c, $db>;
+
+        /// Every current (conversation, user) pair, to seed the membership index.
+        async fn load_memberships(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<(String, String)>> {
+            let rows = sqlx::query("SELECT conversation_id, user_id FROM members WHERE left_at IS NULL")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("conversation_id")?, r.try_get("user_id")?)))
+                .collect()
+        }
 
         fn user_from_row(row: &DbRow) -> StoreResult<User> {
             Ok(User {
@@ -453,6 +464,10 @@ macro_rules! impl_sql_store {
                 $backend
             }
 
+            fn membership(&self) -> Arc<crate::MembershipIndex> {
+                self.index.clone()
+            }
+
             async fn ping(&self) -> StoreResult<()> {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
@@ -688,6 +703,9 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                for user in &recipients {
+                    self.index.add(&conversation.id, user);
+                }
                 Ok(Created { conversation, created: true, deliveries })
             }
 
@@ -716,12 +734,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn all_memberships(&self) -> StoreResult<Vec<(String, String)>> {
-                let rows = sqlx::query("SELECT conversation_id, user_id FROM members WHERE left_at IS NULL")
-                    .fetch_all(self.reader())
-                    .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get("conversation_id")?, r.try_get("user_id")?)))
-                    .collect()
+                load_memberships(self.reader()).await
             }
 
             async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    index: std::sync::Arc<crate::MembershipIndex>,
 }
 
 impl SqliteStore {
@@ -43,7 +44,14 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
+            load_memberships(&reader).await?,
+        ));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            index,
+        })
     }
 
     fn writer(&self) -> &SqlitePool {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::error::{StoreError, StoreResult};
 use crate::model::*;
-use crate::{PgStore, SqliteStore};
+use crate::{MembershipIndex, PgStore, SqliteStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -29,6 +29,8 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// The live membership index, kept current by this store after every commit.
+    fn membership(&self) -> Arc<MembershipIndex>;
     /// A trivial query, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 

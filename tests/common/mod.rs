@@ -3,6 +3,8 @@
 //! database, and talks to it over real sockets.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,6 +26,10 @@ pub enum Db {
 pub struct Server {
     child: Option<Child>,
     pub http: String,
+    /// MQTT over TCP, on loopback.
+    pub mqtt_port: u16,
+    /// MQTT over WebSocket, `host:port`.
+    pub ws_addr: String,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     logs: Arc<Mutex<Vec<String>>>,
@@ -86,6 +92,8 @@ impl Server {
         let mut server = Server {
             child: None,
             http: String::new(),
+            mqtt_port: 0,
+            ws_addr: String::new(),
             data_dir,
             _dir: dir,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -95,13 +103,30 @@ impl Server {
         server
     }
 
+    /// Starts the binary; rumqttd cannot bind port 0, so the MQTT port is picked free
+    /// beforehand and the start retried if another process took it meanwhile.
     fn spawn(&mut self, opts: &Options) {
+        for attempt in 0..5 {
+            let port = free_port();
+            match self.try_spawn(opts, port) {
+                Ok(()) => return,
+                Err(logs) if attempt < 4 && logs.contains("could not listen") => continue,
+                Err(logs) => panic!("tidings did not start:\n{logs}"),
+            }
+        }
+    }
+
+    fn try_spawn(&mut self, opts: &Options, mqtt_port: u16) -> Result<(), String> {
+        self.logs.lock().expect("log lock").clear();
+        self.mqtt_port = mqtt_port;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
         cmd.arg("serve")
             .env_remove("RUST_LOG")
             .env("TIDINGS_HTTP_LISTEN", "127.0.0.1:0")
+            .env("TIDINGS_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"))
+            .env("TIDINGS_MQTT_WS_LISTEN", "127.0.0.1:0")
             .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
-            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn")
+            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         match &opts.cwd {
@@ -149,9 +174,12 @@ impl Server {
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
+                    if let Some(addr) = field(&line, "mqtt websocket listening", "addr=") {
+                        self.ws_addr = addr.to_owned();
+                    }
                     if let Some(addr) = field(&line, "http listening", "addr=") {
                         self.http = format!("http://{addr}");
-                        return;
+                        return Ok(());
                     }
                 }
                 Err(_) => {
@@ -160,15 +188,13 @@ impl Server {
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten())
                     {
-                        panic!(
-                            "tidings exited with {status} before listening:\n{}",
-                            self.logs()
-                        );
+                        self.child = None;
+                        return Err(format!("exited with {status}:\n{}", self.logs()));
                     }
                 }
             }
         }
-        panic!("tidings did not start within 60s:\n{}", self.logs());
+        Err(format!("did not start within 60s:\n{}", self.logs()))
     }
 
     /// Everything the server printed so far.
@@ -222,6 +248,14 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The value after `key` in a log line containing `marker`.
@@ -298,4 +332,52 @@ pub async fn expect_error(res: reqwest::Response, status: u16, code: &str) -> Va
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// Logs in again as `account` for a given device, returning fresh tokens.
+pub async fn login(server: &Server, account: &Account, device: &str) -> Account {
+    let res = client()
+        .post(server.url("/v1/auth/login"))
+        .json(&json!({ "username": account.username, "password": account.password, "device_id": device }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 200);
+    account_from(&res.json().await.expect("json"), &account.password)
+}
+
+/// Creates a conversation as `owner` with `members`; returns its id.
+pub async fn conversation(
+    server: &Server,
+    owner: &Account,
+    kind: &str,
+    members: &[&Account],
+) -> String {
+    let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+    let res = client()
+        .post(server.url("/v1/conversations"))
+        .bearer_auth(&owner.access)
+        .json(&json!({ "kind": kind, "name": "test", "members": ids }))
+        .send()
+        .await
+        .expect("create conversation");
+    assert!(
+        res.status().is_success(),
+        "create conversation: {}",
+        res.status()
+    );
+    let body: Value = res.json().await.expect("json");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// `GET /v1/sync?since=` as `account`.
+pub async fn sync(server: &Server, account: &Account, since: u64) -> Value {
+    let res = client()
+        .get(server.url(&format!("/v1/sync?since={since}&limit=200")))
+        .bearer_auth(&account.access)
+        .send()
+        .await
+        .expect("sync");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
 }

@@ -298,6 +298,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     Unauthorized,
+    /// The server is overloaded or a dependency is down; retry later with the same id.
+    Unavailable,
     Internal,
 }
 
@@ -315,6 +317,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }

@@ -1,5 +1,7 @@
 //! One module per resource.
 
 pub mod auth;
+pub mod conversations;
 pub mod health;
 pub mod me;
+pub mod sync;

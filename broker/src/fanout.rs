@@ -1,0 +1,194 @@
+//! Getting events to subscribers: inbox deliveries, command replies, the conversation
+//! mirror. Everything leaves through one [`Publisher`], a channel to the thread that
+//! owns the broker link (rumqttd's `LinkTx` blocks, so it must not run on async workers).
+//!
+//! A message to a 1,000-member group is 1,000 inbox payloads that differ only in
+//! `iseq`. The JSON body is serialized once and each payload is the same bytes with a
+//! different prefix, exactly what serde would produce for the whole event.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use tidings_core::protocol::event::{Event, EventBody};
+use tidings_core::protocol::{topics, CborCodec, Codec, WireFormat};
+use tidings_store::{Delivery, EventSink};
+
+use crate::presence::PresenceTracker;
+
+/// One publish for the link thread.
+#[derive(Debug)]
+pub struct Outbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// A cheap, cloneable handle to the link's publishing thread.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Sender<Outbound>,
+}
+
+impl Publisher {
+    pub fn new(tx: Sender<Outbound>) -> Self {
+        Publisher { tx }
+    }
+
+    pub fn publish(&self, topic: String, payload: Vec<u8>) {
+        self.send(Outbound {
+            topic,
+            payload,
+            retain: false,
+        });
+    }
+
+    pub fn retain(&self, topic: String, payload: Vec<u8>) {
+        self.send(Outbound {
+            topic,
+            payload,
+            retain: true,
+        });
+    }
+
+    fn send(&self, out: Outbound) {
+        if self.tx.send(out).is_err() {
+            tracing::error!(
+                "the broker link is gone; publish dropped (clients recover it by sync)"
+            );
+        }
+    }
+}
+
+/// `{"v":1,"iseq":N,` + the body's JSON without its opening brace.
+pub fn json_delivery(iseq: u64, body_json: &[u8]) -> Vec<u8> {
+    let rest = body_json.strip_prefix(b"{").unwrap_or(body_json);
+    let mut out = Vec::with_capacity(rest.len() + 32);
+    out.extend_from_slice(b"{\"v\":1,\"iseq\":");
+    out.extend_from_slice(iseq.to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(rest);
+    out
+}
+
+pub struct Fanout {
+    publisher: Publisher,
+    presence: Arc<PresenceTracker>,
+}
+
+impl Fanout {
+    pub fn new(publisher: Publisher, presence: Arc<PresenceTracker>) -> Self {
+        Fanout {
+            publisher,
+            presence,
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Publishes each delivery on its user's inbox (and compact inbox, if they have a
+    /// device reading it).
+    pub fn deliver_all(&self, deliveries: &[Delivery]) {
+        let mut cached: Option<(*const EventBody, Vec<u8>)> = None;
+        for d in deliveries {
+            let ptr = Arc::as_ptr(&d.body);
+            if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
+                match serde_json::to_vec(&*d.body) {
+                    Ok(json) => cached = Some((ptr, json)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not encode an event");
+                        continue;
+                    }
+                }
+            }
+            if let Some((_, json)) = &cached {
+                self.publisher
+                    .publish(topics::inbox(&d.user), json_delivery(d.seq, json));
+            }
+            if self.presence.wants_compact(&d.user) {
+                let event = Event {
+                    v: 1,
+                    seq: Some(d.seq),
+                    re: None,
+                    body: (*d.body).clone(),
+                };
+                match CborCodec.encode_event(&event) {
+                    Ok(bytes) => self.publisher.publish(compact_inbox(&d.user), bytes),
+                    Err(e) => tracing::error!(error = %e, "could not encode an event as CBOR"),
+                }
+            }
+        }
+    }
+
+    /// Answers a device's command (`ack`/`error`) in the codec it spoke: JSON on
+    /// `u/{me}/in`, CBOR on `u/{me}/in/c`.
+    pub fn reply(&self, user: &str, format: WireFormat, event: &Event) {
+        let topic = match format {
+            WireFormat::Json => topics::inbox(user),
+            WireFormat::Cbor => compact_inbox(user),
+        };
+        match format.codec().encode_event(event) {
+            Ok(bytes) => self.publisher.publish(topic, bytes),
+            Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+        }
+    }
+
+    /// Copies message-shaped events to `c/{cid}/m` for clients following one
+    /// conversation. No `iseq` there: it is not anyone's inbox.
+    pub fn mirror(&self, body: &EventBody) {
+        let conv = match body {
+            EventBody::Message(m) | EventBody::MessageUpdated(m) => &m.conv,
+            EventBody::Reaction(r) => &r.conv,
+            _ => return,
+        };
+        match serde_json::to_vec(&Event::durable(body.clone())) {
+            Ok(bytes) => self.publisher.publish(topics::mirror(conv), bytes),
+            Err(e) => tracing::error!(error = %e, "could not encode a mirror event"),
+        }
+    }
+}
+
+impl EventSink for Fanout {
+    fn deliver(&self, deliveries: &[Delivery]) {
+        self.deliver_all(deliveries);
+    }
+}
+
+/// `u/{uid}/in/c`: the inbox in the compact codec.
+pub fn compact_inbox(user: &str) -> String {
+    format!("{}/c", topics::inbox(user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_core::protocol::event::{AckView, ReceiptKind, ReceiptView};
+    use tidings_core::protocol::JsonCodec;
+
+    #[test]
+    fn the_template_equals_serde_for_every_seq() {
+        let body = EventBody::Receipt(ReceiptView {
+            conv: "c".into(),
+            user: "u".into(),
+            kind: ReceiptKind::Read,
+            seq: 7,
+        });
+        let json = serde_json::to_vec(&body).unwrap();
+        for iseq in [0, 1, 42, u64::MAX] {
+            let expected = JsonCodec
+                .encode_event(&Event {
+                    v: 1,
+                    seq: Some(iseq),
+                    re: None,
+                    body: body.clone(),
+                })
+                .unwrap();
+            assert_eq!(json_delivery(iseq, &json), expected);
+        }
+        let ack = EventBody::Ack(AckView::default());
+        let json = serde_json::to_vec(&ack).unwrap();
+        let decoded = JsonCodec.decode_event(&json_delivery(3, &json)).unwrap();
+        assert_eq!((decoded.seq, decoded.body), (Some(3), ack));
+    }
+}
