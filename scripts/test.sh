@@ -2,6 +2,7 @@
 # Runs every Tidings test. Provisions what the tests need, then runs cargo test:
 #   - a throwaway PostgreSQL cluster on a free loopback port (installed with apt only
 #     when no PostgreSQL binaries exist), removed on exit;
+#   - paho-mqtt from PyPI, the third-party MQTT client the interop tests drive.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL and fail (never skip) without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,15 @@ start_postgres() {
     return 1
 }
 
+ensure_paho() {
+    if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
+        log "installing paho-mqtt (PyPI)"
+        python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+    fi
+}
+
 start_postgres
+ensure_paho
 
 log "cargo test"
 cargo test --workspace --locked "$@"
