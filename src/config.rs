@@ -14,7 +14,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 4] = ["http", "mqtt", "auth", "log"];
+const SECTIONS: [&str; 5] = ["http", "mqtt", "auth", "log", "uploads"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -26,6 +26,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub uploads: tidings_rest::uploads::UploadsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +86,7 @@ impl Default for Config {
                 access_ttl_secs: tidings_core::protocol::limits::ACCESS_TOKEN_TTL_SECS,
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
             },
+            uploads: tidings_rest::uploads::UploadsConfig::default(),
             log: LogConfig {
                 // rumqttd logs every accept and subscription at info.
                 filter: "info,rumqttd=warn".into(),

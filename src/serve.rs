@@ -87,7 +87,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting the MQTT broker")?;
-    let state = tidings_rest::AppState::new(store, keys, realtime.fanout.clone());
+    let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
+        .await
+        .context("opening upload storage")?;
+    let state = tidings_rest::AppState::new(store, keys, realtime.fanout.clone(), blobs, config.uploads.clone());
 
     let listener = TcpListener::bind(config.http.listen)
         .await

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod routes;
 mod state;
+pub mod uploads;
 
 pub use state::AppState;
 

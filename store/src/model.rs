@@ -135,8 +135,9 @@ pub struct Member {
     pub joined_at: i64,
 }
 
-#[derive(Debug, Clone)]
-pub struct NewAttachment {
+/// An uploaded file's metadata; the bytes live in the blob store under `storage_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
     pub id: String,
     pub uploader_id: String,
     pub storage_key: String,

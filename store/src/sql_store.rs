@@ -809,7 +809,44 @@ macro_rules! impl_sql_store {
                     .collect()
             }
 
-            async fn insert_attachment(&self, a: &NewAttachment) -> StoreResult<()> {
+            async fn attachment(&self, id: &str) -> StoreResult<Option<Attachment>> {
+                let row = sqlx::query(
+                    "SELECT id, uploader_id, storage_key, mime, size, sha256, filename, created_at \
+                     FROM attachments WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some(Attachment {
+                        id: r.try_get("id")?,
+                        uploader_id: r.try_get("uploader_id")?,
+                        storage_key: r.try_get("storage_key")?,
+                        mime: r.try_get("mime")?,
+                        size: to_u64(r.try_get("size")?),
+                        sha256: r.try_get("sha256")?,
+                        filename: r.try_get("filename")?,
+                        created_at: r.try_get("created_at")?,
+                    })),
+                }
+            }
+
+            async fn attachment_readable_by(&self, attachment: &str, user: &str) -> StoreResult<bool> {
+                let row = sqlx::query(
+                    "SELECT 1 FROM attachments a WHERE a.id = $1 AND (a.uploader_id = $2 OR EXISTS ( \
+                       SELECT 1 FROM messages m JOIN members mb ON mb.conversation_id = m.conversation_id \
+                       WHERE m.attachment_id = a.id AND m.deleted_at IS NULL \
+                         AND mb.user_id = $2 AND mb.left_at IS NULL))",
+                )
+                .bind(attachment)
+                .bind(user)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(row.is_some())
+            }
+
+            async fn insert_attachment(&self, a: &Attachment) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

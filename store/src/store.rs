@@ -90,5 +90,9 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<Vec<InboxEvent>>;
 
     // --- attachments ---------------------------------------------------------------------
-    async fn insert_attachment(&self, attachment: &NewAttachment) -> StoreResult<()>;
+    async fn insert_attachment(&self, attachment: &Attachment) -> StoreResult<()>;
+    async fn attachment(&self, id: &str) -> StoreResult<Option<Attachment>>;
+    /// May `user` download the attachment? Its uploader may, and so may every current
+    /// member of a conversation in which a (not deleted) message carries it.
+    async fn attachment_readable_by(&self, attachment: &str, user: &str) -> StoreResult<bool>;
 }

@@ -215,6 +215,7 @@ async fn direct_conversation_is_one_per_pair(store: Arc<dyn Store>) {
     };
     let first = store.create_conversation(direct(&a, &b)).await.unwrap();
     assert!(first.created);
+    assert!(store.membership().is_member(&first.conversation.id, &b.id), "the ACL index learns at once");
     assert_eq!(first.deliveries.len(), 2, "both members hear of it");
     let again = store.create_conversation(direct(&b, &a)).await.unwrap();
     assert!(!again.created);
@@ -611,7 +612,7 @@ async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let foreign = applied(&out[0]).0.msg.clone().unwrap();
-    let photo = NewAttachment {
+    let photo = Attachment {
         id: new_id(),
         uploader_id: a.id.clone(),
         storage_key: format!("k/{}", new_id()),
@@ -622,6 +623,9 @@ async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
         created_at: now_ms(),
     };
     store.insert_attachment(&photo).await.unwrap();
+    assert_eq!(store.attachment(&photo.id).await.unwrap(), Some(photo.clone()));
+    assert!(store.attachment_readable_by(&photo.id, &a.id).await.unwrap(), "the uploader");
+    assert!(!store.attachment_readable_by(&photo.id, &b.id).await.unwrap(), "not yet sent anywhere");
     let with = |op: WriteOp, f: &dyn Fn(&mut NewMessage)| match op {
         WriteOp::Send(mut m) => {
             f(&mut m);
