@@ -6,3 +6,11 @@
 //! feature and depends on nothing server-side.
 
 pub mod protocol;
+
+#[cfg(feature = "sdk")]
+pub mod sdk;
+
+// The uniffi scaffolding of the SDK (namespace `tidings_core`); the tidings-bindings
+// cdylib re-exports it with `tidings_core::uniffi_reexport_scaffolding!()`.
+#[cfg(feature = "sdk")]
+uniffi::setup_scaffolding!();

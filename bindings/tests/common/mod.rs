@@ -1,0 +1,177 @@
+//! A small harness for the SDK tests: starts the real `tidings` server binary on fixed
+//! loopback ports (kept across restarts, since a client's config names them) with its
+//! own SQLite data directory. The binary is the one `cargo test --workspace` builds
+//! (target/debug/tidings), or `TIDINGS_SERVER_BIN`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDINGS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/<test> -> target/debug/tidings
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("tidings"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "the server binary {} is missing: run `cargo build -p tidings` first (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    pub dir: tempfile::TempDir,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let mut s = Server {
+            child: None,
+            http_port: 0,
+            mqtt_port: 0,
+            dir: tempfile::tempdir().expect("tempdir"),
+            logs: Arc::default(),
+        };
+        for attempt in 0..5 {
+            s.http_port = free_port();
+            s.mqtt_port = free_port();
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(logs) if attempt < 4 => eprintln!("retrying server start: {logs}"),
+                Err(logs) => panic!("tidings did not start:\n{logs}"),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        self.logs.lock().unwrap().clear();
+        let mut child = Command::new(server_bin())
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .env(
+                "TIDINGS_HTTP_LISTEN",
+                format!("127.0.0.1:{}", self.http_port),
+            )
+            .env(
+                "TIDINGS_MQTT_LISTEN",
+                format!("127.0.0.1:{}", self.mqtt_port),
+            )
+            .env("TIDINGS_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
+            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
+            .env("TIDINGS_DATA_DIR", self.dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tidings");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let (tx, logs) = (tx.clone(), self.logs.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("TIDINGS_TEST_ECHO").is_some() {
+                        eprintln!("[server] {line}");
+                    }
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains("http listening") => return Ok(()),
+                Ok(_) => {}
+                Err(_) => {
+                    if let Some(status) = self.child.as_mut().unwrap().try_wait().ok().flatten() {
+                        self.child = None;
+                        return Err(format!("exited with {status}:\n{}", self.logs()));
+                    }
+                }
+            }
+        }
+        Err(format!("did not start within 60s:\n{}", self.logs()))
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts again on the same ports and data (retrying while the ports are released).
+    pub fn start_again(&mut self) {
+        for attempt in 0..20 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(logs) if attempt < 19 => {
+                    let _ = logs;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(logs) => panic!("tidings did not restart:\n{logs}"),
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The SDK scenario in Rust, against a real server: two clients log in, exchange
+//! messages, see receipts and typing; one goes offline and queues two messages, the
+//! server restarts, the client reconnects and both arrive exactly once. Plus: a client
+//! "killed" with messages in its outbox is replaced by a new one on the same data path,
+//! which delivers them once.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use tidings_core::sdk::*;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ClientEvent>>);
+
+impl TidingsListener for Recorder {
+    fn on_event(&self, event: ClientEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn all(&self) -> Vec<ClientEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    async fn wait_for<T>(&self, what: &str, f: impl Fn(&[ClientEvent]) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f(&self.0.lock().unwrap()) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the last connection-state event is Connected.
+    async fn connected(&self) {
+        self.wait_for("connected", |evs| {
+            evs.iter()
+                .rev()
+                .find_map(|e| match e {
+                    ClientEvent::ConnectionState { state } => Some(*state),
+                    _ => None,
+                })
+                .filter(|s| *s == ConnectionState::Connected)
+        })
+        .await;
+    }
+
+    fn messages_with_body(&self, body: &str) -> Vec<Message> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message { message } if message.body == body => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn config(server: &Server, dir: &std::path::Path, device: &str) -> ClientConfig {
+    ClientConfig::new(
+        server.http(),
+        "127.0.0.1",
+        server.mqtt_port,
+        dir.to_string_lossy(),
+        device,
+    )
+}
+
+fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
+    let c = Client::new(
+        config(server, dir, device),
+        tokio::runtime::Handle::current(),
+    )
+    .expect("client");
+    let rec = Arc::new(Recorder::default());
+    c.set_listener(rec.clone());
+    (c, rec)
+}
+
+async fn wait_message(rec: &Recorder, body: &str) -> Message {
+    let body = body.to_owned();
+    rec.wait_for(&format!("message {body:?}"), |evs| {
+        evs.iter().find_map(|e| match e {
+            ClientEvent::Message { message } if message.body == body => Some(message.clone()),
+            _ => None,
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
+    let mut server = Server::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, rec_a) = client(&server, dir_a.path(), "alice-phone");
+    let (bob, rec_b) = client(&server, dir_b.path(), "bob-phone");
+    let sa = alice
+        .register("alice", "alice-password")
+        .await
+        .expect("register alice");
+    let sb = bob
+        .register("bob", "bob-password")
+        .await
+        .expect("register bob");
+    // Logging in again works too (the session is replaced).
+    bob.login("bob", "bob-password").await.expect("login bob");
+    assert_eq!(bob.session().await.unwrap().user_id, sb.user_id);
+
+    alice.connect().await.unwrap();
+    bob.connect().await.unwrap();
+    rec_a.connected().await;
+    rec_b.connected().await;
+
+    let conv = alice
+        .create_conversation("direct", None, vec![sb.user_id.clone()])
+        .await
+        .expect("create conversation");
+    rec_b
+        .wait_for("conversation event", |evs| {
+            evs.iter().find(|e| matches!(e, ClientEvent::Conversation { conversation } if conversation.id == conv.id)).map(|_| ())
+        })
+        .await;
+
+    // Messages both ways, with reply_to and mentions.
+    let cid = alice
+        .send_text(&conv.id, "hello bob", None, vec![sb.user_id.clone()])
+        .await
+        .unwrap();
+    let got = wait_message(&rec_b, "hello bob").await;
+    assert_eq!(got.sender, sa.user_id);
+    assert_eq!(got.client_msg_id, cid);
+    assert_eq!(got.mentions, vec![sb.user_id.clone()]);
+    // Read receipt (before replying: sending moves the sender's own read marker).
+    bob.mark_read(&conv.id, got.seq).await.unwrap();
+    let receipt = rec_a
+        .wait_for("read receipt", |evs| {
+            evs.iter().find_map(|e| match e {
+                ClientEvent::Receipt { receipt } if receipt.user_id == sb.user_id => {
+                    Some(receipt.clone())
+                }
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(receipt.kind, ReceiptKind::Read);
+    assert_eq!(receipt.seq, got.seq);
+
+    bob.send_text(&conv.id, "hi alice", Some(got.id.clone()), vec![])
+        .await
+        .unwrap();
+    let reply = wait_message(&rec_a, "hi alice").await;
+    assert_eq!(reply.reply_to.as_deref(), Some(got.id.as_str()));
+    rec_a
+        .wait_for("sent event", |evs| {
+            evs.iter()
+                .find(|e| matches!(e, ClientEvent::Sent { client_id, .. } if *client_id == cid))
+                .map(|_| ())
+        })
+        .await;
+    assert!(alice.pending().unwrap().is_empty());
+
+    // Typing (ephemeral; repeated until alice's typing subscription is in place).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        bob.set_typing(&conv.id, true).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = rec_a.all().iter().any(|e| {
+            matches!(e, ClientEvent::Typing { user_id, typing: true, conversation_id } if *user_id == sb.user_id && *conversation_id == conv.id)
+        });
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice never saw bob typing");
+    }
+
+    // Reactions and edits reach the other side.
+    alice.react(&reply.id, "👍", true).await.unwrap();
+    rec_b
+        .wait_for("reaction", |evs| {
+            evs.iter().find(|e| matches!(e, ClientEvent::Reaction { reaction } if reaction.emoji == "👍" && reaction.added)).map(|_| ())
+        })
+        .await;
+    alice.edit(&got.id, "hello bob (edited)").await.unwrap();
+    rec_b
+        .wait_for("edit", |evs| {
+            evs.iter().find(|e| matches!(e, ClientEvent::MessageUpdated { message } if message.body == "hello bob (edited)")).map(|_| ())
+        })
+        .await;
+
+    // History, search, members and the cache.
+    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    assert_eq!(history.len(), 2);
+    let members = alice.members(&conv.id).await.unwrap();
+    assert_eq!(members.len(), 2);
+    let convs = bob.conversations().await.unwrap();
+    assert!(convs.iter().any(|c| c.id == conv.id));
+    assert!(!bob.cached_messages(&conv.id, 10).unwrap().is_empty());
+    let found = alice.search("alice", None).await.unwrap();
+    assert!(found.iter().any(|m| m.body == "hi alice"), "{found:?}");
+
+    // Bob goes offline and queues two messages; the server restarts meanwhile.
+    bob.disconnect();
+    let q1 = bob
+        .send_text(&conv.id, "queued one", None, vec![])
+        .await
+        .unwrap();
+    let q2 = bob
+        .send_text(&conv.id, "queued two", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(bob.pending().unwrap(), vec![q1.clone(), q2.clone()]);
+    tokio::task::block_in_place(|| server.restart());
+    bob.connect().await.unwrap();
+    wait_message(&rec_a, "queued one").await;
+    wait_message(&rec_a, "queued two").await;
+    rec_b
+        .wait_for("outbox drained", |_| {
+            bob.pending().unwrap().is_empty().then_some(())
+        })
+        .await;
+    // Give any duplicate a chance to show up, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rec_a.messages_with_body("queued one").len(), 1);
+    assert_eq!(rec_a.messages_with_body("queued two").len(), 1);
+    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    let bodies: Vec<&str> = history.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies.iter().filter(|b| b.starts_with("queued")).count(),
+        2,
+        "stored once each: {bodies:?}"
+    );
+    assert_eq!(
+        history
+            .iter()
+            .find(|m| m.body == "queued one")
+            .unwrap()
+            .client_msg_id,
+        q1
+    );
+    // Alice reconnected by herself (backoff) and is connected again.
+    rec_a.connected().await;
+    assert!(rec_a.all().iter().any(|e| matches!(
+        e,
+        ClientEvent::ConnectionState {
+            state: ConnectionState::WaitingToRetry
+        }
+    )));
+
+    alice.shutdown();
+    bob.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_s_outbox_is_delivered_once_by_the_next_instance() {
+    let mut server = Server::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, rec_a) = client(&server, dir_a.path(), "alice-1");
+    alice.register("alice2", "alice-password").await.unwrap();
+    let (bob, _) = client(&server, dir_b.path(), "bob-1");
+    let sb = bob.register("bob2", "bob-password").await.unwrap();
+    let conv = bob
+        .create_conversation(
+            "group",
+            Some("g".into()),
+            vec![alice.session().await.unwrap().user_id],
+        )
+        .await
+        .unwrap();
+    alice.connect().await.unwrap();
+    rec_a.connected().await;
+
+    // Bob's first app instance writes two messages while the server is down, and dies.
+    tokio::task::block_in_place(|| server.stop());
+    bob.send_text(&conv.id, "from the dead 1", None, vec![])
+        .await
+        .unwrap();
+    bob.send_text(&conv.id, "from the dead 2", None, vec![])
+        .await
+        .unwrap();
+    bob.shutdown();
+    drop(bob);
+    tokio::task::block_in_place(|| server.start_again());
+
+    // A new instance on the same data path: logged in already, outbox intact.
+    let (bob2, rec_b2) = client(&server, dir_b.path(), "bob-1");
+    assert_eq!(bob2.session().await.unwrap().user_id, sb.user_id);
+    assert_eq!(bob2.pending().unwrap().len(), 2);
+    assert!(bob2
+        .cached_conversations()
+        .unwrap()
+        .iter()
+        .any(|c| c.id == conv.id));
+    bob2.connect().await.unwrap();
+    rec_b2.connected().await;
+    wait_message(&rec_a, "from the dead 1").await;
+    wait_message(&rec_a, "from the dead 2").await;
+    rec_b2
+        .wait_for("outbox drained", |_| {
+            bob2.pending().unwrap().is_empty().then_some(())
+        })
+        .await;
+    // A third instance finds nothing to send; nothing arrives twice.
+    bob2.shutdown();
+    drop(bob2);
+    let (bob3, rec_b3) = client(&server, dir_b.path(), "bob-1");
+    assert!(bob3.pending().unwrap().is_empty());
+    bob3.connect().await.unwrap();
+    rec_b3.connected().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rec_a.messages_with_body("from the dead 1").len(), 1);
+    assert_eq!(rec_a.messages_with_body("from the dead 2").len(), 1);
+    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    bob3.shutdown();
+    alice.shutdown();
+}
+
+#[tokio::test]
+async fn bad_configuration_and_arguments_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ClientConfig::new(
+        "http://127.0.0.1:1",
+        "127.0.0.1",
+        1,
+        dir.path().to_string_lossy(),
+        "dev",
+    );
+    cfg.keep_alive_secs = 0; // rumqttc would panic on a sub-second keep-alive
+    assert!(matches!(
+        Client::new(cfg.clone(), tokio::runtime::Handle::current()),
+        Err(SdkError::Config { .. })
+    ));
+    cfg.keep_alive_secs = 30;
+    cfg.device_id = "has:colon".into();
+    assert!(matches!(
+        Client::new(cfg.clone(), tokio::runtime::Handle::current()),
+        Err(SdkError::Config { .. })
+    ));
+    cfg.device_id = "dev".into();
+    let c = Client::new(cfg, tokio::runtime::Handle::current()).unwrap();
+    assert_eq!(
+        c.send_text("x", "hi", None, vec![]).await,
+        Err(SdkError::NotLoggedIn)
+    );
+    assert!(matches!(c.connect().await, Err(SdkError::NotLoggedIn)));
+    assert!(matches!(
+        c.login("nobody", "password1").await,
+        Err(SdkError::Network { .. })
+    ));
+}

@@ -1,0 +1,523 @@
+//! The idiomatic async Rust API. [`Client`] needs a tokio runtime handle (the uniffi
+//! layer in [`crate::sdk::ffi`] brings its own multi-thread runtime).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::protocol::event::{ConversationView, MessageView};
+use crate::protocol::ids::{is_server_id, new_id};
+use crate::protocol::{Command, Op};
+use crate::sdk::config::ClientConfig;
+use crate::sdk::conn::{self, Input};
+use crate::sdk::error::{Result, SdkError};
+use crate::sdk::http::{q, Api};
+use crate::sdk::local::LocalStore;
+use crate::sdk::types::*;
+
+/// Delivers events to the app's listener on one dedicated thread, in order, so a slow
+/// or blocking listener never stalls the connection.
+pub(crate) struct Dispatcher {
+    tx: Mutex<Option<std::sync::mpsc::Sender<ClientEvent>>>,
+    listener: Arc<Mutex<Option<Arc<dyn TidingsListener>>>>,
+}
+
+impl Dispatcher {
+    fn new() -> Dispatcher {
+        let (tx, rx) = std::sync::mpsc::channel::<ClientEvent>();
+        let listener: Arc<Mutex<Option<Arc<dyn TidingsListener>>>> = Arc::default();
+        let l = listener.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tidings-events".into())
+            .spawn(move || {
+                while let Ok(event) = rx.recv() {
+                    let current = l.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(listener) = current {
+                        listener.on_event(event);
+                    }
+                }
+            });
+        Dispatcher {
+            tx: Mutex::new(spawned.ok().map(|_| tx)),
+            listener,
+        }
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+pub(crate) struct Running {
+    tx: mpsc::UnboundedSender<Input>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) struct Inner {
+    pub config: ClientConfig,
+    pub api: Api,
+    pub local: Arc<LocalStore>,
+    pub handle: tokio::runtime::Handle,
+    pub events: Dispatcher,
+    pub mqtt: Mutex<Option<rumqttc::AsyncClient>>,
+    pub state: Mutex<ConnectionState>,
+    pub running: Mutex<Option<Running>>,
+    /// Topics subscribed on the current connection (typing, presence).
+    pub subscribed: Mutex<HashSet<String>>,
+    pub closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        let mut cur = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != state {
+            *cur = state;
+            drop(cur);
+            self.events.emit(ClientEvent::ConnectionState { state });
+        }
+    }
+
+    pub(crate) fn notify(&self, input: Input) {
+        if let Some(r) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = r.tx.send(input);
+        }
+    }
+}
+
+/// A Tidings client for one device (one data path).
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn check_id(field: &str, id: &str) -> Result<()> {
+    if is_server_id(id) {
+        Ok(())
+    } else {
+        Err(SdkError::invalid(
+            "invalid",
+            format!("{field} must be a 26-character id"),
+        ))
+    }
+}
+
+impl Client {
+    /// Opens the local store under `config.data_path`; spawns its tasks on `handle`.
+    pub fn new(config: ClientConfig, handle: tokio::runtime::Handle) -> Result<Client> {
+        config.validate()?;
+        let local = Arc::new(LocalStore::open(
+            std::path::Path::new(&config.data_path),
+            &config.db_file(),
+        )?);
+        let api = Api::new(config.base_url(), &config.device_id, local.clone())?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                api,
+                local,
+                handle,
+                events: Dispatcher::new(),
+                mqtt: Mutex::new(None),
+                state: Mutex::new(ConnectionState::Disconnected),
+                running: Mutex::new(None),
+                subscribed: Mutex::new(HashSet::new()),
+                closed: false.into(),
+            }),
+        })
+    }
+
+    /// Sets (or replaces) the listener that receives every [`ClientEvent`].
+    pub fn set_listener(&self, listener: Arc<dyn TidingsListener>) {
+        *self
+            .inner
+            .events
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    fn alive(&self) -> Result<()> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(SdkError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Result<SessionInfo> {
+        self.alive()?;
+        self.inner.api.authenticate(false, username, password).await
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Result<SessionInfo> {
+        self.alive()?;
+        self.inner.api.authenticate(true, username, password).await
+    }
+
+    /// Uses tokens obtained elsewhere (the refresh token keeps the session alive).
+    pub async fn use_tokens(
+        &self,
+        user_id: &str,
+        username: &str,
+        access_token: &str,
+        refresh_token: &str,
+        expires_in_secs: i64,
+    ) -> Result<SessionInfo> {
+        self.alive()?;
+        self.inner
+            .api
+            .use_tokens(
+                user_id,
+                username,
+                access_token,
+                refresh_token,
+                expires_in_secs,
+            )
+            .await
+    }
+
+    /// The stored session, if any (a restarted app is logged in without asking).
+    pub async fn session(&self) -> Option<SessionInfo> {
+        self.inner.api.session_info().await
+    }
+
+    /// Ends the session on the server and forgets the tokens (the cache stays).
+    pub async fn logout(&self) -> Result<()> {
+        self.disconnect();
+        self.inner.api.logout().await
+    }
+
+    async fn me(&self) -> Result<String> {
+        self.inner
+            .api
+            .session_info()
+            .await
+            .map(|s| s.user_id)
+            .ok_or(SdkError::NotLoggedIn)
+    }
+
+    /// Starts the connection loop (returns at once; watch `ConnectionState` events).
+    pub async fn connect(&self) -> Result<()> {
+        self.alive()?;
+        let me = self.me().await?;
+        let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tasks = conn::spawn(self.inner.clone(), me, tx.clone(), rx);
+        *running = Some(Running { tx, tasks });
+        Ok(())
+    }
+
+    /// Stops the connection loop; the outbox keeps what was not acknowledged.
+    pub fn disconnect(&self) {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = running {
+            for t in r.tasks {
+                t.abort();
+            }
+            if let Some(c) = self
+                .inner
+                .mqtt
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                let _ = c.try_disconnect();
+            }
+            self.inner.set_state(ConnectionState::Disconnected);
+        }
+    }
+
+    /// Disconnects and stops delivering events; the client cannot be used afterwards.
+    pub fn shutdown(&self) {
+        self.disconnect();
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.events.close();
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        *self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates a command, writes it to the outbox, then asks the connection to send
+    /// it. Works offline: it goes out after the next connect. Returns the command id.
+    async fn enqueue(&self, op: Op) -> Result<String> {
+        self.alive()?;
+        self.me().await?;
+        let cmd = Command {
+            v: crate::protocol::PROTOCOL_VERSION,
+            id: new_id(),
+            op,
+        };
+        cmd.validate()
+            .map_err(|e| SdkError::invalid(e.code.as_str(), e.message))?;
+        self.inner.local.outbox_push(&cmd)?;
+        self.inner.notify(Input::Flush);
+        Ok(cmd.id)
+    }
+
+    /// Sends a text message; returns its client id (the outbox id).
+    pub async fn send_text(
+        &self,
+        conversation_id: &str,
+        body: &str,
+        reply_to: Option<String>,
+        mentions: Vec<String>,
+    ) -> Result<String> {
+        self.enqueue(Op::Send {
+            conv: conversation_id.to_owned(),
+            body: body.to_owned(),
+            reply_to,
+            mentions,
+            attachment: None,
+        })
+        .await
+    }
+
+    /// Uploads `bytes`, then sends a message with the attachment (needs the network for
+    /// the upload; the send itself goes through the outbox).
+    pub async fn send_attachment(
+        &self,
+        conversation_id: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+        filename: Option<String>,
+        caption: &str,
+    ) -> Result<String> {
+        check_id("conversation_id", conversation_id)?;
+        if bytes.is_empty() || bytes.len() as u64 > crate::protocol::limits::MAX_UPLOAD_BYTES {
+            return Err(SdkError::invalid(
+                "too_large",
+                "attachment must be 1 byte to 25 MiB",
+            ));
+        }
+        let uploaded = self
+            .inner
+            .api
+            .upload(bytes, mime, filename.as_deref())
+            .await?;
+        let id = uploaded["id"]
+            .as_str()
+            .ok_or_else(|| SdkError::network("upload answer has no id"))?;
+        self.enqueue(Op::Send {
+            conv: conversation_id.to_owned(),
+            body: caption.to_owned(),
+            reply_to: None,
+            mentions: vec![],
+            attachment: Some(id.to_owned()),
+        })
+        .await
+    }
+
+    pub async fn edit(&self, message_id: &str, body: &str) -> Result<String> {
+        self.enqueue(Op::Edit {
+            msg: message_id.to_owned(),
+            body: body.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn delete(&self, message_id: &str) -> Result<String> {
+        self.enqueue(Op::Delete {
+            msg: message_id.to_owned(),
+        })
+        .await
+    }
+
+    /// Adds (`add` = true) or removes a reaction.
+    pub async fn react(&self, message_id: &str, emoji: &str, add: bool) -> Result<String> {
+        let (msg, emoji) = (message_id.to_owned(), emoji.to_owned());
+        self.enqueue(if add {
+            Op::React { msg, emoji }
+        } else {
+            Op::Unreact { msg, emoji }
+        })
+        .await
+    }
+
+    /// Moves my read marker in a conversation up to `seq`.
+    pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<String> {
+        self.enqueue(Op::Read {
+            conv: conversation_id.to_owned(),
+            seq,
+        })
+        .await
+    }
+
+    /// Publishes typing (ephemeral, QoS 0). Offline it is dropped, not queued.
+    pub async fn set_typing(&self, conversation_id: &str, typing: bool) -> Result<()> {
+        check_id("conversation_id", conversation_id)?;
+        let me = self.me().await?;
+        let topic = crate::protocol::topics::typing(conversation_id, &me);
+        let payload = serde_json::to_vec(&crate::protocol::ephemeral::Typing { typing })?;
+        if let Some(c) = self
+            .inner
+            .mqtt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = c.try_publish(topic, rumqttc::QoS::AtMostOnce, false, payload);
+        }
+        Ok(())
+    }
+
+    /// Conversations from the server (cached); offline, the cached list.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>> {
+        match conn::fetch_conversations(&self.inner).await {
+            Ok(list) => Ok(list),
+            Err(SdkError::Network { .. }) => self.inner.local.conversations(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the cache holds, without the network (for the first frame).
+    pub fn cached_conversations(&self) -> Result<Vec<Conversation>> {
+        self.inner.local.conversations()
+    }
+
+    /// The newest cached messages of a conversation, oldest first.
+    pub fn cached_messages(&self, conversation_id: &str, limit: u32) -> Result<Vec<Message>> {
+        self.inner.local.messages(conversation_id, limit)
+    }
+
+    /// A page of history: messages with seq < `before` (or the newest), oldest first.
+    pub async fn history(
+        &self,
+        conversation_id: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        check_id("conversation_id", conversation_id)?;
+        let mut path = format!(
+            "/v1/conversations/{conversation_id}/messages?limit={}",
+            limit.clamp(1, 200)
+        );
+        if let Some(b) = before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let page: Value = match self.inner.api.get(&path).await {
+            Ok(p) => p,
+            Err(SdkError::Network { .. }) => {
+                return self.inner.local.messages(conversation_id, limit)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for m in page["messages"].as_array().into_iter().flatten() {
+            if let Ok(view) = serde_json::from_value::<MessageView>(m.clone()) {
+                let msg = Message::from(view);
+                self.inner.local.save_message(&msg)?;
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Full-text search over my conversations (or one).
+    pub async fn search(
+        &self,
+        query: &str,
+        conversation_id: Option<String>,
+    ) -> Result<Vec<Message>> {
+        let mut path = format!("/v1/search?q={}", q(query));
+        if let Some(c) = conversation_id {
+            check_id("conversation_id", &c)?;
+            path.push_str(&format!("&conversation_id={c}"));
+        }
+        let res: Value = self.inner.api.get(&path).await?;
+        Ok(res["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| serde_json::from_value::<MessageView>(m.clone()).ok())
+            .map(Message::from)
+            .collect())
+    }
+
+    pub async fn members(&self, conversation_id: &str) -> Result<Vec<Member>> {
+        check_id("conversation_id", conversation_id)?;
+        conn::fetch_members(&self.inner, conversation_id).await
+    }
+
+    /// Creates a conversation (`direct`, `group` or `room`) with `members` (user ids).
+    pub async fn create_conversation(
+        &self,
+        kind: &str,
+        name: Option<String>,
+        members: Vec<String>,
+    ) -> Result<Conversation> {
+        for m in &members {
+            check_id("members[]", m)?;
+        }
+        let body: Value = self
+            .inner
+            .api
+            .call(
+                Method::POST,
+                "/v1/conversations",
+                Some(json!({"kind": kind, "name": name, "members": members})),
+            )
+            .await?;
+        let view: ConversationView = serde_json::from_value(body.clone())
+            .map_err(|e| SdkError::network(format!("conversation: {e}")))?;
+        let mut conv = Conversation::from(view);
+        conv.last_seq = body["last_seq"].as_u64().unwrap_or(0);
+        self.inner.local.save_conversation(&conv)?;
+        self.inner.notify(Input::Subscribe(conv.id.clone()));
+        Ok(conv)
+    }
+
+    pub async fn leave_conversation(&self, conversation_id: &str) -> Result<()> {
+        check_id("conversation_id", conversation_id)?;
+        let _: Value = self
+            .inner
+            .api
+            .call(
+                Method::POST,
+                &format!("/v1/conversations/{conversation_id}/leave"),
+                None,
+            )
+            .await?;
+        self.inner.local.remove_conversation(conversation_id)
+    }
+
+    /// Ids of commands written locally and not yet acknowledged, oldest first.
+    pub fn pending(&self) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .local
+            .outbox()?
+            .into_iter()
+            .map(|e| e.id)
+            .collect())
+    }
+
+    /// The last inbox seq this device has applied.
+    pub fn last_inbox_seq(&self) -> Result<u64> {
+        self.inner.local.last_iseq()
+    }
+}

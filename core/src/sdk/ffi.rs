@@ -1,0 +1,250 @@
+//! The uniffi surface: [`TidingsClient`] owns a multi-thread tokio runtime and wraps
+//! [`Client`]; its async methods run on that runtime and are awaited from Swift
+//! (async), Kotlin (suspend) or Python (asyncio) through the runtime-agnostic
+//! `JoinHandle`. Errors are [`SdkError`]; nothing here can panic across the boundary.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::sdk::client::Client;
+use crate::sdk::config::ClientConfig;
+use crate::sdk::error::{Result, SdkError};
+use crate::sdk::types::*;
+
+#[derive(uniffi::Object)]
+pub struct TidingsClient {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    client: Client,
+}
+
+impl TidingsClient {
+    async fn run<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let fut = f(self.client.clone());
+        self.handle.spawn(fut).await.map_err(|_| SdkError::Closed)?
+    }
+}
+
+#[uniffi::export]
+impl TidingsClient {
+    /// Opens the local store and starts the SDK's runtime. Nothing touches the network
+    /// until `login`/`connect`.
+    #[uniffi::constructor]
+    pub fn new(config: ClientConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tidings-sdk")
+            .enable_all()
+            .build()
+            .map_err(|e| SdkError::config(format!("runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let client = {
+            let _guard = runtime.enter();
+            Client::new(config, handle.clone())?
+        };
+        Ok(Arc::new(TidingsClient {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            client,
+        }))
+    }
+
+    pub fn set_listener(&self, listener: Arc<dyn TidingsListener>) {
+        self.client.set_listener(listener);
+    }
+
+    pub async fn login(&self, username: String, password: String) -> Result<SessionInfo> {
+        self.run(|c| async move { c.login(&username, &password).await })
+            .await
+    }
+
+    pub async fn register(&self, username: String, password: String) -> Result<SessionInfo> {
+        self.run(|c| async move { c.register(&username, &password).await })
+            .await
+    }
+
+    /// Uses tokens obtained elsewhere; refreshes happen inside.
+    pub async fn use_tokens(
+        &self,
+        user_id: String,
+        username: String,
+        access_token: String,
+        refresh_token: String,
+        expires_in_secs: i64,
+    ) -> Result<SessionInfo> {
+        self.run(|c| async move {
+            c.use_tokens(
+                &user_id,
+                &username,
+                &access_token,
+                &refresh_token,
+                expires_in_secs,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// The stored session (present after a restart without logging in again).
+    pub async fn session(&self) -> Option<SessionInfo> {
+        self.run(|c| async move { Ok(c.session().await) })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn logout(&self) -> Result<()> {
+        self.run(|c| async move { c.logout().await }).await
+    }
+
+    pub async fn connect(&self) -> Result<()> {
+        self.run(|c| async move { c.connect().await }).await
+    }
+
+    pub fn disconnect(&self) {
+        self.client.disconnect();
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        self.client.connection_state()
+    }
+
+    pub async fn send_text(
+        &self,
+        conversation_id: String,
+        body: String,
+        reply_to: Option<String>,
+        mentions: Vec<String>,
+    ) -> Result<String> {
+        self.run(|c| async move {
+            c.send_text(&conversation_id, &body, reply_to, mentions)
+                .await
+        })
+        .await
+    }
+
+    pub async fn send_attachment(
+        &self,
+        conversation_id: String,
+        bytes: Vec<u8>,
+        mime: String,
+        filename: Option<String>,
+        caption: String,
+    ) -> Result<String> {
+        self.run(|c| async move {
+            c.send_attachment(&conversation_id, bytes, &mime, filename, &caption)
+                .await
+        })
+        .await
+    }
+
+    pub async fn edit(&self, message_id: String, body: String) -> Result<String> {
+        self.run(|c| async move { c.edit(&message_id, &body).await })
+            .await
+    }
+
+    pub async fn delete(&self, message_id: String) -> Result<String> {
+        self.run(|c| async move { c.delete(&message_id).await })
+            .await
+    }
+
+    pub async fn react(&self, message_id: String, emoji: String, add: bool) -> Result<String> {
+        self.run(|c| async move { c.react(&message_id, &emoji, add).await })
+            .await
+    }
+
+    pub async fn mark_read(&self, conversation_id: String, seq: u64) -> Result<String> {
+        self.run(|c| async move { c.mark_read(&conversation_id, seq).await })
+            .await
+    }
+
+    pub async fn set_typing(&self, conversation_id: String, typing: bool) -> Result<()> {
+        self.run(|c| async move { c.set_typing(&conversation_id, typing).await })
+            .await
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<Conversation>> {
+        self.run(|c| async move { c.conversations().await }).await
+    }
+
+    pub fn cached_conversations(&self) -> Result<Vec<Conversation>> {
+        self.client.cached_conversations()
+    }
+
+    pub fn cached_messages(&self, conversation_id: String, limit: u32) -> Result<Vec<Message>> {
+        self.client.cached_messages(&conversation_id, limit)
+    }
+
+    pub async fn history(
+        &self,
+        conversation_id: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        self.run(|c| async move { c.history(&conversation_id, before, limit).await })
+            .await
+    }
+
+    pub async fn search(
+        &self,
+        query: String,
+        conversation_id: Option<String>,
+    ) -> Result<Vec<Message>> {
+        self.run(|c| async move { c.search(&query, conversation_id).await })
+            .await
+    }
+
+    pub async fn members(&self, conversation_id: String) -> Result<Vec<Member>> {
+        self.run(|c| async move { c.members(&conversation_id).await })
+            .await
+    }
+
+    pub async fn create_conversation(
+        &self,
+        kind: String,
+        name: Option<String>,
+        members: Vec<String>,
+    ) -> Result<Conversation> {
+        self.run(|c| async move { c.create_conversation(&kind, name, members).await })
+            .await
+    }
+
+    pub async fn leave_conversation(&self, conversation_id: String) -> Result<()> {
+        self.run(|c| async move { c.leave_conversation(&conversation_id).await })
+            .await
+    }
+
+    /// Ids of commands not yet acknowledged by the server, oldest first.
+    pub fn pending(&self) -> Result<Vec<String>> {
+        self.client.pending()
+    }
+
+    pub fn last_inbox_seq(&self) -> Result<u64> {
+        self.client.last_inbox_seq()
+    }
+
+    /// Disconnects and stops the runtime; the object is unusable afterwards.
+    pub fn shutdown(&self) {
+        self.client.shutdown();
+        if let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TidingsClient {
+    fn drop(&mut self) {
+        // shutdown_background never blocks, so this is safe even on a runtime thread.
+        self.shutdown();
+    }
+}

@@ -1,0 +1,307 @@
+//! The REST side: login, refresh (inside, transparently), and every HTTP call the SDK
+//! makes. The access token is refreshed when it is near expiry or when the server says
+//! it expired; refresh tokens rotate, so refreshes are serialized.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::sdk::error::{Result, SdkError};
+use crate::sdk::local::{LocalStore, StoredSession};
+use crate::sdk::types::SessionInfo;
+
+/// Refresh when the access token has less than this left.
+const REFRESH_MARGIN_SECS: i64 = 60;
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    device_id: String,
+    local: Arc<LocalStore>,
+    session: tokio::sync::Mutex<Option<StoredSession>>,
+}
+
+fn now_secs() -> i64 {
+    crate::sdk::local::now_ms() / 1000
+}
+
+/// Reads `{"error":{"code","message"}}` from a failed response.
+async fn error_of(res: reqwest::Response) -> SdkError {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned();
+    let detail = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"))
+        .to_owned();
+    if status == StatusCode::UNAUTHORIZED {
+        SdkError::Auth { code, detail }
+    } else {
+        SdkError::Server {
+            status: status.as_u16(),
+            code,
+            detail,
+        }
+    }
+}
+
+impl Api {
+    pub fn new(base: &str, device_id: &str, local: Arc<LocalStore>) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| SdkError::config(format!("http client: {e}")))?;
+        let session = local.session()?;
+        Ok(Api {
+            http,
+            base: base.to_owned(),
+            device_id: device_id.to_owned(),
+            local,
+            session: tokio::sync::Mutex::new(session),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn session_info(&self) -> Option<SessionInfo> {
+        self.session.lock().await.as_ref().map(|s| SessionInfo {
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+        })
+    }
+
+    pub async fn stored(&self) -> Option<StoredSession> {
+        self.session.lock().await.clone()
+    }
+
+    fn session_from(body: &Value) -> Result<StoredSession> {
+        let s = |v: &Value| v.as_str().map(str::to_owned);
+        Ok(StoredSession {
+            user_id: s(&body["user"]["id"]).ok_or_else(|| SdkError::network("no user.id"))?,
+            username: s(&body["user"]["username"]).unwrap_or_default(),
+            access_token: s(&body["access_token"])
+                .ok_or_else(|| SdkError::network("no access_token"))?,
+            refresh_token: s(&body["refresh_token"])
+                .ok_or_else(|| SdkError::network("no refresh_token"))?,
+            expires_at: now_secs() + body["expires_in"].as_i64().unwrap_or(900),
+        })
+    }
+
+    async fn adopt(&self, session: StoredSession) -> Result<SessionInfo> {
+        self.local.save_session(&session)?;
+        let info = SessionInfo {
+            user_id: session.user_id.clone(),
+            username: session.username.clone(),
+        };
+        *self.session.lock().await = Some(session);
+        Ok(info)
+    }
+
+    /// `POST /v1/auth/login` or `/register`.
+    pub async fn authenticate(
+        &self,
+        register: bool,
+        username: &str,
+        password: &str,
+    ) -> Result<SessionInfo> {
+        let path = if register {
+            "/v1/auth/register"
+        } else {
+            "/v1/auth/login"
+        };
+        let res = self
+            .http
+            .post(self.url(path))
+            .json(&json!({"username": username, "password": password, "device_id": self.device_id}))
+            .send()
+            .await
+            .map_err(SdkError::network)?;
+        if !res.status().is_success() {
+            return Err(error_of(res).await);
+        }
+        let body: Value = res.json().await.map_err(SdkError::network)?;
+        self.adopt(Self::session_from(&body)?).await
+    }
+
+    /// Uses tokens obtained elsewhere. `expires_in` = 0 means "unknown": refreshed on
+    /// first use.
+    pub async fn use_tokens(
+        &self,
+        user_id: &str,
+        username: &str,
+        access_token: &str,
+        refresh_token: &str,
+        expires_in: i64,
+    ) -> Result<SessionInfo> {
+        if !crate::protocol::ids::is_server_id(user_id) {
+            return Err(SdkError::invalid(
+                "invalid",
+                "user_id must be a 26-character id",
+            ));
+        }
+        self.adopt(StoredSession {
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            access_token: access_token.to_owned(),
+            refresh_token: refresh_token.to_owned(),
+            expires_at: now_secs() + expires_in,
+        })
+        .await
+    }
+
+    pub async fn logout(&self) -> Result<()> {
+        if let Some(s) = self.session.lock().await.take() {
+            let _ = self
+                .http
+                .post(self.url("/v1/auth/logout"))
+                .bearer_auth(&s.access_token)
+                .send()
+                .await;
+        }
+        self.local.clear_session()
+    }
+
+    /// A usable access token: refreshed first if it is close to expiry (or `force`).
+    pub async fn access_token(&self, force: bool) -> Result<String> {
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
+        if !force && session.expires_at - REFRESH_MARGIN_SECS > now_secs() {
+            return Ok(session.access_token.clone());
+        }
+        let res = self
+            .http
+            .post(self.url("/v1/auth/refresh"))
+            .json(&json!({"refresh_token": session.refresh_token}))
+            .send()
+            .await
+            .map_err(SdkError::network)?;
+        if !res.status().is_success() {
+            let err = error_of(res).await;
+            if matches!(err, SdkError::Auth { .. }) {
+                *guard = None;
+                let _ = self.local.clear_session();
+            }
+            return Err(err);
+        }
+        let body: Value = res.json().await.map_err(SdkError::network)?;
+        let mut fresh = Self::session_from(&body)?;
+        if fresh.username.is_empty() {
+            fresh.username = session.username.clone();
+        }
+        self.local.save_session(&fresh)?;
+        let token = fresh.access_token.clone();
+        *session = fresh;
+        Ok(token)
+    }
+
+    /// Sends an authenticated request, refreshing once on a 401.
+    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<reqwest::Response> {
+        let mut force = false;
+        loop {
+            let token = self.access_token(force).await?;
+            let res = build()
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(SdkError::network)?;
+            if res.status() == StatusCode::UNAUTHORIZED && !force {
+                force = true;
+                continue;
+            }
+            if !res.status().is_success() {
+                return Err(error_of(res).await);
+            }
+            return Ok(res);
+        }
+    }
+
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        let url = self.url(path);
+        let res = self
+            .send(|| {
+                let rb = self.http.request(method.clone(), &url);
+                match &body {
+                    Some(b) => rb.json(b),
+                    None => rb,
+                }
+            })
+            .await?;
+        if res.status() == StatusCode::NO_CONTENT {
+            return serde_json::from_value(Value::Null).map_err(SdkError::network);
+        }
+        res.json().await.map_err(SdkError::network)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Whether the current access token is accepted (`GET /v1/me`); used when MQTT
+    /// connects keep failing, since a refused CONNECT looks like a network failure.
+    pub async fn token_rejected(&self) -> bool {
+        let Ok(token) = self.access_token(false).await else {
+            return true;
+        };
+        match self
+            .http
+            .get(self.url("/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            Ok(res) => res.status() == StatusCode::UNAUTHORIZED,
+            Err(_) => false,
+        }
+    }
+
+    /// `POST /v1/uploads` with raw bytes.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        mime: &str,
+        filename: Option<&str>,
+    ) -> Result<Value> {
+        let mut url = reqwest::Url::parse(&self.url("/v1/uploads"))
+            .map_err(|e| SdkError::config(e.to_string()))?;
+        if let Some(name) = filename {
+            url.query_pairs_mut().append_pair("filename", name);
+        }
+        let res = self
+            .send(|| {
+                self.http
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, mime)
+                    .body(bytes.clone())
+            })
+            .await?;
+        res.json().await.map_err(SdkError::network)
+    }
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn q(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

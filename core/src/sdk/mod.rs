@@ -1,0 +1,26 @@
+//! The Tidings client SDK (feature `sdk`): an offline-first client for the Tidings
+//! protocol, usable from Rust directly ([`Client`]) and from Swift, Kotlin and Python
+//! through uniffi ([`ffi::TidingsClient`]).
+//!
+//! - [`config`]: where the server is, where local data lives, validated up front so no
+//!   rumqttc option setter can panic.
+//! - [`http`]: the REST calls, with the access token refreshed inside.
+//! - [`local`]: the local SQLite file: session, outbox, last inbox seq, cache.
+//! - [`conn`]: the MQTT connection loop (backoff + jitter, re-subscribe, sync, resend).
+//! - [`client`]: the idiomatic async Rust API.
+//! - [`types`]: records and events shared by the Rust API and the bindings.
+//! - [`ffi`]: the uniffi object that owns a tokio runtime.
+
+pub mod client;
+pub mod config;
+mod conn;
+pub mod error;
+pub mod ffi;
+pub mod http;
+pub mod local;
+pub mod types;
+
+pub use client::Client;
+pub use config::ClientConfig;
+pub use error::SdkError;
+pub use types::*;

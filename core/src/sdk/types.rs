@@ -1,0 +1,267 @@
+//! Records and events the SDK hands to apps (Rust and, through uniffi, Swift, Kotlin
+//! and Python). Converted from the wire types in [`crate::protocol`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::event::{
+    AttachmentView, ConversationView, MemberView, MessageView, ReactionView, ReceiptView,
+};
+
+/// The logged-in user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct SessionInfo {
+    pub user_id: String,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Attachment {
+    pub id: String,
+    pub mime: String,
+    pub size: u64,
+    pub name: Option<String>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender: String,
+    /// The sender's client id (the outbox id for messages this device sent).
+    pub client_msg_id: String,
+    /// `text`, `image`, `file`, `voice` or `system`.
+    pub kind: String,
+    pub body: String,
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    pub attachment: Option<Attachment>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+}
+
+impl From<MessageView> for Message {
+    fn from(m: MessageView) -> Self {
+        Message {
+            id: m.id,
+            conversation_id: m.conv,
+            seq: m.seq,
+            sender: m.sender,
+            client_msg_id: m.client_msg_id,
+            kind: m.kind.as_str().to_owned(),
+            body: m.body,
+            reply_to: m.reply_to,
+            mentions: m.mentions,
+            attachment: m.attachment.map(Attachment::from),
+            created_at: m.created_at,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+        }
+    }
+}
+
+impl From<AttachmentView> for Attachment {
+    fn from(a: AttachmentView) -> Self {
+        Attachment {
+            id: a.id,
+            mime: a.mime,
+            size: a.size,
+            name: a.name,
+        }
+    }
+}
+
+/// A conversation the user is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Conversation {
+    pub id: String,
+    /// `direct`, `group` or `room`.
+    pub kind: String,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_seq: u64,
+    pub unread: u64,
+    pub last_message: Option<Message>,
+}
+
+impl From<ConversationView> for Conversation {
+    fn from(c: ConversationView) -> Self {
+        Conversation {
+            id: c.id,
+            kind: c.kind.as_str().to_owned(),
+            name: c.name,
+            topic: c.topic,
+            created_by: c.created_by,
+            created_at: c.created_at,
+            last_seq: 0,
+            unread: 0,
+            last_message: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Member {
+    pub user_id: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub read_seq: u64,
+    pub delivered_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Reaction {
+    pub conversation_id: String,
+    pub message_id: String,
+    pub user_id: String,
+    pub emoji: String,
+    /// false when the reaction was removed.
+    pub added: bool,
+}
+
+impl From<ReactionView> for Reaction {
+    fn from(r: ReactionView) -> Self {
+        Reaction {
+            conversation_id: r.conv,
+            message_id: r.msg,
+            user_id: r.user,
+            emoji: r.emoji,
+            added: r.added,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Receipt {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub kind: ReceiptKind,
+    /// Everything up to this conversation seq.
+    pub seq: u64,
+}
+
+impl From<ReceiptView> for Receipt {
+    fn from(r: ReceiptView) -> Self {
+        Receipt {
+            conversation_id: r.conv,
+            user_id: r.user,
+            kind: match r.kind {
+                crate::protocol::event::ReceiptKind::Delivered => ReceiptKind::Delivered,
+                crate::protocol::event::ReceiptKind::Read => ReceiptKind::Read,
+            },
+            seq: r.seq,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Membership {
+    pub conversation_id: String,
+    pub user_id: String,
+    /// `joined`, `left`, `removed` or `role_changed`.
+    pub action: String,
+    pub role: String,
+    pub by: Option<String>,
+}
+
+impl From<MemberView> for Membership {
+    fn from(m: MemberView) -> Self {
+        let action = serde_json::to_value(m.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Membership {
+            conversation_id: m.conv,
+            user_id: m.user,
+            action,
+            role: m.role.as_str().to_owned(),
+            by: m.by,
+        }
+    }
+}
+
+/// The live connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConnectionState {
+    /// Not connected and not trying (before `connect`, after `disconnect`).
+    Disconnected,
+    /// Trying to connect (first time or after a failure).
+    Connecting,
+    /// Connected, subscribed and caught up.
+    Connected,
+    /// Waiting before the next attempt.
+    WaitingToRetry,
+    /// The session is over (refresh refused): log in again.
+    LoggedOut,
+}
+
+/// Everything the SDK tells the app, through [`TidingsListener`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum ClientEvent {
+    Message {
+        message: Message,
+    },
+    MessageUpdated {
+        message: Message,
+    },
+    MessageDeleted {
+        conversation_id: String,
+        message_id: String,
+    },
+    Reaction {
+        reaction: Reaction,
+    },
+    Receipt {
+        receipt: Receipt,
+    },
+    Typing {
+        conversation_id: String,
+        user_id: String,
+        typing: bool,
+    },
+    Presence {
+        user_id: String,
+        online: bool,
+        last_seen: Option<i64>,
+    },
+    Membership {
+        membership: Membership,
+    },
+    Conversation {
+        conversation: Conversation,
+    },
+    /// An outbox entry was accepted by the server (stored).
+    Sent {
+        client_id: String,
+        conversation_id: Option<String>,
+        message_id: Option<String>,
+        seq: Option<u64>,
+    },
+    ConnectionState {
+        state: ConnectionState,
+    },
+    /// A command failed for good (`client_id` set) or the connection hit a problem.
+    Error {
+        client_id: Option<String>,
+        code: String,
+        detail: String,
+    },
+}
+
+/// Implemented by the app (Swift, Kotlin, Python or Rust) to receive events. Called on
+/// one SDK thread, in order; return quickly.
+#[uniffi::export(with_foreign)]
+pub trait TidingsListener: Send + Sync {
+    fn on_event(&self, event: ClientEvent);
+}
