@@ -175,3 +175,106 @@ impl Drop for Server {
         }
     }
 }
+
+/// target/debug (the directory holding the server binary and the SDK's cdylib).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The SDK's shared library, as cargo built it for this test run.
+pub fn sdk_library() -> PathBuf {
+    let name = if cfg!(target_os = "macos") {
+        "libtidings_bindings.dylib"
+    } else {
+        "libtidings_bindings.so"
+    };
+    let lib = target_dir().join(name);
+    assert!(lib.exists(), "{} is missing", lib.display());
+    lib
+}
+
+/// Generates bindings for `language` from the built library (uniffi library mode, with
+/// the root uniffi.toml passed explicitly) into `out`.
+pub fn generate(language: &str, out: &std::path::Path) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let status = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+        .args(["generate", "--library"])
+        .arg(sdk_library())
+        .args(["--language", language, "--config"])
+        .arg(format!("{root}/uniffi.toml"))
+        .arg("--out-dir")
+        .arg(out)
+        .status()
+        .expect("run uniffi-bindgen");
+    assert!(status.success(), "uniffi-bindgen {language} failed");
+}
+
+/// True when `tool` can run. In CI (CI=true) a missing tool fails the test instead of
+/// skipping it: scripts/test.sh provisions every tool.
+pub fn have_tool(tool: &str, version_arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{tool} is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed (run scripts/test.sh to provision it)");
+    }
+    ok
+}
+
+/// Runs a scenario program that prints `RESTART` when it wants the server restarted
+/// (answered with `OK` on its stdin) and a JSON result as its last stdout line.
+pub fn drive(mut cmd: Command, server: &mut Server) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = cmd
+        .env("TIDINGS_HTTP", server.http())
+        .env("TIDINGS_MQTT_PORT", server.mqtt_port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn scenario");
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut last = String::new();
+    let mut all = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        eprintln!("[scenario] {line}");
+        if line.trim() == "RESTART" {
+            server.restart();
+            writeln!(stdin, "OK").unwrap();
+            stdin.flush().unwrap();
+        } else if !line.trim().is_empty() {
+            last = line.clone();
+        }
+        all.push(line);
+    }
+    let status = child.wait().expect("wait scenario");
+    let stderr = err_thread.join().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+    assert!(
+        status.success() && result["ok"] == true,
+        "scenario failed ({status}): {result}\nstdout:\n{}\nstderr:\n{stderr}\nserver:\n{}",
+        all.join("\n"),
+        server.logs()
+    );
+    result
+}
