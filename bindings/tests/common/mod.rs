@@ -204,7 +204,7 @@ pub fn generate(language: &str, out: &std::path::Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
         .args(["generate", "--library"])
         .arg(sdk_library())
-        .args(["--language", language, "--config"])
+        .args(["--no-format", "--language", language, "--config"])
         .arg(format!("{root}/uniffi.toml"))
         .arg("--out-dir")
         .arg(out)
