@@ -68,8 +68,35 @@ ensure_paho() {
     fi
 }
 
+# The SDK binding tests (bindings/tests/sdk_{python,kotlin,swift}.rs) generate bindings
+# from the library cargo builds and need python3, a C compiler, java, kotlinc (npm
+# `kotlin-compiler`, which ships kotlinx-coroutines; its package only links kotlinc-js
+# onto PATH, so KOTLINC points at it) and Debian's JNA. With CI=true they fail, never
+# skip, when one is missing. Also builds the cdylib and generates bindings/generated/.
+prepare_bindings() {
+    if ! command -v kotlinc >/dev/null 2>&1; then
+        local npm_kotlinc
+        npm_kotlinc="$(npm root -g 2>/dev/null || true)/kotlin-compiler/bin/kotlinc"
+        if [ ! -x "$npm_kotlinc" ]; then
+            log "installing kotlin-compiler (npm)"
+            npm install -g --silent kotlin-compiler >/dev/null
+            npm_kotlinc="$(npm root -g)/kotlin-compiler/bin/kotlinc"
+        fi
+        export KOTLINC="$npm_kotlinc"
+    fi
+    if [ ! -f /usr/share/java/jna.jar ]; then
+        apt_install libjna-java
+    fi
+    if ! command -v java >/dev/null 2>&1; then
+        apt_install default-jre-headless
+    fi
+    log "building the SDK library and generating bindings"
+    bindings/generate.sh
+}
+
 start_postgres
 ensure_paho
+prepare_bindings
 
 log "cargo test"
 cargo test --workspace --locked "$@"
