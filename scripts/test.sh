@@ -72,7 +72,8 @@ ensure_paho() {
 # from the library cargo builds and need python3, a C compiler, java, kotlinc (npm
 # `kotlin-compiler`, which ships kotlinx-coroutines; its package only links kotlinc-js
 # onto PATH, so KOTLINC points at it) and Debian's JNA. With CI=true they fail, never
-# skip, when one is missing. Also builds the cdylib and generates bindings/generated/.
+# skip, when one is missing. Also builds the cdylib, generates bindings/generated/ and
+# checks the SDK for the iOS and Android targets rustup can add.
 prepare_bindings() {
     if ! command -v kotlinc >/dev/null 2>&1; then
         local npm_kotlinc
@@ -92,6 +93,8 @@ prepare_bindings() {
     fi
     log "building the SDK library and generating bindings"
     bindings/generate.sh
+    log "cargo check of the SDK for iOS and Android"
+    bindings/check_targets.sh
 }
 
 start_postgres

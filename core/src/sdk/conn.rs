@@ -555,3 +555,18 @@ impl Processor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 0..40 {
+            let d = backoff(attempt).as_millis() as u64;
+            let full = (BACKOFF_BASE_MS << attempt.min(16)).min(BACKOFF_CAP_MS);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d}ms");
+        }
+        assert!(backoff(30) <= Duration::from_millis(BACKOFF_CAP_MS));
+    }
+}

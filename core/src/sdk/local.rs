@@ -280,3 +280,69 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Op;
+
+    fn send(id: &str) -> Command {
+        Command {
+            v: 1,
+            id: id.into(),
+            op: Op::Send {
+                conv: crate::protocol::ids::new_id(),
+                body: "hi".into(),
+                reply_to: None,
+                mentions: vec![],
+                attachment: None,
+            },
+        }
+    }
+
+    #[test]
+    fn outbox_survives_reopen_in_order_and_a_new_user_wipes_it() {
+        let dir = tempfile_dir();
+        let file = dir.join("db.sqlite3");
+        {
+            let s = LocalStore::open(&dir, &file).unwrap();
+            s.save_session(&StoredSession {
+                user_id: "u1".into(),
+                username: "a".into(),
+                access_token: "x".into(),
+                refresh_token: "y".into(),
+                expires_at: 0,
+            })
+            .unwrap();
+            for id in ["c", "a", "b"] {
+                s.outbox_push(&send(id)).unwrap();
+            }
+            s.outbox_push(&send("a")).unwrap(); // same id: ignored
+            s.set_last_iseq(7).unwrap();
+        }
+        let s = LocalStore::open(&dir, &file).unwrap();
+        let ids: Vec<String> = s.outbox().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+        assert_eq!(s.last_iseq().unwrap(), 7);
+        assert!(s.outbox_remove("a").unwrap());
+        assert!(!s.outbox_remove("a").unwrap());
+        s.save_session(&StoredSession {
+            user_id: "u2".into(),
+            username: "b".into(),
+            access_token: "x".into(),
+            refresh_token: "y".into(),
+            expires_at: 0,
+        })
+        .unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+        assert_eq!(s.last_iseq().unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("tidings-sdk-{}", crate::protocol::ids::new_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
