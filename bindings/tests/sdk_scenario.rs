@@ -220,7 +220,23 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
         .unwrap();
     assert_eq!(bob.pending().unwrap(), vec![q1.clone(), q2.clone()]);
     tokio::task::block_in_place(|| server.restart());
+    // Alice writes while bob is away: bob gets it through sync from his last inbox seq.
+    rec_a.connected().await;
+    alice
+        .send_text(&conv.id, "while you were away", None, vec![])
+        .await
+        .unwrap();
+    rec_a
+        .wait_for("own message stored", |evs| {
+            evs.iter()
+                .any(|e| matches!(e, ClientEvent::Message { message } if message.body == "while you were away"))
+                .then_some(())
+        })
+        .await;
+    let seen_before = bob.last_inbox_seq().unwrap();
     bob.connect().await.unwrap();
+    wait_message(&rec_b, "while you were away").await;
+    assert!(bob.last_inbox_seq().unwrap() > seen_before);
     wait_message(&rec_a, "queued one").await;
     wait_message(&rec_a, "queued two").await;
     rec_b
@@ -357,4 +373,55 @@ async fn bad_configuration_and_arguments_are_typed_errors() {
         c.login("nobody", "password1").await,
         Err(SdkError::Network { .. })
     ));
+}
+
+/// Tokens from elsewhere, with an access token the broker refuses: the refused CONNECTs
+/// look like network failures, so after two the SDK asks the REST API, refreshes, and
+/// connects with the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_access_token_is_refreshed_inside() {
+    let server = Server::start();
+    let res: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/auth/register", server.http()))
+        .json(&serde_json::json!({"username": "carol", "password": "carol-password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = res["user"]["id"].as_str().unwrap();
+    let refresh = res["refresh_token"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (carol, rec) = client(&server, dir.path(), "carol-1");
+    carol
+        .use_tokens(user, "carol", "not-a-valid-jwt", refresh, 900)
+        .await
+        .unwrap();
+    carol.connect().await.unwrap();
+    rec.connected().await;
+    assert!(
+        rec.all().iter().any(|e| matches!(
+            e,
+            ClientEvent::ConnectionState {
+                state: ConnectionState::WaitingToRetry
+            }
+        )),
+        "the first CONNECT must have been refused"
+    );
+    let conv = carol
+        .create_conversation("group", Some("solo".into()), vec![])
+        .await
+        .unwrap();
+    let id = carol
+        .send_text(&conv.id, "still here", None, vec![])
+        .await
+        .unwrap();
+    rec.wait_for("ack", |evs| {
+        evs.iter()
+            .find(|e| matches!(e, ClientEvent::Sent { client_id, .. } if *client_id == id))
+            .map(|_| ())
+    })
+    .await;
+    carol.shutdown();
 }
