@@ -197,9 +197,33 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
         })
         .await;
 
+    // A deleted message, and presence of the other member.
+    let extra = alice
+        .send_text(&conv.id, "to be deleted", None, vec![])
+        .await
+        .unwrap();
+    let doomed = wait_message(&rec_b, "to be deleted").await;
+    assert_eq!(doomed.client_msg_id, extra);
+    alice.delete(&doomed.id).await.unwrap();
+    rec_b
+        .wait_for("deletion", |evs| {
+            evs.iter()
+                .any(|e| matches!(e, ClientEvent::MessageDeleted { message_id, .. } if *message_id == doomed.id))
+                .then_some(())
+        })
+        .await;
+    rec_b
+        .wait_for("alice's presence", |evs| {
+            evs.iter()
+                .any(|e| matches!(e, ClientEvent::Presence { user_id, online: true, .. } if *user_id == sa.user_id))
+                .then_some(())
+        })
+        .await;
+
     // History, search, members and the cache.
     let history = alice.history(&conv.id, None, 50).await.unwrap();
-    assert_eq!(history.len(), 2);
+    assert_eq!(history.len(), 3);
+    assert!(history[2].deleted && history[2].body.is_empty());
     let members = alice.members(&conv.id).await.unwrap();
     assert_eq!(members.len(), 2);
     let convs = bob.conversations().await.unwrap();
