@@ -197,6 +197,24 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
         })
         .await;
 
+    // An attachment: uploaded over HTTP, then sent through the outbox.
+    let png =
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89".to_vec();
+    alice
+        .send_attachment(
+            &conv.id,
+            png,
+            "image/png",
+            Some("dot.png".into()),
+            "a picture",
+        )
+        .await
+        .expect("send attachment");
+    let pic = wait_message(&rec_b, "a picture").await;
+    assert_eq!(pic.kind, "image");
+    let att = pic.attachment.expect("attachment");
+    assert_eq!(att.mime, "image/png");
+
     // A deleted message, and presence of the other member.
     let extra = alice
         .send_text(&conv.id, "to be deleted", None, vec![])
@@ -222,8 +240,8 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
 
     // History, search, members and the cache.
     let history = alice.history(&conv.id, None, 50).await.unwrap();
-    assert_eq!(history.len(), 3);
-    assert!(history[2].deleted && history[2].body.is_empty());
+    assert_eq!(history.len(), 4);
+    assert!(history[3].deleted && history[3].body.is_empty());
     let members = alice.members(&conv.id).await.unwrap();
     assert_eq!(members.len(), 2);
     let convs = bob.conversations().await.unwrap();
