@@ -2,8 +2,10 @@
 # Runs every Tidings test. Provisions what the tests need, then runs cargo test:
 #   - a throwaway PostgreSQL cluster on a free loopback port (installed with apt only
 #     when no PostgreSQL binaries exist), removed on exit;
-#   - paho-mqtt from PyPI, the third-party MQTT client the interop tests drive.
-# The PostgreSQL tests read TIDINGS_TEST_PG_URL and fail (never skip) without it.
+#   - paho-mqtt from PyPI, the third-party MQTT client the interop tests drive;
+#   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to.
+# The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
+# and fail (never skip) without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -97,8 +99,39 @@ prepare_bindings() {
     bindings/check_targets.sh
 }
 
+# moto's S3 server (PyPI) on a free loopback port, for the uploads tests on S3; they read
+# TIDINGS_TEST_S3_ENDPOINT and fail (never skip) without it. `moto.server` is what needs
+# the [server] extra (Flask), so that is the import checked.
+start_s3() {
+    if ! python3 -c 'import moto.server' 2>/dev/null; then
+        log "installing moto[server] (PyPI)"
+        python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+    fi
+    local port pid
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        python3 -m moto.server -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        for _ in $(seq 1 150); do
+            if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/', timeout=1)" 2>/dev/null; then
+                export TIDINGS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+                log "moto S3 on 127.0.0.1:$port"
+                return 0
+            fi
+            kill -0 "$pid" 2>/dev/null || break # exited: port taken, or broken install
+            sleep 0.2
+        done
+        kill "$pid" 2>/dev/null || true
+    done
+    cat "$WORK/moto.log" >&2
+    log "could not start moto's S3 server"
+    return 1
+}
+
 start_postgres
 ensure_paho
+start_s3
 prepare_bindings
 
 log "cargo test"

@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1/me", routes::me::router())
         .nest("/v1/conversations", routes::conversations::router())
         .nest("/v1/sync", routes::sync::router())
+        .merge(routes::uploads::router())
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_JSON_BYTES))
         .layer(TraceLayer::new_for_http())

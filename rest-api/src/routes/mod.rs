@@ -5,3 +5,4 @@ pub mod conversations;
 pub mod health;
 pub mod me;
 pub mod sync;
+pub mod uploads;
