@@ -2,7 +2,8 @@
 # Runs every Tidings test. Provisions what the tests need, then runs cargo test:
 #   - a throwaway PostgreSQL cluster on a free loopback port (installed with apt only
 #     when no PostgreSQL binaries exist), removed on exit;
-#   - paho-mqtt from PyPI, the third-party MQTT client the interop tests drive;
+#   - paho-mqtt and openapi-spec-validator from PyPI (a third-party MQTT client and
+#     OpenAPI validator the tests drive);
 #   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
 # and fail (never skip) without them.
@@ -63,10 +64,16 @@ start_postgres() {
     return 1
 }
 
+# Third-party Python tools the tests drive: paho-mqtt (an MQTT client we did not
+# write) and openapi-spec-validator (checks the generated OpenAPI document).
 ensure_paho() {
     if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
         log "installing paho-mqtt (PyPI)"
         python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+    fi
+    if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+        log "installing openapi-spec-validator (PyPI)"
+        python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'
     fi
 }
 

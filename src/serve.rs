@@ -90,7 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
-    let state = tidings_rest::AppState::new(store, keys, realtime.fanout.clone(), blobs, config.uploads.clone());
+    let state = tidings_rest::AppState::new(
+        store,
+        keys,
+        realtime.fanout.clone(),
+        blobs,
+        config.uploads.clone(),
+    );
 
     let listener = TcpListener::bind(config.http.listen)
         .await

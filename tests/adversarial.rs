@@ -140,6 +140,7 @@ async fn forbidden_publishes_close_the_connection_and_change_nothing() {
             br#"{"typing":true}"#.to_vec(),
         ),
         (format!("c/{}/m", s.team), br#"{"type":"message"}"#.to_vec()),
+        (format!("c/{}/t/{}", s.team, s.eve.id), vec![b' '; 10_000]),
         ("u//out".into(), b"{}".to_vec()),
     ];
     for (i, (topic, payload)) in attempts.iter().enumerate() {

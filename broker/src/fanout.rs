@@ -149,9 +149,14 @@ impl Fanout {
     }
 }
 
+/// What both planes call after a write: inbox deliveries plus, for message-shaped
+/// events, the conversation mirror.
 impl EventSink for Fanout {
     fn deliver(&self, deliveries: &[Delivery]) {
         self.deliver_all(deliveries);
+        if let Some(first) = deliveries.first() {
+            self.mirror(&first.body);
+        }
     }
 }
 

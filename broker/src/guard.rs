@@ -28,6 +28,7 @@ use rumqttd::protocol::{
     valid_filter, valid_topic, ConnectReturnCode, Error as ProtocolError, Packet, Protocol,
 };
 use tidings_core::protocol::ids::{is_client_id, is_server_id};
+use tidings_core::protocol::limits::MAX_TYPING_BYTES;
 use tidings_store::MembershipIndex;
 
 use crate::acl::{may_publish, may_subscribe};
@@ -165,6 +166,9 @@ impl<P: Protocol> Protocol for Guard<P> {
                 {
                     return Err(self.refuse("publish to a forbidden topic", topic));
                 }
+                if topic.starts_with("c/") && publish.payload.len() > MAX_TYPING_BYTES {
+                    return Err(self.refuse("oversized typing payload", topic));
+                }
                 *props = None;
             }
             Packet::Subscribe(subscribe, props) => {
@@ -185,7 +189,17 @@ impl<P: Protocol> Protocol for Guard<P> {
                 }
                 *props = None;
             }
-            Packet::Unsubscribe(_, props) => *props = None,
+            Packet::Unsubscribe(unsubscribe, props) => {
+                if let Some(identity) = &self.identity {
+                    let compact_inbox = format!("u/{}/in/c", identity.user);
+                    if unsubscribe.filters.contains(&compact_inbox)
+                        && self.compact.swap(false, Ordering::Relaxed)
+                    {
+                        self.shared.presence.compact_unsubscribed(&identity.user);
+                    }
+                }
+                *props = None;
+            }
             _ => {}
         }
         Ok(packet)

@@ -15,7 +15,6 @@ pub mod auth;
 pub mod fanout;
 pub mod guard;
 pub mod presence;
-pub mod ratelimit;
 pub mod server;
 pub mod worker;
 mod ws_gate;

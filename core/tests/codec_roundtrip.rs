@@ -248,6 +248,17 @@ fn failures_are_classified() {
         json.decode_command(br#"{"op":"send","id":"x"}"#),
         Err(CodecError::Malformed(_))
     ));
+    use tidings_core::protocol::codec::command_id;
+    assert_eq!(
+        command_id(br#"{"op":"launch","id":"x1"}"#).as_deref(),
+        Some("x1")
+    );
+    assert_eq!(
+        command_id(br#"{"op":"send","id":"bad/id"}"#),
+        None,
+        "only ids that are valid"
+    );
+    assert_eq!(command_id(b"garbage"), None);
     let huge = vec![b' '; tidings_core::protocol::limits::MAX_COMMAND_BYTES + 1];
     assert!(matches!(
         json.decode_command(&huge),

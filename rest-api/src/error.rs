@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds, sent as `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,7 +22,40 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 429 with `Retry-After`, from a rate limiter's wait in milliseconds.
+    pub fn rate_limited(wait_ms: u64) -> Self {
+        let secs = wait_ms.div_ceil(1000).max(1);
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {secs} s"),
+            )
+        }
+    }
+    /// The HTTP form of a protocol error code (the worker's refusals, REST sends).
+    pub fn from_code(code: tidings_core::protocol::ErrorCode, message: impl Into<String>) -> Self {
+        use tidings_core::protocol::ErrorCode as C;
+        let status = match code {
+            C::Malformed => StatusCode::BAD_REQUEST,
+            C::UnknownOp | C::UnsupportedVersion | C::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            C::NotMember | C::Forbidden => StatusCode::FORBIDDEN,
+            C::NotFound => StatusCode::NOT_FOUND,
+            C::Conflict => StatusCode::CONFLICT,
+            C::Unauthorized => StatusCode::UNAUTHORIZED,
+            C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, code.as_str(), message)
     }
     pub fn malformed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "malformed", message)
@@ -49,7 +84,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -7,28 +7,49 @@
 
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::AppState;
+pub use state::{rate_limit, AppState};
 
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Json, Router};
 use tidings_core::protocol::limits::MAX_HTTP_JSON_BYTES;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-/// The whole HTTP API.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The whole HTTP API, and its OpenAPI document (also served at `/v1/openapi.json`).
+pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
-        .nest("/v1/auth", routes::auth::router())
-        .nest("/v1/me", routes::me::router())
-        .nest("/v1/conversations", routes::conversations::router())
-        .nest("/v1/sync", routes::sync::router())
+        .merge(routes::auth::router())
+        .merge(routes::me::router())
+        .merge(routes::conversations::router())
+        .merge(routes::messages::router())
+        .merge(routes::sync::router())
+        .merge(routes::search::router())
         .merge(routes::uploads::router())
+        .split_for_parts();
+    let json = Arc::new(document.clone());
+    let router = router
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { Json(json.as_ref().clone()) }),
+        )
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_JSON_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    (router, document)
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    router_and_document(state).0
 }

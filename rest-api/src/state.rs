@@ -1,4 +1,7 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tidings_core::protocol::limits::{AUTH_BURST, AUTH_PER_MINUTE, SEND_BURST, SEND_PER_SECOND};
+use tidings_core::ratelimit::RateLimiter;
 
 use tidings_auth::TokenKeys;
 use tidings_store::{EventSink, Store};
@@ -16,6 +19,32 @@ pub struct AppState {
     /// Where attachment bytes live.
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<UploadsConfig>,
+    pub limits: Arc<Limits>,
+}
+
+/// Request-rate limits kept in memory (one process; see ARCHITECTURE.md).
+pub struct Limits {
+    /// Password and token attempts, per client address.
+    pub auth: Mutex<RateLimiter>,
+    /// Messages sent over HTTP, per user.
+    pub sends: Mutex<RateLimiter>,
+}
+
+impl Limits {
+    fn new() -> Self {
+        Limits {
+            auth: Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)),
+            sends: Mutex::new(RateLimiter::new(SEND_BURST, SEND_PER_SECOND)),
+        }
+    }
+}
+
+/// Takes a token from `limiter` for `key`, or the 429 to return.
+pub fn rate_limit(limiter: &Mutex<RateLimiter>, key: &str) -> Result<(), crate::error::ApiError> {
+    let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+    limiter
+        .check(key, tidings_store::now_ms())
+        .map_err(crate::error::ApiError::rate_limited)
 }
 
 impl AppState {
@@ -26,6 +55,13 @@ impl AppState {
         blobs: Arc<dyn BlobStore>,
         uploads: UploadsConfig,
     ) -> Self {
-        AppState { store, keys, sink, blobs, uploads: Arc::new(uploads) }
+        AppState {
+            store,
+            keys,
+            sink,
+            blobs,
+            uploads: Arc::new(uploads),
+            limits: Arc::new(Limits::new()),
+        }
     }
 }

@@ -210,6 +210,14 @@ impl Planner {
     fn send(&mut self, m: &NewMessage) -> WriteOutcome {
         let key = (m.sender.clone(), m.client_msg_id.clone());
         if let Some(prev) = self.snap.sent.get(&key) {
+            // Same id, other conversation: a client bug (or id reuse), not a retry.
+            // Acking it would tell the client a message was stored that never was.
+            if prev.conv != m.conv {
+                return WriteOutcome::rejected(
+                    ErrorCode::Conflict,
+                    "this id was already used for a message in another conversation; use a fresh id",
+                );
+            }
             return WriteOutcome::Unchanged {
                 ack: AckView {
                     conv: Some(prev.conv.clone()),
@@ -276,6 +284,19 @@ impl Planner {
             deleted: false,
         };
         self.touched_convs.insert(m.conv.clone(), m.created_at);
+        // Writing a message means having read up to it: the sender's own messages never
+        // count as unread for them. (Silent: no receipt event for this.)
+        if let Some((_, mk)) = self
+            .snap
+            .members
+            .get_mut(&m.conv)
+            .and_then(|ms| ms.iter_mut().find(|(u, _)| *u == m.sender))
+        {
+            mk.read_seq = mk.read_seq.max(view.seq);
+            mk.delivered_seq = mk.delivered_seq.max(view.seq);
+            self.touched_markers
+                .insert((m.conv.clone(), m.sender.clone()));
+        }
         self.snap.sent.insert(key, view.clone());
         self.snap.messages.insert(view.id.clone(), view.clone());
         self.plan.inserts.push(MessageRow {

@@ -236,6 +236,57 @@ pub struct InboxEvent {
     pub created_at: i64,
 }
 
+/// One row of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub conversation: Conversation,
+    /// The caller's own membership (role, markers, archived, muted).
+    pub member: Member,
+    pub last_message: Option<MessageView>,
+    /// Messages after the caller's read marker.
+    pub unread: u64,
+}
+
+/// A page of the conversation list, newest activity first. The cursor is the
+/// (last_activity_at, id) of the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityPage {
+    pub before: Option<(i64, String)>,
+    pub limit: u32,
+    /// Some(true): only archived; Some(false): only not archived; None: all.
+    pub archived: Option<bool>,
+}
+
+/// Badge numbers: unread messages across conversations that are not muted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnreadTotal {
+    pub messages: u64,
+    pub conversations: u64,
+}
+
+/// How many people reacted to a message with one emoji, and whether the viewer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionSummary {
+    pub message: String,
+    pub emoji: String,
+    pub count: u64,
+    pub me: bool,
+}
+
+/// Why a member stopped being one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    Left,
+    Removed,
+}
+
+/// A public room as listed to everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomListing {
+    pub conversation: Conversation,
+    pub members: u64,
+}
+
 /// Which side of a sequence number a history page is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqPage {

@@ -43,3 +43,36 @@ crate::sql_store::impl_sql_store!(
     backend = Backend::Postgres,
     lock = "FOR UPDATE"
 );
+
+/// The tsvector part of a search, with the same meaning as SQLite's: every word must
+/// match, the last as a prefix (results appear while typing). Words are reduced to
+/// letters and digits before they reach `to_tsquery`, so no input is a syntax error and
+/// no operator typed by a user is obeyed. `rank` is negated ts_rank so that, as with
+/// bm25, lower is better.
+fn search_query(query: &str) -> Option<QueryBuilder<'static, sqlx::Postgres>> {
+    let words: Vec<String> = query
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let (last, rest) = words.split_last()?;
+    let mut terms: Vec<String> = rest.to_vec();
+    terms.push(format!("{last}:*"));
+    let tsquery = terms.join(" & ");
+    let mut qb = QueryBuilder::<sqlx::Postgres>::new("SELECT ");
+    qb.push(MESSAGE_COLUMNS)
+        .push(", -ts_rank(m.body_tsv, to_tsquery('simple', ");
+    qb.push_bind(tsquery.clone());
+    qb.push(
+        ")) AS rank FROM messages m LEFT JOIN attachments a ON a.id = m.attachment_id \
+             WHERE m.body_tsv @@ to_tsquery('simple', ",
+    );
+    qb.push_bind(tsquery);
+    qb.push(")");
+    Some(qb)
+}

@@ -13,12 +13,20 @@
 /// limits (SQLite: 32766, PostgreSQL: 65535) whatever the batch size.
 pub(crate) const CHUNK_ROWS: usize = 1000;
 
-/// The columns a `MessageView` is read from.
-pub(crate) const MESSAGE_SELECT: &str = "SELECT m.id, m.conversation_id, m.seq, m.sender_id, \
+/// The columns a `MessageView` is read from (messages `m`, attachments `a`).
+pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.seq, m.sender_id, \
      m.client_msg_id, m.kind, m.body, m.reply_to, m.mentions, m.created_at, m.edited_at, \
      m.deleted_at, a.id AS att_id, a.mime AS att_mime, a.size AS att_size, \
-     a.filename AS att_name \
-     FROM messages m LEFT JOIN attachments a ON a.id = m.attachment_id";
+     a.filename AS att_name";
+
+/// `SELECT` of a `MessageView`, ready for a `WHERE`.
+pub(crate) const MESSAGE_SELECT: &str = concat!(
+    "SELECT m.id, m.conversation_id, m.seq, m.sender_id, ",
+    "m.client_msg_id, m.kind, m.body, m.reply_to, m.mentions, m.created_at, m.edited_at, ",
+    "m.deleted_at, a.id AS att_id, a.mime AS att_mime, a.size AS att_size, ",
+    "a.filename AS att_name ",
+    "FROM messages m LEFT JOIN attachments a ON a.id = m.attachment_id"
+);
 
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -39,7 +47,7 @@ macro_rules! impl_sql_store {
         use crate::batch::{self, AttachmentRow, ConvState, MemberMarkers, Plan, Snapshot};
         use crate::error::{StoreError, StoreResult};
         use crate::model::*;
-        use crate::sql_store::{to_i64, to_u64, CHUNK_ROWS, MESSAGE_SELECT};
+        use crate::sql_store::{to_i64, to_u64, CHUNK_ROWS, MESSAGE_COLUMNS, MESSAGE_SELECT};
         use crate::store::{Backend, Store};
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -452,6 +460,27 @@ macro_rules! impl_sql_store {
             Ok(())
         }
 
+        /// Current members of a conversation, in join order.
+        async fn current_members(tx: &mut Tx<'_>, conversation: &str) -> StoreResult<Vec<String>> {
+            let rows = sqlx::query(
+                "SELECT user_id FROM members WHERE conversation_id = $1 AND left_at IS NULL ORDER BY joined_at, user_id",
+            )
+            .bind(conversation)
+            .fetch_all(&mut **tx)
+            .await?;
+            rows.iter().map(|r| Ok(r.try_get("user_id")?)).collect()
+        }
+
+        fn member_event(conv: &str, user: &str, action: tidings_core::protocol::event::MemberAction, role: Role, by: &str) -> EventBody {
+            EventBody::Member(tidings_core::protocol::event::MemberView {
+                conv: conv.to_owned(),
+                user: user.to_owned(),
+                action,
+                role,
+                by: Some(by.to_owned()),
+            })
+        }
+
         const USER_COLUMNS: &str = "id, username, display_name, created_at, last_seen_at";
         const CONVERSATION_COLUMNS: &str =
             "id, kind, name, topic, created_by, created_at, last_seq, last_activity_at";
@@ -737,6 +766,235 @@ macro_rules! impl_sql_store {
                 load_memberships(self.reader()).await
             }
 
+            async fn list_conversations(&self, user: &str, page: &ActivityPage) -> StoreResult<Vec<ConversationSummary>> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.kind, c.name, c.topic, c.created_by, c.created_at, c.last_seq, c.last_activity_at, \
+                     mb.conversation_id, mb.user_id, mb.role, mb.read_seq, mb.delivered_seq, mb.archived, mb.muted, mb.joined_at \
+                     FROM members mb JOIN conversations c ON c.id = mb.conversation_id \
+                     WHERE mb.left_at IS NULL AND mb.user_id = ",
+                );
+                qb.push_bind(user.to_owned());
+                if let Some(archived) = page.archived {
+                    qb.push(" AND mb.archived = ").push_bind(archived);
+                }
+                if let Some((at, id)) = &page.before {
+                    qb.push(" AND (c.last_activity_at < ").push_bind(*at);
+                    qb.push(" OR (c.last_activity_at = ").push_bind(*at);
+                    qb.push(" AND c.id < ").push_bind(id.clone()).push("))");
+                }
+                qb.push(" ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ").push_bind(i64::from(page.limit));
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let conversation = conversation_from_row(row)?;
+                    let member = member_from_row(row)?;
+                    let unread = conversation.last_seq.saturating_sub(member.read_seq);
+                    out.push(ConversationSummary { conversation, member, last_message: None, unread });
+                }
+                let with_messages: Vec<String> =
+                    out.iter().filter(|s| s.conversation.last_seq > 0).map(|s| s.conversation.id.clone()).collect();
+                if !with_messages.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push(MESSAGE_COLUMNS).push(
+                        " FROM messages m JOIN conversations c ON c.id = m.conversation_id AND c.last_seq = m.seq \
+                         LEFT JOIN attachments a ON a.id = m.attachment_id WHERE m.conversation_id",
+                    );
+                    push_in(&mut qb, with_messages);
+                    let mut last: HashMap<String, MessageView> = HashMap::new();
+                    for row in qb.build().fetch_all(self.reader()).await? {
+                        let m = message_from_row(&row)?;
+                        last.insert(m.conv.clone(), m);
+                    }
+                    for s in &mut out {
+                        s.last_message = last.remove(&s.conversation.id);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn list_rooms(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<RoomListing>> {
+                let rows = sqlx::query(
+                    "SELECT c.id, c.kind, c.name, c.topic, c.created_by, c.created_at, c.last_seq, c.last_activity_at, \
+                     (SELECT COUNT(*) FROM members mb WHERE mb.conversation_id = c.id AND mb.left_at IS NULL) AS member_count \
+                     FROM conversations c WHERE c.kind = 'room' AND c.id > $1 ORDER BY c.id LIMIT $2",
+                )
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| Ok(RoomListing { conversation: conversation_from_row(r)?, members: to_u64(r.try_get("member_count")?) }))
+                    .collect()
+            }
+
+            async fn unread_total(&self, user: &str) -> StoreResult<UnreadTotal> {
+                let rows = sqlx::query(
+                    "SELECT c.last_seq, mb.read_seq FROM members mb JOIN conversations c ON c.id = mb.conversation_id \
+                     WHERE mb.user_id = $1 AND mb.left_at IS NULL AND mb.muted = FALSE AND c.last_seq > mb.read_seq",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                let mut total = UnreadTotal::default();
+                for r in &rows {
+                    let (last, read): (i64, i64) = (r.try_get("last_seq")?, r.try_get("read_seq")?);
+                    total.messages += to_u64(last - read);
+                    total.conversations += 1;
+                }
+                Ok(total)
+            }
+
+            async fn update_conversation(&self, id: &str, name: Option<String>, topic: Option<String>, at: i64)
+                -> StoreResult<(Conversation, Vec<Delivery>)> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query("UPDATE conversations SET name = $2, topic = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(&name)
+                    .bind(&topic)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("conversation".into()));
+                }
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_one(&mut *tx).await?;
+                let conversation = conversation_from_row(&row)?;
+                let members = current_members(&mut tx, id).await?;
+                let deliveries = append_events(&mut tx, &members, EventBody::Conversation(conversation.view()), at).await?;
+                tx.commit().await?;
+                Ok((conversation, deliveries))
+            }
+
+            async fn add_members(&self, conversation: &str, users: &[(String, Role)], by: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                use tidings_core::protocol::event::MemberAction;
+                if users.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut tx = self.writer().begin().await?;
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1");
+                let Some(row) = sqlx::query(&sql).bind(conversation).fetch_optional(&mut *tx).await? else {
+                    return Err(StoreError::NotFound("conversation".into()));
+                };
+                let conv = conversation_from_row(&row)?;
+                let mut added: Vec<(String, Role)> = Vec::new();
+                for (user, role) in users {
+                    // New members start with the existing history read; a departed member
+                    // coming back is re-admitted, a current one is left alone.
+                    let row = sqlx::query(
+                        "INSERT INTO members (conversation_id, user_id, role, read_seq, delivered_seq, joined_at) \
+                         VALUES ($1, $2, $3, $4, $4, $5) \
+                         ON CONFLICT (conversation_id, user_id) DO UPDATE SET left_at = NULL, role = excluded.role, \
+                           read_seq = excluded.read_seq, delivered_seq = excluded.delivered_seq, joined_at = excluded.joined_at \
+                         WHERE members.left_at IS NOT NULL RETURNING user_id",
+                    )
+                    .bind(conversation)
+                    .bind(user)
+                    .bind(role.as_str())
+                    .bind(to_i64(conv.last_seq))
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if row.is_some() {
+                        added.push((user.clone(), *role));
+                    }
+                }
+                let mut deliveries = Vec::new();
+                if !added.is_empty() {
+                    let newcomers: Vec<String> = added.iter().map(|(u, _)| u.clone()).collect();
+                    deliveries.extend(append_events(&mut tx, &newcomers, EventBody::Conversation(conv.view()), at).await?);
+                    let members = current_members(&mut tx, conversation).await?;
+                    for (user, role) in &added {
+                        let body = member_event(conversation, user, MemberAction::Joined, *role, by);
+                        deliveries.extend(append_events(&mut tx, &members, body, at).await?);
+                    }
+                }
+                tx.commit().await?;
+                for (user, _) in &added {
+                    self.index.add(conversation, user);
+                }
+                Ok(deliveries)
+            }
+
+            async fn remove_member(&self, conversation: &str, user: &str, why: Departure, by: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                use tidings_core::protocol::event::MemberAction;
+                let mut tx = self.writer().begin().await?;
+                let row = sqlx::query(
+                    "UPDATE members SET left_at = $3 WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL RETURNING role",
+                )
+                .bind(conversation)
+                .bind(user)
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound("member".into()));
+                };
+                let role: String = row.try_get("role")?;
+                let role = Role::parse(&role).unwrap_or(Role::Member);
+                let mut recipients = current_members(&mut tx, conversation).await?;
+                recipients.push(user.to_owned());
+                let action = match why {
+                    Departure::Left => MemberAction::Left,
+                    Departure::Removed => MemberAction::Removed,
+                };
+                let deliveries = append_events(&mut tx, &recipients, member_event(conversation, user, action, role, by), at).await?;
+                tx.commit().await?;
+                self.index.remove(conversation, user);
+                Ok(deliveries)
+            }
+
+            async fn set_role(&self, conversation: &str, user: &str, role: Role, by: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                use tidings_core::protocol::event::MemberAction;
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL",
+                )
+                .bind(conversation)
+                .bind(user)
+                .bind(role.as_str())
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("member".into()));
+                }
+                let members = current_members(&mut tx, conversation).await?;
+                let body = member_event(conversation, user, MemberAction::RoleChanged, role, by);
+                let deliveries = append_events(&mut tx, &members, body, at).await?;
+                tx.commit().await?;
+                Ok(deliveries)
+            }
+
+            async fn set_member_flags(&self, conversation: &str, user: &str, archived: Option<bool>, muted: Option<bool>)
+                -> StoreResult<Option<Member>> {
+                sqlx::query(
+                    "UPDATE members SET archived = COALESCE($3, archived), muted = COALESCE($4, muted) \
+                     WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL",
+                )
+                .bind(conversation)
+                .bind(user)
+                .bind(archived)
+                .bind(muted)
+                .execute(self.writer())
+                .await?;
+                let sql = format!(
+                    "SELECT {MEMBER_COLUMNS} FROM members WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL"
+                );
+                let row = sqlx::query(&sql).bind(conversation).bind(user).fetch_optional(self.writer()).await?;
+                row.as_ref().map(member_from_row).transpose()
+            }
+
+            async fn existing_users(&self, ids: &[String]) -> StoreResult<Vec<String>> {
+                let mut found = Vec::new();
+                for chunk in ids.chunks(CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM users WHERE id");
+                    push_in(&mut qb, chunk.iter().cloned());
+                    for row in qb.build().fetch_all(self.reader()).await? {
+                        found.push(row.try_get("id")?);
+                    }
+                }
+                Ok(found)
+            }
+
             async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
                 if ops.is_empty() {
                     return Ok(vec![]);
@@ -785,6 +1043,55 @@ macro_rules! impl_sql_store {
                 .fetch_all(self.reader())
                 .await?;
                 rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("emoji")?))).collect()
+            }
+
+            async fn reaction_summaries(&self, messages: &[String], viewer: &str) -> StoreResult<Vec<ReactionSummary>> {
+                if messages.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut qb = QueryBuilder::<$db>::new("SELECT message_id, emoji, COUNT(*) AS n, SUM(CASE WHEN user_id = ");
+                qb.push_bind(viewer.to_owned());
+                qb.push(" THEN 1 ELSE 0 END) AS mine, MIN(created_at) AS first FROM reactions WHERE message_id");
+                push_in(&mut qb, messages.iter().cloned());
+                qb.push(" GROUP BY message_id, emoji ORDER BY message_id, first, emoji");
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter()
+                    .map(|r| {
+                        let mine: i64 = r.try_get("mine")?;
+                        Ok(ReactionSummary {
+                            message: r.try_get("message_id")?,
+                            emoji: r.try_get("emoji")?,
+                            count: to_u64(r.try_get("n")?),
+                            me: mine > 0,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<MessageView>> {
+                if ids.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut qb = QueryBuilder::<$db>::new(MESSAGE_SELECT);
+                qb.push(" WHERE m.id");
+                push_in(&mut qb, ids.iter().cloned());
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(message_from_row).collect()
+            }
+
+            async fn search_messages(&self, user: &str, query: &str, conversation: Option<&str>, limit: u32, offset: u32)
+                -> StoreResult<Vec<MessageView>> {
+                let Some(mut qb) = search_query(query) else { return Ok(vec![]) };
+                qb.push(" AND m.deleted_at IS NULL AND EXISTS (SELECT 1 FROM members mb WHERE mb.conversation_id = m.conversation_id \
+                          AND mb.left_at IS NULL AND mb.user_id = ");
+                qb.push_bind(user.to_owned()).push(")");
+                if let Some(conv) = conversation {
+                    qb.push(" AND m.conversation_id = ").push_bind(conv.to_owned());
+                }
+                qb.push(" ORDER BY rank, m.created_at DESC LIMIT ").push_bind(i64::from(limit));
+                qb.push(" OFFSET ").push_bind(i64::from(offset));
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(message_from_row).collect()
             }
 
             async fn inbox_since(&self, user: &str, since: u64, limit: u32) -> StoreResult<Vec<InboxEvent>> {

@@ -69,3 +69,24 @@ crate::sql_store::impl_sql_store!(
     backend = Backend::Sqlite,
     lock = ""
 );
+
+/// The FTS5 part of a search: messages matching every word of `query` (the last as a
+/// prefix, so results appear while typing), with a `rank` column (bm25; lower is better).
+/// Words are quoted, so FTS5 operators typed by users are searched for, not obeyed.
+fn search_query(query: &str) -> Option<QueryBuilder<'static, sqlx::Sqlite>> {
+    let words: Vec<String> = query
+        .split_whitespace()
+        .map(|w| w.replace('"', "\"\""))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let (last, rest) = words.split_last()?;
+    let mut expr: Vec<String> = rest.iter().map(|w| format!("\"{w}\"")).collect();
+    expr.push(format!("\"{last}\"*"));
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new("SELECT ");
+    qb.push(MESSAGE_COLUMNS).push(
+        ", bm25(messages_fts) AS rank FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid \
+         LEFT JOIN attachments a ON a.id = m.attachment_id WHERE messages_fts MATCH ",
+    );
+    qb.push_bind(expr.join(" "));
+    Some(qb)
+}

@@ -74,6 +74,61 @@ pub trait Store: Send + Sync + 'static {
     async fn member(&self, conversation: &str, user: &str) -> StoreResult<Option<Member>>;
     /// Every current (conversation, user) pair: the seed of the broker's ACL index.
     async fn all_memberships(&self) -> StoreResult<Vec<(String, String)>>;
+    /// The user's conversations with last message and unread count, by activity.
+    async fn list_conversations(
+        &self,
+        user: &str,
+        page: &ActivityPage,
+    ) -> StoreResult<Vec<ConversationSummary>>;
+    /// Public rooms, by name then id, after `after` (an id) when paging.
+    async fn list_rooms(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<RoomListing>>;
+    async fn unread_total(&self, user: &str) -> StoreResult<UnreadTotal>;
+    /// Sets name and topic; every member hears of it.
+    async fn update_conversation(
+        &self,
+        id: &str,
+        name: Option<String>,
+        topic: Option<String>,
+        at: i64,
+    ) -> StoreResult<(Conversation, Vec<Delivery>)>;
+    /// Adds (or re-adds) members. New members start with everything before them read,
+    /// get a `conversation` event, and everyone gets a `member` event. Users already
+    /// in are left as they are.
+    async fn add_members(
+        &self,
+        conversation: &str,
+        users: &[(String, Role)],
+        by: &str,
+        at: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Ends a membership; the remaining members and the one who left hear of it.
+    /// `NotFound` when the user is not a current member.
+    async fn remove_member(
+        &self,
+        conversation: &str,
+        user: &str,
+        why: Departure,
+        by: &str,
+        at: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    async fn set_role(
+        &self,
+        conversation: &str,
+        user: &str,
+        role: Role,
+        by: &str,
+        at: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Per-member archive and mute flags (None leaves a flag as it is).
+    async fn set_member_flags(
+        &self,
+        conversation: &str,
+        user: &str,
+        archived: Option<bool>,
+        muted: Option<bool>,
+    ) -> StoreResult<Option<Member>>;
+    /// Which of `ids` are existing users.
+    async fn existing_users(&self, ids: &[String]) -> StoreResult<Vec<String>>;
 
     // --- messages ----------------------------------------------------------------------
     /// Applies a batch of writes in one transaction, in order; one outcome per op.
@@ -83,6 +138,22 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, conversation: &str, page: SeqPage) -> StoreResult<Vec<MessageView>>;
     /// (user, emoji) pairs on a message, oldest first.
     async fn reactions(&self, message: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Per-emoji counts for several messages at once (for history pages).
+    async fn reaction_summaries(
+        &self,
+        messages: &[String],
+        viewer: &str,
+    ) -> StoreResult<Vec<ReactionSummary>>;
+    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<MessageView>>;
+    /// Full-text search over messages of conversations `user` belongs to, best first.
+    async fn search_messages(
+        &self,
+        user: &str,
+        query: &str,
+        conversation: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<MessageView>>;
 
     // --- inbox ---------------------------------------------------------------------------
     /// The user's inbox events with seq > `since`, oldest first, at most `limit`.

@@ -215,7 +215,10 @@ async fn direct_conversation_is_one_per_pair(store: Arc<dyn Store>) {
     };
     let first = store.create_conversation(direct(&a, &b)).await.unwrap();
     assert!(first.created);
-    assert!(store.membership().is_member(&first.conversation.id, &b.id), "the ACL index learns at once");
+    assert!(
+        store.membership().is_member(&first.conversation.id, &b.id),
+        "the ACL index learns at once"
+    );
     assert_eq!(first.deliveries.len(), 2, "both members hear of it");
     let again = store.create_conversation(direct(&b, &a)).await.unwrap();
     assert!(!again.created);
@@ -352,6 +355,13 @@ async fn a_retried_send_is_stored_once(store: Arc<dyn Store>) {
             ack: again_ack.clone()
         }
     );
+    // The same id reused for another conversation is refused, not silently acked.
+    let elsewhere = group(&store, &a, &[]).await;
+    let reuse = store
+        .write_batch(&[send(&elsewhere, &a, "same", "hi")])
+        .await
+        .unwrap();
+    assert_eq!(rejected(&reuse[0]), ErrorCode::Conflict);
     // The same client id from another sender is another message.
     let other = store
         .write_batch(&[send(&conv, &b, "same", "hi")])
@@ -623,9 +633,24 @@ async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
         created_at: now_ms(),
     };
     store.insert_attachment(&photo).await.unwrap();
-    assert_eq!(store.attachment(&photo.id).await.unwrap(), Some(photo.clone()));
-    assert!(store.attachment_readable_by(&photo.id, &a.id).await.unwrap(), "the uploader");
-    assert!(!store.attachment_readable_by(&photo.id, &b.id).await.unwrap(), "not yet sent anywhere");
+    assert_eq!(
+        store.attachment(&photo.id).await.unwrap(),
+        Some(photo.clone())
+    );
+    assert!(
+        store
+            .attachment_readable_by(&photo.id, &a.id)
+            .await
+            .unwrap(),
+        "the uploader"
+    );
+    assert!(
+        !store
+            .attachment_readable_by(&photo.id, &b.id)
+            .await
+            .unwrap(),
+        "not yet sent anywhere"
+    );
     let with = |op: WriteOp, f: &dyn Fn(&mut NewMessage)| match op {
         WriteOp::Send(mut m) => {
             f(&mut m);

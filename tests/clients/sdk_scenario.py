@@ -35,6 +35,8 @@ class Recorder(t.TidingsListener):
     def on_event(self, event):
         with self.lock:
             self.events.append(event)
+        if isinstance(event, t.ClientEvent.TYPING):
+            raise RuntimeError("a listener that throws must not stop later events")
 
     def snapshot(self):
         with self.lock:

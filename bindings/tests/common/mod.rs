@@ -185,14 +185,16 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The SDK's shared library, as cargo built it for this test run.
+/// The SDK's shared library, as cargo built it for this test run: the copy in
+/// target/debug/deps, since `cargo test` does not copy ("uplift") a dependency's cdylib
+/// to target/debug (only `cargo build` does), so that one may be stale.
 pub fn sdk_library() -> PathBuf {
     let name = if cfg!(target_os = "macos") {
         "libtidings_bindings.dylib"
     } else {
         "libtidings_bindings.so"
     };
-    let lib = target_dir().join(name);
+    let lib = target_dir().join("deps").join(name);
     assert!(lib.exists(), "{} is missing", lib.display());
     lib
 }

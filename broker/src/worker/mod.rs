@@ -14,11 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tidings_core::protocol::limits::{SEND_BURST, SEND_PER_SECOND};
 use tidings_core::protocol::{CodecError, ErrorCode, Event, Topic, WireFormat};
-use tidings_store::{now_ms, Store, WriteOp, WriteOutcome};
+use tidings_store::{now_ms, EventSink, Store, WriteOp, WriteOutcome};
 use tokio::sync::mpsc::Receiver;
 
 use crate::fanout::Fanout;
-use crate::ratelimit::RateLimiter;
+use tidings_core::ratelimit::RateLimiter;
 
 /// Most commands in one store transaction.
 pub const MAX_BATCH: usize = 256;
@@ -170,10 +170,7 @@ impl Worker {
                     body: tidings_core::protocol::EventBody::Ack(ack),
                 };
                 self.fanout.reply(&origin.user, origin.format, &reply);
-                self.fanout.deliver_all(&deliveries);
-                if let Some(first) = deliveries.first() {
-                    self.fanout.mirror(&first.body);
-                }
+                self.fanout.deliver(&deliveries);
             }
             WriteOutcome::Unchanged { ack } => {
                 let reply = Event {

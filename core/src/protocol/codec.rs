@@ -75,6 +75,8 @@ pub struct CborCodec;
 #[derive(Deserialize)]
 struct Probe {
     #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
     v: Option<u8>,
     #[serde(default)]
     op: Option<String>,
@@ -102,6 +104,21 @@ fn decode_command_with(
         return Err(CodecError::UnsupportedVersion(cmd.v));
     }
     Ok(cmd)
+}
+
+/// The `id` of a command that failed to decode, if it can be read at all, so the
+/// error reply can still name the command it answers.
+pub fn command_id(payload: &[u8]) -> Option<String> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return None;
+    }
+    let probe: Option<Probe> = match WireFormat::sniff(payload) {
+        WireFormat::Json => json_decode(payload).ok(),
+        WireFormat::Cbor => cbor_decode(payload).ok(),
+    };
+    probe
+        .and_then(|p| p.id)
+        .filter(|id| crate::protocol::ids::is_client_id(id))
 }
 
 fn json_decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One event, as carried by either codec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     #[serde(default = "crate::protocol::default_version")]
     pub v: u8,
@@ -51,6 +52,7 @@ impl Event {
 
 /// The event's kind and content, tagged by `type` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
     Message(MessageView),
@@ -64,6 +66,7 @@ pub enum EventBody {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     Text,
@@ -110,6 +113,7 @@ impl MessageKind {
 /// A stored message as clients see it. A deleted message keeps its place (id, seq)
 /// but loses its body, mentions and attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageView {
     pub id: String,
     pub conv: String,
@@ -133,6 +137,7 @@ pub struct MessageView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttachmentView {
     pub id: String,
     pub mime: String,
@@ -142,6 +147,7 @@ pub struct AttachmentView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReactionView {
     pub conv: String,
     pub msg: String,
@@ -152,6 +158,7 @@ pub struct ReactionView {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptKind {
     Delivered,
@@ -160,6 +167,7 @@ pub enum ReceiptKind {
 
 /// A member's delivered or read marker moved to `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReceiptView {
     pub conv: String,
     pub user: String,
@@ -168,6 +176,7 @@ pub struct ReceiptView {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
@@ -195,6 +204,7 @@ impl Role {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MemberAction {
     Joined,
@@ -205,6 +215,7 @@ pub enum MemberAction {
 
 /// Someone joined, left, was removed from, or changed role in a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberView {
     pub conv: String,
     pub user: String,
@@ -215,6 +226,7 @@ pub struct MemberView {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// Exactly two members; one per pair of users.
@@ -246,6 +258,7 @@ impl ConversationKind {
 
 /// A conversation was created or its name/topic changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationView {
     pub id: String,
     pub kind: ConversationKind,
@@ -260,6 +273,7 @@ pub struct ConversationView {
 /// The reply to a successful command. For `send`: the stored message's id and seq (a
 /// retried send gets the same answer as the first).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv: Option<String>,
@@ -270,6 +284,7 @@ pub struct AckView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorView {
     pub code: ErrorCode,
     pub message: String,
@@ -277,6 +292,7 @@ pub struct ErrorView {
 
 /// Stable error codes, shared by MQTT `error` events and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The payload could not be decoded (bad JSON/CBOR, missing or mistyped field).

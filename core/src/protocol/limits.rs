@@ -10,6 +10,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Largest encoded command a device may publish on `u/{me}/out`. Bigger than the body
 /// limit so that a long body plus mentions still fits, small enough to bound worker memory.
 pub const MAX_COMMAND_BYTES: usize = 32 * 1024;
+/// Largest typing payload (`{"typing":true}` is 15 bytes); larger ones close the
+/// connection, since typing is relayed to every member without storage or rate limit.
+pub const MAX_TYPING_BYTES: usize = 256;
 /// Most users one message may mention.
 pub const MAX_MENTIONS: usize = 50;
 /// Longest reaction (an emoji sequence or a short code) in bytes.

@@ -36,7 +36,10 @@ impl Dispatcher {
                 while let Ok(event) = rx.recv() {
                     let current = l.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     if let Some(listener) = current {
-                        listener.on_event(event);
+                        // uniffi turns an exception thrown by a foreign listener into a
+                        // panic on this (Rust) thread; keep delivering the next events.
+                        let call = std::panic::AssertUnwindSafe(|| listener.on_event(event));
+                        let _ = std::panic::catch_unwind(call);
                     }
                 }
             });

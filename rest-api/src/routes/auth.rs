@@ -6,29 +6,30 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidings_auth::{password, tokens};
 use tidings_core::protocol::ids::{is_client_id, new_id};
 use tidings_core::protocol::limits::{PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, USERNAME_MIN};
 use tidings_store::{now_ms, NewRefreshToken, NewUser, Rotation, Session, Store, StoreError, User};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, AuthUser};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/register", post(register))
-        .route("/login", post(login))
-        .route("/refresh", post(refresh))
-        .route("/logout", post(logout))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CredentialsRequest {
     pub username: String,
     pub password: String,
@@ -40,18 +41,18 @@ pub struct CredentialsRequest {
     pub display_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserSummary {
     pub id: String,
     pub username: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TokensResponse {
     pub user: UserSummary,
     pub access_token: String,
@@ -196,20 +197,35 @@ pub async fn create_account(
         })
 }
 
-async fn register(
+/// One token per attempt from this address (register, login and refresh share it).
+fn limit_attempts(state: &AppState, peer: std::net::SocketAddr) -> ApiResult<()> {
+    crate::state::rate_limit(&state.limits.auth, &peer.ip().to_string())
+}
+
+/// Create an account and log in.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = CredentialsRequest,
+    responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")))]
+pub async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<(StatusCode, Json<TokensResponse>)> {
+    limit_attempts(&state, peer)?;
     check_device(&req.device_id)?;
     let user = create_account(&state.store, &req.username, &req.password, req.display_name).await?;
     let tokens = open_session(&state, &user, req.device_id).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 
-async fn login(
+/// Log in: opens a session for one device.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = CredentialsRequest,
+    responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited")))]
+pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
+    limit_attempts(&state, peer)?;
     check_device(&req.device_id)?;
     let wrong = || ApiError::unauthorized("invalid_credentials", "wrong username or password");
     if req.password.len() > PASSWORD_MAX {
@@ -234,10 +250,15 @@ async fn login(
     }
 }
 
-async fn refresh(
+/// Trade a refresh token for new tokens (the old refresh token is used up).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_token or token_reused")))]
+pub async fn refresh(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
+    limit_attempts(&state, peer)?;
     let new_token = tokens::new_refresh_token();
     let rotation = state
         .store
@@ -272,7 +293,9 @@ async fn refresh(
 
 /// Ends the caller's session: its refresh tokens stop working at once, and so do its
 /// access tokens, which every verifier checks against the session.
-async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<StatusCode> {
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "the session ended")), security(("bearer" = [])))]
+pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<StatusCode> {
     state
         .store
         .revoke_session(&auth.session_id, now_ms())

@@ -1,27 +1,47 @@
-//! Conversations. This issue's slice: creating direct conversations, groups and rooms.
-//! (Listing, membership changes, archive and mute come with the REST-plane issue.)
+//! Conversations: direct (one per pair), private groups and public rooms; the caller's
+//! list with last message and unread count; names, topics, members and roles; leaving,
+//! joining rooms; archive and mute per member.
+//!
+//! Roles rank owner > admin > member. Owners and admins rename, set the topic and add
+//! members; a member may be removed by anyone who outranks them (so an admin can never
+//! remove an owner); only owners change roles; the last owner cannot leave or step down
+//! while others remain (hand ownership over first). Direct conversations have no roles
+//! to manage and cannot be left (archive them instead).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use tidings_core::protocol::event::{ConversationKind, Role};
+use tidings_core::protocol::event::{ConversationKind, MessageView, Role};
 use tidings_core::protocol::ids::{is_server_id, new_id};
 use tidings_core::protocol::limits::{
-    MAX_CONVERSATION_NAME_BYTES, MAX_CONVERSATION_TOPIC_BYTES, MAX_GROUP_MEMBERS,
+    DEFAULT_PAGE, MAX_CONVERSATION_NAME_BYTES, MAX_CONVERSATION_TOPIC_BYTES, MAX_GROUP_MEMBERS,
+    MAX_PAGE,
 };
-use tidings_store::{now_ms, Member, NewConversation};
+use tidings_store::{
+    now_ms, ActivityPage, Conversation, ConversationSummary, Departure, Member, NewConversation,
+};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, AuthUser};
+use crate::extract::{ApiJson, ApiQuery, AuthUser};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/", post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, update))
+        .routes(routes!(members, add_members))
+        .routes(routes!(remove_member))
+        .routes(routes!(set_role))
+        .routes(routes!(leave))
+        .routes(routes!(join))
+        .routes(routes!(set_flags))
+        .routes(routes!(rooms))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateConversation {
     pub kind: ConversationKind,
     #[serde(default)]
@@ -33,13 +53,28 @@ pub struct CreateConversation {
     pub members: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MemberBody {
     pub user_id: String,
     pub role: Role,
+    pub read_seq: u64,
+    pub delivered_seq: u64,
+    pub joined_at: i64,
 }
 
-#[derive(Debug, Serialize)]
+impl From<Member> for MemberBody {
+    fn from(m: Member) -> Self {
+        MemberBody {
+            user_id: m.user_id,
+            role: m.role,
+            read_seq: m.read_seq,
+            delivered_seq: m.delivered_seq,
+            joined_at: m.joined_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationBody {
     pub id: String,
     pub kind: ConversationKind,
@@ -50,7 +85,132 @@ pub struct ConversationBody {
     pub created_by: String,
     pub created_at: i64,
     pub last_seq: u64,
-    pub members: Vec<MemberBody>,
+    pub last_activity_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<MemberBody>>,
+}
+
+impl ConversationBody {
+    fn new(c: Conversation, members: Option<Vec<Member>>) -> Self {
+        ConversationBody {
+            id: c.id,
+            kind: c.kind,
+            name: c.name,
+            topic: c.topic,
+            created_by: c.created_by,
+            created_at: c.created_at,
+            last_seq: c.last_seq,
+            last_activity_at: c.last_activity_at,
+            members: members.map(|ms| ms.into_iter().map(MemberBody::from).collect()),
+        }
+    }
+}
+
+/// One row of the caller's conversation list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationListItem {
+    #[serde(flatten)]
+    pub conversation: ConversationBody,
+    pub role: Role,
+    pub unread: u64,
+    pub read_seq: u64,
+    pub archived: bool,
+    pub muted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessageView>,
+}
+
+impl From<ConversationSummary> for ConversationListItem {
+    fn from(s: ConversationSummary) -> Self {
+        ConversationListItem {
+            conversation: ConversationBody::new(s.conversation, None),
+            role: s.member.role,
+            unread: s.unread,
+            read_seq: s.member.read_seq,
+            archived: s.member.archived,
+            muted: s.member.muted,
+            last_message: s.last_message,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationListItem>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Opaque cursor from the previous page.
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+    /// true: only archived; false: only not archived; absent: all.
+    pub archived: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateConversation {
+    /// New name; `""` clears it; absent leaves it.
+    pub name: Option<String>,
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddMembers {
+    pub user_ids: Vec<String>,
+    /// Role for the new members (default member); only owners may grant admin or owner.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetRole {
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetFlags {
+    pub archived: Option<bool>,
+    pub muted: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MembershipBody {
+    pub archived: bool,
+    pub muted: bool,
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RoomsQuery {
+    /// The last room id of the previous page.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomItem {
+    #[serde(flatten)]
+    pub conversation: ConversationBody,
+    pub member_count: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<RoomItem>,
+}
+
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Owner => 3,
+        Role::Admin => 2,
+        Role::Member => 1,
+    }
 }
 
 fn bounded(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<String>> {
@@ -63,36 +223,73 @@ fn bounded(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<S
     Ok(value)
 }
 
-async fn create(
-    State(state): State<AppState>,
-    auth: AuthUser,
-    ApiJson(req): ApiJson<CreateConversation>,
-) -> ApiResult<(StatusCode, Json<ConversationBody>)> {
-    let name = bounded("name", req.name, MAX_CONVERSATION_NAME_BYTES)?;
-    let topic = bounded("topic", req.topic, MAX_CONVERSATION_TOPIC_BYTES)?;
+fn page_limit(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
+/// The conversation and the caller's membership; 404 for outsiders, so conversation ids
+/// reveal nothing to them.
+pub async fn membership(
+    state: &AppState,
+    conv: &str,
+    user: &str,
+) -> ApiResult<(Conversation, Member)> {
+    let not_found = || ApiError::not_found("no such conversation");
+    if !is_server_id(conv) {
+        return Err(not_found());
+    }
+    let member = state
+        .store
+        .member(conv, user)
+        .await?
+        .ok_or_else(not_found)?;
+    let conversation = state
+        .store
+        .conversation(conv)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((conversation, member))
+}
+
+/// Valid, existing user ids other than `me`, deduplicated.
+async fn other_users(state: &AppState, me: &str, ids: Vec<String>) -> ApiResult<Vec<String>> {
     let mut others: Vec<String> = Vec::new();
-    for id in req.members {
+    for id in ids {
         if !is_server_id(&id) {
             return Err(ApiError::invalid(format!("{id:?} is not a user id")));
         }
-        if id != auth.user_id && !others.contains(&id) {
+        if id != me && !others.contains(&id) {
             others.push(id);
         }
-    }
-    if req.kind == ConversationKind::Direct && others.len() != 1 {
-        return Err(ApiError::invalid(
-            "a direct conversation has exactly one other member",
-        ));
     }
     if others.len() + 1 > MAX_GROUP_MEMBERS {
         return Err(ApiError::invalid(format!(
             "at most {MAX_GROUP_MEMBERS} members"
         )));
     }
-    for id in &others {
-        if state.store.user(id).await?.is_none() {
-            return Err(ApiError::invalid(format!("no user {id}")));
-        }
+    let found = state.store.existing_users(&others).await?;
+    if let Some(missing) = others.iter().find(|id| !found.contains(id)) {
+        return Err(ApiError::invalid(format!("no user {missing}")));
+    }
+    Ok(others)
+}
+
+/// Create a conversation. A direct one that exists for the pair is returned (200).
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = CreateConversation,
+    responses((status = 201, body = ConversationBody), (status = 200, description = "the existing direct conversation", body = ConversationBody), (status = 422, description = "invalid")),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(req): ApiJson<CreateConversation>,
+) -> ApiResult<(StatusCode, Json<ConversationBody>)> {
+    let name = bounded("name", req.name, MAX_CONVERSATION_NAME_BYTES)?;
+    let topic = bounded("topic", req.topic, MAX_CONVERSATION_TOPIC_BYTES)?;
+    let others = other_users(&state, &auth.user_id, req.members).await?;
+    if req.kind == ConversationKind::Direct && others.len() != 1 {
+        return Err(ApiError::invalid(
+            "a direct conversation has exactly one other member",
+        ));
     }
     let creator_role = if req.kind == ConversationKind::Direct {
         Role::Member
@@ -115,7 +312,6 @@ async fn create(
         .await?;
     state.sink.deliver(&created.deliveries);
     let members = state.store.members(&created.conversation.id).await?;
-    let c = created.conversation;
     let status = if created.created {
         StatusCode::CREATED
     } else {
@@ -123,21 +319,358 @@ async fn create(
     };
     Ok((
         status,
-        Json(ConversationBody {
-            id: c.id,
-            kind: c.kind,
-            name: c.name,
-            topic: c.topic,
-            created_by: c.created_by,
-            created_at: c.created_at,
-            last_seq: c.last_seq,
-            members: members
-                .into_iter()
-                .map(|m: Member| MemberBody {
-                    user_id: m.user_id,
-                    role: m.role,
-                })
-                .collect(),
-        }),
+        Json(ConversationBody::new(created.conversation, Some(members))),
     ))
+}
+
+fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
+    cursor
+        .split_once('_')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
+        .filter(|(_, id)| is_server_id(id))
+        .ok_or_else(|| ApiError::invalid("bad cursor"))
+}
+
+/// The caller's conversations, most recent activity first, with unread counts.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, body = ConversationList)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<ConversationList>> {
+    let limit = page_limit(q.limit);
+    let before = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    let rows = state
+        .store
+        .list_conversations(
+            &auth.user_id,
+            &ActivityPage {
+                before,
+                limit,
+                archived: q.archived,
+            },
+        )
+        .await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| {
+            rows.last()
+                .map(|s| format!("{}_{}", s.conversation.last_activity_at, s.conversation.id))
+        })
+        .flatten();
+    Ok(Json(ConversationList {
+        conversations: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// One conversation with its members (members only; anyone may see a public room).
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 200, body = ConversationBody), (status = 404, description = "unknown, or not yours")), security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationBody>> {
+    let conversation = match membership(&state, &id, &auth.user_id).await {
+        Ok((c, _)) => c,
+        Err(e) => match state.store.conversation(&id).await? {
+            Some(c) if c.kind == ConversationKind::Room => c,
+            _ => return Err(e),
+        },
+    };
+    let members = state.store.members(&id).await?;
+    Ok(Json(ConversationBody::new(conversation, Some(members))))
+}
+
+/// Rename or set the topic (owners and admins of groups and rooms).
+#[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path)), request_body = UpdateConversation,
+    responses((status = 200, body = ConversationBody), (status = 403, description = "not an owner or admin")), security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateConversation>,
+) -> ApiResult<Json<ConversationBody>> {
+    let (conv, me) = membership(&state, &id, &auth.user_id).await?;
+    if conv.kind == ConversationKind::Direct {
+        return Err(ApiError::invalid(
+            "direct conversations have no name or topic",
+        ));
+    }
+    if rank(me.role) < rank(Role::Admin) {
+        return Err(ApiError::forbidden(
+            "only owners and admins may rename or set the topic",
+        ));
+    }
+    let name = match req.name {
+        Some(n) => bounded("name", Some(n), MAX_CONVERSATION_NAME_BYTES)?,
+        None => conv.name,
+    };
+    let topic = match req.topic {
+        Some(t) => bounded("topic", Some(t), MAX_CONVERSATION_TOPIC_BYTES)?,
+        None => conv.topic,
+    };
+    let (updated, deliveries) = state
+        .store
+        .update_conversation(&id, name, topic, now_ms())
+        .await?;
+    state.sink.deliver(&deliveries);
+    Ok(Json(ConversationBody::new(updated, None)))
+}
+
+/// Current members (members only).
+#[utoipa::path(get, path = "/v1/conversations/{id}/members", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 200, body = [MemberBody])), security(("bearer" = [])))]
+pub async fn members(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<MemberBody>>> {
+    membership(&state, &id, &auth.user_id).await?;
+    Ok(Json(
+        state
+            .store
+            .members(&id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Add members (owners and admins; owners alone may add admins or owners).
+#[utoipa::path(post, path = "/v1/conversations/{id}/members", tag = "conversations", params(("id" = String, Path)), request_body = AddMembers,
+    responses((status = 200, body = [MemberBody]), (status = 403, description = "not allowed")), security(("bearer" = [])))]
+pub async fn add_members(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AddMembers>,
+) -> ApiResult<Json<Vec<MemberBody>>> {
+    let (conv, me) = membership(&state, &id, &auth.user_id).await?;
+    if conv.kind == ConversationKind::Direct {
+        return Err(ApiError::invalid(
+            "a direct conversation has exactly two members; start a group instead",
+        ));
+    }
+    let role = req.role.unwrap_or(Role::Member);
+    if rank(me.role) < rank(Role::Admin) || (role != Role::Member && me.role != Role::Owner) {
+        return Err(ApiError::forbidden(
+            "only owners and admins add members, and only owners grant roles",
+        ));
+    }
+    let users = other_users(&state, &auth.user_id, req.user_ids).await?;
+    let current = state.store.members(&id).await?.len();
+    if current + users.len() > MAX_GROUP_MEMBERS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_GROUP_MEMBERS} members"
+        )));
+    }
+    let users: Vec<(String, Role)> = users.into_iter().map(|u| (u, role)).collect();
+    let deliveries = state
+        .store
+        .add_members(&id, &users, &auth.user_id, now_ms())
+        .await?;
+    state.sink.deliver(&deliveries);
+    Ok(Json(
+        state
+            .store
+            .members(&id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Remove a member: allowed to anyone who outranks them (owners may remove owners).
+#[utoipa::path(delete, path = "/v1/conversations/{id}/members/{user_id}", tag = "conversations",
+    params(("id" = String, Path), ("user_id" = String, Path)),
+    responses((status = 204), (status = 403, description = "not allowed"), (status = 404, description = "no such member")), security(("bearer" = [])))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    if user_id == auth.user_id {
+        return leave(State(state), auth, Path(id)).await;
+    }
+    let (conv, me) = membership(&state, &id, &auth.user_id).await?;
+    if conv.kind == ConversationKind::Direct {
+        return Err(ApiError::invalid(
+            "nobody can be removed from a direct conversation",
+        ));
+    }
+    let target = state
+        .store
+        .member(&id, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such member"))?;
+    let allowed = rank(me.role) >= rank(Role::Admin)
+        && (rank(me.role) > rank(target.role) || me.role == Role::Owner);
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "you may only remove members ranked below you",
+        ));
+    }
+    let deliveries = state
+        .store
+        .remove_member(&id, &user_id, Departure::Removed, &auth.user_id, now_ms())
+        .await?;
+    state.sink.deliver(&deliveries);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change a member's role (owners only; the last owner cannot step down).
+#[utoipa::path(put, path = "/v1/conversations/{id}/members/{user_id}/role", tag = "conversations",
+    params(("id" = String, Path), ("user_id" = String, Path)), request_body = SetRole,
+    responses((status = 200, body = MemberBody), (status = 403, description = "not an owner"), (status = 409, description = "last owner")), security(("bearer" = [])))]
+pub async fn set_role(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((id, user_id)): Path<(String, String)>,
+    ApiJson(req): ApiJson<SetRole>,
+) -> ApiResult<Json<MemberBody>> {
+    let (conv, me) = membership(&state, &id, &auth.user_id).await?;
+    if conv.kind == ConversationKind::Direct {
+        return Err(ApiError::invalid("direct conversations have no roles"));
+    }
+    if me.role != Role::Owner {
+        return Err(ApiError::forbidden("only owners change roles"));
+    }
+    let target = state
+        .store
+        .member(&id, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such member"))?;
+    if target.role == Role::Owner && req.role != Role::Owner && owners(&state, &id).await? == 1 {
+        return Err(ApiError::conflict(
+            "last_owner",
+            "make someone else an owner first",
+        ));
+    }
+    let deliveries = state
+        .store
+        .set_role(&id, &user_id, req.role, &auth.user_id, now_ms())
+        .await?;
+    state.sink.deliver(&deliveries);
+    let updated = state
+        .store
+        .member(&id, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such member"))?;
+    Ok(Json(updated.into()))
+}
+
+async fn owners(state: &AppState, conv: &str) -> ApiResult<usize> {
+    Ok(state
+        .store
+        .members(conv)
+        .await?
+        .iter()
+        .filter(|m| m.role == Role::Owner)
+        .count())
+}
+
+/// Leave a group or room. The last owner must hand over first while others remain.
+#[utoipa::path(post, path = "/v1/conversations/{id}/leave", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 204), (status = 409, description = "last owner"), (status = 422, description = "direct conversation")), security(("bearer" = [])))]
+pub async fn leave(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (conv, me) = membership(&state, &id, &auth.user_id).await?;
+    if conv.kind == ConversationKind::Direct {
+        return Err(ApiError::invalid(
+            "a direct conversation cannot be left; archive it instead",
+        ));
+    }
+    if me.role == Role::Owner
+        && owners(&state, &id).await? == 1
+        && state.store.members(&id).await?.len() > 1
+    {
+        return Err(ApiError::conflict(
+            "last_owner",
+            "you are the last owner: make someone else an owner first",
+        ));
+    }
+    let deliveries = state
+        .store
+        .remove_member(&id, &auth.user_id, Departure::Left, &auth.user_id, now_ms())
+        .await?;
+    state.sink.deliver(&deliveries);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Join a public room.
+#[utoipa::path(post, path = "/v1/conversations/{id}/join", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 200, body = ConversationBody), (status = 404, description = "no such room")), security(("bearer" = [])))]
+pub async fn join(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationBody>> {
+    let conv = match state.store.conversation(&id).await? {
+        Some(c) if c.kind == ConversationKind::Room => c,
+        // Private groups are invisible to outsiders: same answer as an unknown id.
+        _ => return Err(ApiError::not_found("no such room")),
+    };
+    let deliveries = state
+        .store
+        .add_members(
+            &id,
+            &[(auth.user_id.clone(), Role::Member)],
+            &auth.user_id,
+            now_ms(),
+        )
+        .await?;
+    state.sink.deliver(&deliveries);
+    Ok(Json(ConversationBody::new(conv, None)))
+}
+
+/// Archive or mute the conversation for the caller only.
+#[utoipa::path(patch, path = "/v1/conversations/{id}/membership", tag = "conversations", params(("id" = String, Path)), request_body = SetFlags,
+    responses((status = 200, body = MembershipBody)), security(("bearer" = [])))]
+pub async fn set_flags(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetFlags>,
+) -> ApiResult<Json<MembershipBody>> {
+    membership(&state, &id, &auth.user_id).await?;
+    let m = state
+        .store
+        .set_member_flags(&id, &auth.user_id, req.archived, req.muted)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    Ok(Json(MembershipBody {
+        archived: m.archived,
+        muted: m.muted,
+        role: m.role,
+    }))
+}
+
+/// The public room directory.
+#[utoipa::path(get, path = "/v1/rooms", tag = "conversations", params(RoomsQuery),
+    responses((status = 200, body = RoomList)), security(("bearer" = [])))]
+pub async fn rooms(
+    State(state): State<AppState>,
+    _auth: AuthUser,
+    ApiQuery(q): ApiQuery<RoomsQuery>,
+) -> ApiResult<Json<RoomList>> {
+    let rooms = state
+        .store
+        .list_rooms(q.after.as_deref(), page_limit(q.limit))
+        .await?;
+    Ok(Json(RoomList {
+        rooms: rooms
+            .into_iter()
+            .map(|r| RoomItem {
+                conversation: ConversationBody::new(r.conversation, None),
+                member_count: r.members,
+            })
+            .collect(),
+    }))
 }

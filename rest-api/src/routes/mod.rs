@@ -4,5 +4,7 @@ pub mod auth;
 pub mod conversations;
 pub mod health;
 pub mod me;
+pub mod messages;
+pub mod search;
 pub mod sync;
 pub mod uploads;

@@ -3,21 +3,25 @@
 //! A client calls it after reconnecting, or when it sees a gap in `iseq`.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tidings_core::protocol::limits::MAX_PAGE;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use tidings_core::protocol::event::{EventBody, MessageView};
 use tidings_core::protocol::Event;
 
 use crate::error::ApiResult;
 use crate::extract::{ApiQuery, AuthUser};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(sync))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sync))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SyncQuery {
     #[serde(default)]
     pub since: u64,
@@ -25,7 +29,7 @@ pub struct SyncQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SyncResponse {
     pub events: Vec<Event>,
     /// The `since` to ask with next: the last returned `iseq` (or the given one).
@@ -33,7 +37,9 @@ pub struct SyncResponse {
     pub has_more: bool,
 }
 
-async fn sync(
+/// The caller's inbox events after `since` (their `iseq`), oldest first.
+#[utoipa::path(get, path = "/v1/sync", tag = "sync", params(SyncQuery), responses((status = 200, body = SyncResponse)), security(("bearer" = [])))]
+pub async fn sync(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiQuery(q): ApiQuery<SyncQuery>,
@@ -46,13 +52,40 @@ async fn sync(
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = rows.last().map_or(q.since, |e| e.seq);
+    // A message deleted since an event was stored must not come back through sync: the
+    // event is replayed with the message as it is now (body and attachment gone).
+    let message_ids: Vec<String> = rows
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Message(m) | EventBody::MessageUpdated(m) if !m.deleted => {
+                Some(m.id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let deleted: HashMap<String, MessageView> = state
+        .store
+        .messages_by_ids(&message_ids)
+        .await?
+        .into_iter()
+        .filter(|m| m.deleted)
+        .map(|m| (m.id.clone(), m))
+        .collect();
+    let redact = |m: MessageView| deleted.get(&m.id).cloned().unwrap_or(m);
     let events = rows
         .into_iter()
-        .map(|e| Event {
-            v: 1,
-            seq: Some(e.seq),
-            re: None,
-            body: e.body,
+        .map(|e| {
+            let body = match e.body {
+                EventBody::Message(m) => EventBody::Message(redact(m)),
+                EventBody::MessageUpdated(m) => EventBody::MessageUpdated(redact(m)),
+                other => other,
+            };
+            Event {
+                v: 1,
+                seq: Some(e.seq),
+                re: None,
+                body,
+            }
         })
         .collect();
     Ok(Json(SyncResponse {

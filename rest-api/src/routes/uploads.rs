@@ -13,12 +13,12 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidings_core::protocol::ids::{is_server_id, new_id};
 use tidings_store::{now_ms, Attachment};
 use tokio_util::io::ReaderStream;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, AuthUser};
@@ -30,19 +30,21 @@ use crate::uploads::{empty, receive, storage_failure, too_large, Fetched, ServeA
 /// Both routes with their full paths. The body of an upload is read as a stream by
 /// the handler, so the JSON body limit the API applies does not constrain it; the
 /// upload limit is `uploads.max_bytes`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/uploads", post(upload))
-        .route("/v1/attachments/{id}", get(download))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(download))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// Display name for downloads (path parts and control characters are removed).
     #[serde(default)]
     pub filename: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadBody {
     pub id: String,
     pub mime: String,
@@ -53,7 +55,15 @@ pub struct UploadBody {
     pub name: Option<String>,
 }
 
-async fn upload(
+/// Upload a file: the raw request body is the file, `Content-Type` its declared type.
+/// The real type is sniffed from the bytes and must be an image, audio (voice notes
+/// included), video or a common document.
+#[utoipa::path(post, path = "/v1/uploads", tag = "uploads", params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file's bytes"),
+    responses((status = 201, body = UploadBody), (status = 413, description = "too_large"),
+        (status = 415, description = "unsupported_type"), (status = 422, description = "empty")),
+    security(("bearer" = [])))]
+pub async fn upload(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiQuery(query): ApiQuery<UploadQuery>,
@@ -121,7 +131,13 @@ async fn upload(
     ))
 }
 
-async fn download(
+/// Download an attachment: its bytes, or a redirect to a short-lived URL on S3. Only
+/// its uploader and members of a conversation holding a message with it may.
+#[utoipa::path(get, path = "/v1/attachments/{id}", tag = "uploads", params(("id" = String, Path)),
+    responses((status = 200, description = "the file", content_type = "application/octet-stream"),
+        (status = 302, description = "redirect to a presigned URL (S3)"), (status = 404, description = "unknown, or not yours")),
+    security(("bearer" = [])))]
+pub async fn download(
     State(state): State<AppState>,
     auth: AuthUser,
     Path(id): Path<String>,

@@ -1,5 +1,7 @@
-//! A per-key token bucket: `burst` tokens, refilled at `per_second`. Used by the
-//! worker to cap how fast one user can post, edit and react.
+//! A per-key token bucket: `burst` tokens, refilled continuously. The worker caps how
+//! fast one user can post over MQTT, the REST API how fast one user can post over HTTP
+//! and how fast one address can try passwords. Pure logic (time is passed in), so it
+//! is exact to test.
 
 use std::collections::HashMap;
 
@@ -14,15 +16,24 @@ const PRUNE_AT: usize = 100_000;
 
 impl RateLimiter {
     pub fn new(burst: u32, per_second: u32) -> Self {
+        Self::per_minute(burst, per_second * 60)
+    }
+
+    pub fn per_minute(burst: u32, per_minute: u32) -> Self {
         RateLimiter {
             burst: f64::from(burst),
-            per_ms: f64::from(per_second) / 1000.0,
+            per_ms: f64::from(per_minute) / 60_000.0,
             buckets: HashMap::new(),
         }
     }
 
     /// Takes one token for `key` at `now_ms`; false when the bucket is empty.
     pub fn allow(&mut self, key: &str, now_ms: i64) -> bool {
+        self.check(key, now_ms).is_ok()
+    }
+
+    /// Takes one token, or says how many milliseconds until one is available.
+    pub fn check(&mut self, key: &str, now_ms: i64) -> Result<(), u64> {
         if self.buckets.len() > PRUNE_AT {
             let (burst, per_ms) = (self.burst, self.per_ms);
             self.buckets
@@ -36,9 +47,9 @@ impl RateLimiter {
         *at = now_ms;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(((1.0 - *tokens) / self.per_ms).ceil() as u64)
         }
     }
 }
@@ -55,5 +66,9 @@ mod tests {
         assert!(r.allow("b", 0), "keys are independent");
         assert!(!r.allow("a", 50));
         assert!(r.allow("a", 100), "one token per 100 ms at 10/s");
+        assert_eq!(r.check("a", 100), Err(100), "says when to retry");
+        let mut m = RateLimiter::per_minute(1, 30);
+        assert!(m.allow("ip", 0));
+        assert_eq!(m.check("ip", 0), Err(2000));
     }
 }
