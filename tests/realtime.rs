@@ -382,18 +382,7 @@ async fn offline_users_catch_up(db: Db) {
     assert_eq!(live["iseq"], 5);
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-
-on_both_databases!(
+common::on_both_databases!(
     one_to_one,
     group_of_five,
     edits_reactions_and_receipts,

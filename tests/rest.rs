@@ -787,18 +787,7 @@ async fn search_finds_only_your_messages(db: Db) {
     );
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-
-on_both_databases!(
+common::on_both_databases!(
     conversations_and_roles,
     list_unread_archive_and_mute,
     history_walks_a_thousand_messages_both_ways,

@@ -381,3 +381,18 @@ pub async fn sync(server: &Server, account: &Account, since: u64) -> Value {
     assert_eq!(res.status(), 200);
     res.json().await.expect("json")
 }
+
+/// Declares each listed `async fn(Db)` as a test on SQLite and one on PostgreSQL.
+#[allow(unused_macros)] // not every test file runs on both databases
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(super::Db::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { super::$name(super::Db::Postgres).await } )*
+        }
+    };
+}
+#[allow(unused_imports)] // not every test file runs on both databases
+pub(crate) use on_both_databases;

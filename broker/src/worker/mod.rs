@@ -161,33 +161,17 @@ impl Worker {
 
     fn answer(&self, origin: &Origin, outcome: WriteOutcome) {
         let re = Some(origin.command_id.clone());
-        match outcome {
-            WriteOutcome::Applied { ack, deliveries } => {
-                let reply = Event {
-                    v: 1,
-                    seq: None,
-                    re,
-                    body: tidings_core::protocol::EventBody::Ack(ack),
-                };
-                self.fanout.reply(&origin.user, origin.format, &reply);
-                self.fanout.deliver(&deliveries);
-            }
-            WriteOutcome::Unchanged { ack } => {
-                let reply = Event {
-                    v: 1,
-                    seq: None,
-                    re,
-                    body: tidings_core::protocol::EventBody::Ack(ack),
-                };
-                self.fanout.reply(&origin.user, origin.format, &reply);
-            }
+        let (reply, deliveries) = match outcome {
+            WriteOutcome::Applied { ack, deliveries } => (Event::ack(re, ack), deliveries),
+            WriteOutcome::Unchanged { ack } => (Event::ack(re, ack), Vec::new()),
             WriteOutcome::Rejected { code, message } => {
-                self.fanout.reply(
-                    &origin.user,
-                    origin.format,
-                    &Event::error(re, code, message),
-                );
+                (Event::error(re, code, message), Vec::new())
             }
+        };
+        // The sender's answer first, then everyone's events.
+        self.fanout.reply(&origin.user, origin.format, &reply);
+        if !deliveries.is_empty() {
+            self.fanout.deliver(&deliveries);
         }
     }
 }

@@ -36,6 +36,16 @@ impl Event {
         }
     }
 
+    /// The `ack` of command `re`.
+    pub fn ack(re: Option<String>, ack: AckView) -> Self {
+        Event {
+            v: crate::protocol::PROTOCOL_VERSION,
+            seq: None,
+            re,
+            body: EventBody::Ack(ack),
+        }
+    }
+
     /// An `error` reply to command `re` (or to an undecodable payload, `re` = None).
     pub fn error(re: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
         Event {
