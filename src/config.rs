@@ -41,6 +41,8 @@ pub struct MqttConfig {
     /// MQTT 3.1.1 over WebSocket (any path), for browsers and proxies.
     pub ws_listen: SocketAddr,
     pub ws_enabled: bool,
+    /// MQTT 5 over TCP; off unless set.
+    pub v5_listen: Option<SocketAddr>,
     pub max_connections: usize,
 }
 
@@ -79,6 +81,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
                 ws_listen: SocketAddr::from(([0, 0, 0, 0], 8083)),
                 ws_enabled: true,
+                v5_listen: None,
                 max_connections: 10_000,
             },
             auth: AuthConfig {

@@ -80,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tidings_broker::BrokerConfig {
             listen: config.mqtt.listen,
             ws_listen: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
+            v5_listen: config.mqtt.v5_listen,
             max_connections: config.mqtt.max_connections,
         },
         store.clone(),

@@ -18,6 +18,8 @@ use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::Protocol;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
@@ -47,6 +49,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// MQTT 3.1.1 over WebSocket, if wanted.
     pub ws_listen: Option<SocketAddr>,
+    /// MQTT 5 over TCP, if wanted. Same guard, same ACL; MQTT 5 properties are
+    /// dropped on the way in (see guard.rs), so v5 clients get v3.1.1 semantics.
+    pub v5_listen: Option<SocketAddr>,
     pub max_connections: usize,
 }
 
@@ -144,8 +149,8 @@ fn free_loopback_port() -> anyhow::Result<SocketAddr> {
 /// Starts a rumqttd listener. rumqttd binds inside `start` and only logs a failure, so
 /// the address is tried first (a clear error now beats a dead listener later), and the
 /// task is given a moment to fail on its own.
-async fn start_listener(
-    mut server: Server<Guard<V4>>,
+async fn start_listener<P: Protocol + Clone + Send + Sync + 'static>(
+    mut server: Server<Guard<P>>,
     link: LinkType,
     addr: SocketAddr,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -233,6 +238,16 @@ pub async fn start(
             .with_context(|| format!("binding MQTT over WebSocket on {public}"))?;
         tracing::info!(addr = %listener.local_addr()?, "mqtt websocket listening");
         tasks.push(tokio::spawn(crate::ws_gate::run(listener, private)));
+    }
+
+    if let Some(addr) = config.v5_listen {
+        let v5 = Server::new(
+            server_settings("mqtt5", addr, store.clone(), keys.clone()),
+            router_tx.clone(),
+            Guard::new(V5, guard.clone()),
+        );
+        tasks.push(start_listener(v5, LinkType::Remote, addr).await?);
+        tracing::info!(addr = %addr, "mqtt5 listening");
     }
 
     Ok(Realtime {

@@ -30,6 +30,8 @@ pub struct Server {
     pub mqtt_port: u16,
     /// MQTT over WebSocket, `host:port`.
     pub ws_addr: String,
+    /// MQTT 5 over TCP, on loopback.
+    pub v5_port: u16,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     logs: Arc<Mutex<Vec<String>>>,
@@ -94,6 +96,7 @@ impl Server {
             http: String::new(),
             mqtt_port: 0,
             ws_addr: String::new(),
+            v5_port: 0,
             data_dir,
             _dir: dir,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -119,12 +122,17 @@ impl Server {
     fn try_spawn(&mut self, opts: &Options, mqtt_port: u16) -> Result<(), String> {
         self.logs.lock().expect("log lock").clear();
         self.mqtt_port = mqtt_port;
+        self.v5_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
         cmd.arg("serve")
             .env_remove("RUST_LOG")
             .env("TIDINGS_HTTP_LISTEN", "127.0.0.1:0")
             .env("TIDINGS_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"))
             .env("TIDINGS_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .env(
+                "TIDINGS_MQTT_V5_LISTEN",
+                format!("127.0.0.1:{}", self.v5_port),
+            )
             .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
             .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
             .stdout(Stdio::piped())
