@@ -467,3 +467,49 @@ async fn a_rejected_access_token_is_refreshed_inside() {
     .await;
     carol.shutdown();
 }
+
+/// A gap in the inbox sequence (an event lost on the QoS 0 inbox) makes the client sync
+/// from the last seq it applied: the lost event arrives through `GET /v1/sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_inbox_sequence_triggers_a_sync() {
+    let server = Server::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, rec_a) = client(&server, dir_a.path(), "alice-gap");
+    let (bob, rec_b) = client(&server, dir_b.path(), "bob-gap");
+    alice.register("alice3", "alice-password").await.unwrap();
+    let sb = bob.register("bob3", "bob-password").await.unwrap();
+    let conv = alice
+        .create_conversation("direct", None, vec![sb.user_id])
+        .await
+        .unwrap();
+    alice.connect().await.unwrap();
+    bob.connect().await.unwrap();
+    rec_a.connected().await;
+    rec_b.connected().await;
+    alice
+        .send_text(&conv.id, "lost one", None, vec![])
+        .await
+        .unwrap();
+    wait_message(&rec_b, "lost one").await;
+    let seen = bob.last_inbox_seq().unwrap();
+    // Pretend "lost one" never reached bob: his store forgets it.
+    let file = dir_b.path().join("tidings-sdk.sqlite3");
+    tidings_core::sdk::local::LocalStore::open(dir_b.path(), &file)
+        .unwrap()
+        .set_last_iseq(seen - 1)
+        .unwrap();
+    alice
+        .send_text(&conv.id, "after the gap", None, vec![])
+        .await
+        .unwrap();
+    wait_message(&rec_b, "after the gap").await;
+    rec_b
+        .wait_for("the lost event, synced", |_| {
+            (rec_b.messages_with_body("lost one").len() == 2).then_some(())
+        })
+        .await;
+    assert_eq!(bob.last_inbox_seq().unwrap(), seen + 1);
+    assert_eq!(rec_b.messages_with_body("after the gap").len(), 1);
+    alice.shutdown();
+    bob.shutdown();
+}
