@@ -504,8 +504,14 @@ async fn a_gap_in_the_inbox_sequence_triggers_a_sync() {
         .unwrap();
     wait_message(&rec_b, "after the gap").await;
     rec_b
-        .wait_for("the lost event, synced", |_| {
-            (rec_b.messages_with_body("lost one").len() == 2).then_some(())
+        .wait_for("the lost event, synced", |evs| {
+            let n = evs
+                .iter()
+                .filter(
+                    |e| matches!(e, ClientEvent::Message { message } if message.body == "lost one"),
+                )
+                .count();
+            (n == 2).then_some(())
         })
         .await;
     assert_eq!(bob.last_inbox_seq().unwrap(), seen + 1);
