@@ -25,7 +25,7 @@ mod sqlite;
 mod store;
 
 pub use error::{StoreError, StoreResult};
-pub use membership::MembershipIndex;
+pub use membership::{MembershipIndex, Revocation};
 pub use model::*;
 pub use postgres::PgStore;
 pub use sink::{EventSink, NoSink};

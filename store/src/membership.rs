@@ -3,15 +3,38 @@
 //! store itself after every committed membership change, so a join or leave takes
 //! effect on the very next packet.
 //!
+//! It is also where revocations are announced: a member leaving or being removed, and a
+//! session ending (logout, revocation, refresh-token theft). Whoever holds live
+//! connections (the broker) [`watch`](MembershipIndex::watch)es them and acts at once,
+//! in the same call that committed the change.
+//!
 //! One process only: several Tidings nodes behind a load balancer would each need to
 //! hear the others' changes (e.g. PostgreSQL LISTEN/NOTIFY); see ARCHITECTURE.md.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
-#[derive(Debug, Default)]
+/// A right that ended, announced after the change committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// `user` is no longer a member of `conv`.
+    MemberRemoved { conv: String, user: String },
+    /// The session `session` ended: its tokens, and connections made with them, are dead.
+    SessionEnded { session: String },
+}
+
+type Watcher = Box<dyn Fn(&Revocation) + Send + Sync>;
+
+#[derive(Default)]
 pub struct MembershipIndex {
     inner: RwLock<Inner>,
+    watchers: RwLock<Vec<Watcher>>,
+}
+
+impl std::fmt::Debug for MembershipIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipIndex").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,12 +104,45 @@ impl MembershipIndex {
     }
 
     pub fn remove(&self, conv: &str, user: &str) {
-        let mut inner = self.write();
-        if let Some(m) = inner.by_conv.get_mut(conv) {
-            m.remove(user);
+        {
+            let mut inner = self.write();
+            if let Some(m) = inner.by_conv.get_mut(conv) {
+                m.remove(user);
+            }
+            if let Some(c) = inner.by_user.get_mut(user) {
+                c.remove(conv);
+            }
         }
-        if let Some(c) = inner.by_user.get_mut(user) {
-            c.remove(conv);
+        self.announce(&Revocation::MemberRemoved {
+            conv: conv.to_owned(),
+            user: user.to_owned(),
+        });
+    }
+
+    /// Announces that a session ended (the store calls it after the commit).
+    pub fn session_ended(&self, session: &str) {
+        self.announce(&Revocation::SessionEnded {
+            session: session.to_owned(),
+        });
+    }
+
+    /// Calls `watcher` for every revocation from now on, synchronously: it must be quick
+    /// and must not call back into the index's writers.
+    pub fn watch(&self, watcher: impl Fn(&Revocation) + Send + Sync + 'static) {
+        self.watchers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(watcher));
+    }
+
+    fn announce(&self, revocation: &Revocation) {
+        for w in self
+            .watchers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            w(revocation);
         }
     }
 }

@@ -622,6 +622,7 @@ macro_rules! impl_sql_store {
                         .execute(&mut *tx)
                         .await?;
                     tx.commit().await?;
+                    self.index.session_ended(&session.id);
                     return Ok(Rotation::Reused(Session { revoked_at: Some(now), ..session }));
                 }
                 sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1")
@@ -648,6 +649,7 @@ macro_rules! impl_sql_store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                self.index.session_ended(&session.id);
                 Ok(Some(Session { revoked_at: Some(now), ..session }))
             }
 
@@ -657,7 +659,11 @@ macro_rules! impl_sql_store {
                     .bind(now)
                     .execute(self.writer())
                     .await?;
-                Ok(done.rows_affected() > 0)
+                let ended = done.rows_affected() > 0;
+                if ended {
+                    self.index.session_ended(session_id);
+                }
+                Ok(ended)
             }
 
             async fn session_active(&self, session_id: &str) -> StoreResult<bool> {
