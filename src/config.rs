@@ -14,7 +14,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 5] = ["http", "mqtt", "auth", "log", "uploads"];
+const SECTIONS: [&str; 6] = ["http", "mqtt", "auth", "log", "uploads", "limits"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -27,6 +27,15 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub uploads: tidings_rest::uploads::UploadsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Limits that span both planes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitsConfig {
+    /// Per-user send budget, MQTT and HTTP together: a burst, refilled at a rate.
+    pub send_burst: u32,
+    pub send_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,9 +50,11 @@ pub struct MqttConfig {
     /// MQTT 3.1.1 over WebSocket (any path), for browsers and proxies.
     pub ws_listen: SocketAddr,
     pub ws_enabled: bool,
-    /// MQTT 5 over TCP; off unless set.
+    /// A second MQTT listener (both listeners speak 3.1.1 and 5); off unless set.
     pub v5_listen: Option<SocketAddr>,
-    pub max_connections: usize,
+    /// Connection caps, timeouts, queue sizes: see tidings_broker::MqttLimits.
+    #[serde(flatten)]
+    pub limits: tidings_broker::MqttLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,7 +93,7 @@ impl Default for Config {
                 ws_listen: SocketAddr::from(([0, 0, 0, 0], 8083)),
                 ws_enabled: true,
                 v5_listen: None,
-                max_connections: 10_000,
+                limits: tidings_broker::MqttLimits::default(),
             },
             auth: AuthConfig {
                 jwt_secret: None,
@@ -90,9 +101,12 @@ impl Default for Config {
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
             },
             uploads: tidings_rest::uploads::UploadsConfig::default(),
+            limits: LimitsConfig {
+                send_burst: tidings_core::protocol::limits::SEND_BURST,
+                send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
+            },
             log: LogConfig {
-                // rumqttd logs every accept and subscription at info.
-                filter: "info,rumqttd=warn".into(),
+                filter: "info".into(),
                 format: LogFormat::Text,
             },
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tidings_auth::TokenKeys;
+use tidings_core::ratelimit::RateLimiter;
 use tidings_store::Store;
 use tokio::net::TcpListener;
 
@@ -72,22 +73,47 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The MQTT front door as a readiness probe for `/readyz`.
+struct MqttProbe(Arc<tidings_broker::Realtime>);
+
+#[async_trait::async_trait]
+impl tidings_rest::ReadinessProbe for MqttProbe {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.probe().await
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
     let store = open_store(&config).await?;
     let keys = Arc::new(load_keys(&config)?);
+    // One send budget per user, whether they send over MQTT or HTTP.
+    let sends = Arc::new(std::sync::Mutex::new(RateLimiter::new(
+        config.limits.send_burst,
+        config.limits.send_per_second,
+    )));
 
-    let realtime = tidings_broker::start(
-        tidings_broker::BrokerConfig {
-            listen: config.mqtt.listen,
-            ws_listen: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
-            v5_listen: config.mqtt.v5_listen,
-            max_connections: config.mqtt.max_connections,
-        },
-        store.clone(),
-        keys.clone(),
-    )
-    .await
-    .context("starting the MQTT broker")?;
+    let realtime = Arc::new(
+        tidings_broker::start(
+            tidings_broker::Listeners {
+                tcp: config.mqtt.listen,
+                ws: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
+                v5: config.mqtt.v5_listen,
+            },
+            config.mqtt.limits.clone(),
+            store.clone(),
+            keys.clone(),
+            sends.clone(),
+        )
+        .await
+        .context("starting the MQTT broker")?,
+    );
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
@@ -97,21 +123,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         realtime.fanout.clone(),
         blobs,
         config.uploads.clone(),
-    );
+    )
+    .with_send_limiter(sends)
+    .with_probe(Arc::new(MqttProbe(realtime.clone())));
 
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "http listening");
 
-    axum::serve(
+    let router = tidings_rest::router(state).route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(metrics.render())),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let http = axum::serve(
         listener,
-        tidings_rest::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
-    realtime.stop_listeners();
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    });
+    let mut mqtt_stop = stop_rx;
+    let mqtt = async {
+        let _ = mqtt_stop.wait_for(|stop| *stop).await;
+        realtime.shutdown(std::time::Duration::from_secs(5)).await;
+    };
+    let (served, ()) = tokio::join!(http, mqtt);
+    served.context("serving HTTP")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

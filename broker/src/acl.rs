@@ -31,6 +31,39 @@ pub fn may_subscribe(user: &str, filter: &str, index: &MembershipIndex) -> bool 
     }
 }
 
+/// Why a connection may keep reading what a filter it was granted matches; checked
+/// again on every delivery (see hub.rs), so rights lost later take effect at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The user's own topics (inbox, own presence): theirs while the connection lives.
+    Own,
+    /// A conversation's topics: while the user is a member.
+    Member(String),
+    /// Another user's presence: while the two share a conversation.
+    Presence(String),
+}
+
+impl Grant {
+    /// The grant behind a filter `may_subscribe` allowed.
+    pub fn of(user: &str, filter: &str) -> Grant {
+        let levels: Vec<&str> = filter.split('/').collect();
+        match levels.as_slice() {
+            ["u", owner, "p"] if *owner != user => Grant::Presence((*owner).to_owned()),
+            ["c", conv, ..] => Grant::Member((*conv).to_owned()),
+            _ => Grant::Own,
+        }
+    }
+
+    /// Does the right still hold?
+    pub fn holds(&self, user: &str, index: &MembershipIndex) -> bool {
+        match self {
+            Grant::Own => true,
+            Grant::Member(conv) => index.is_member(conv, user),
+            Grant::Presence(other) => index.share_conversation(user, other),
+        }
+    }
+}
+
 /// May `user` publish on `topic` (which must be a concrete topic) with `qos` and `retain`?
 pub fn may_publish(
     user: &str,
@@ -54,7 +87,7 @@ pub fn may_publish(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rumqttd::protocol::matches;
+    use rumqttc::mqttbytes::matches;
     use tidings_core::protocol::ids::new_id;
 
     struct World {
@@ -180,7 +213,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
 
-        /// Whatever filter the ACL grants, rumqttd's own matcher never lets it reach a
+        /// Whatever filter the ACL grants, MQTT's own matching rule never lets it reach a
         /// topic the user has no right to read.
         #[test]
         fn granted_filters_never_match_forbidden_topics(filter in filter()) {

@@ -1,20 +1,24 @@
-//! MQTT CONNECT authentication, run by rumqttd's async auth hook before the connection
-//! joins the router: username = user id, password = access JWT, client id =
+//! MQTT CONNECT authentication: username = user id, password = access JWT, client id =
 //! `{user id}:{device id}`. The token must verify (signature, issuer, expiry), name the
-//! same user, and belong to a session that was not revoked.
-//!
-//! rumqttd answers a refusal by closing the socket without a CONNACK code, so a client
-//! cannot tell "bad token" from "network down" here; the SDK asks the REST API when
-//! connects keep failing.
+//! same user, and belong to a session that was not revoked. Every refusal maps to a
+//! CONNACK code, so a device can tell a bad token from a network failure.
 
 use tidings_auth::TokenKeys;
+use tidings_core::protocol::ids::{is_client_id, is_server_id};
 use tidings_store::Store;
 
-use crate::guard::parse_client_id;
+use crate::connection::Refusal as ConnAckRefusal;
 
-/// Why a CONNECT was refused, for the log.
+/// Splits a client id `{user}:{device}`.
+pub fn parse_client_id(client_id: &str) -> Option<(&str, &str)> {
+    let (user, device) = client_id.split_once(':')?;
+    (is_server_id(user) && is_client_id(device)).then_some((user, device))
+}
+
+/// Why a CONNECT was refused, for the log and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    NoCredentials,
     ClientId,
     OtherUser,
     Token(tidings_auth::TokenError),
@@ -22,14 +26,52 @@ pub enum Refusal {
     Store,
 }
 
+impl Refusal {
+    /// The CONNACK code: malformed client ids are "identifier rejected", another user's
+    /// client id is "not authorized", and every token problem is "bad user name or
+    /// password" (refresh or log in again).
+    pub fn connack(&self) -> ConnAckRefusal {
+        match self {
+            Refusal::ClientId => ConnAckRefusal::ClientId,
+            Refusal::OtherUser => ConnAckRefusal::NotAuthorized,
+            Refusal::NoCredentials | Refusal::Token(_) | Refusal::SessionEnded => {
+                ConnAckRefusal::BadCredentials
+            }
+            Refusal::Store => ConnAckRefusal::ServerUnavailable,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoCredentials => "no_credentials",
+            Refusal::ClientId => "client_id",
+            Refusal::OtherUser => "other_user",
+            Refusal::Token(_) => "token",
+            Refusal::SessionEnded => "session_ended",
+            Refusal::Store => "store",
+        }
+    }
+}
+
+/// Who an accepted CONNECT is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub device: String,
+    pub session: String,
+}
+
 pub async fn check(
     store: &dyn Store,
     keys: &TokenKeys,
     client_id: &str,
-    username: &str,
-    password: &str,
-) -> Result<String, Refusal> {
-    let (user, _device) = parse_client_id(client_id).ok_or(Refusal::ClientId)?;
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Result<Identity, Refusal> {
+    let (user, device) = parse_client_id(client_id).ok_or(Refusal::ClientId)?;
+    let (Some(username), Some(password)) = (username, password) else {
+        return Err(Refusal::NoCredentials);
+    };
     if user != username {
         return Err(Refusal::OtherUser);
     }
@@ -38,11 +80,40 @@ pub async fn check(
         return Err(Refusal::OtherUser);
     }
     match store.session_active(&claims.sid).await {
-        Ok(true) => Ok(claims.sub),
+        Ok(true) => Ok(Identity {
+            user: claims.sub,
+            device: device.to_owned(),
+            session: claims.sid,
+        }),
         Ok(false) => Err(Refusal::SessionEnded),
         Err(e) => {
             tracing::error!(error = %e, "cannot check a session at CONNECT");
             Err(Refusal::Store)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_client_id;
+    use tidings_core::protocol::ids::new_id;
+
+    #[test]
+    fn client_ids_name_a_user_and_a_device() {
+        let u = new_id();
+        assert_eq!(
+            parse_client_id(&format!("{u}:phone")),
+            Some((u.as_str(), "phone"))
+        );
+        for bad in [
+            u.clone(),
+            format!("{u}:"),
+            format!("{u}:a/b"),
+            format!("{u}:+"),
+            "x:phone".into(),
+            format!(":{u}"),
+        ] {
+            assert_eq!(parse_client_id(&bad), None, "{bad}");
         }
     }
 }

@@ -1,63 +1,20 @@
 //! Getting events to subscribers: inbox deliveries, command replies, the conversation
-//! mirror. Everything leaves through one [`Publisher`], a channel to the thread that
-//! owns the broker link (rumqttd's `LinkTx` blocks, so it must not run on async workers).
+//! mirror. Everything goes through the [`Hub`], which routes it in the caller's thread
+//! (a hash lookup and a queue push per subscriber, no thread hop), and nothing is even
+//! encoded for a topic nobody follows: an offline user's inbox costs one lookup.
 //!
 //! A message to a 1,000-member group is 1,000 inbox payloads that differ only in
 //! `iseq`. The JSON body is serialized once and each payload is the same bytes with a
 //! different prefix, exactly what serde would produce for the whole event.
 
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tidings_core::protocol::event::{Event, EventBody};
 use tidings_core::protocol::{topics, CborCodec, Codec, WireFormat};
 use tidings_store::{Delivery, EventSink};
 
-use crate::presence::PresenceTracker;
-
-/// One publish for the link thread.
-#[derive(Debug)]
-pub struct Outbound {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-}
-
-/// A cheap, cloneable handle to the link's publishing thread.
-#[derive(Clone)]
-pub struct Publisher {
-    tx: Sender<Outbound>,
-}
-
-impl Publisher {
-    pub fn new(tx: Sender<Outbound>) -> Self {
-        Publisher { tx }
-    }
-
-    pub fn publish(&self, topic: String, payload: Vec<u8>) {
-        self.send(Outbound {
-            topic,
-            payload,
-            retain: false,
-        });
-    }
-
-    pub fn retain(&self, topic: String, payload: Vec<u8>) {
-        self.send(Outbound {
-            topic,
-            payload,
-            retain: true,
-        });
-    }
-
-    fn send(&self, out: Outbound) {
-        if self.tx.send(out).is_err() {
-            tracing::error!(
-                "the broker link is gone; publish dropped (clients recover it by sync)"
-            );
-        }
-    }
-}
+use crate::hub::Hub;
 
 /// `{"v":1,"iseq":N,` + the body's JSON without its opening brace.
 pub fn json_delivery(iseq: u64, body_json: &[u8]) -> Vec<u8> {
@@ -71,42 +28,42 @@ pub fn json_delivery(iseq: u64, body_json: &[u8]) -> Vec<u8> {
 }
 
 pub struct Fanout {
-    publisher: Publisher,
-    presence: Arc<PresenceTracker>,
+    hub: Arc<Hub>,
 }
 
 impl Fanout {
-    pub fn new(publisher: Publisher, presence: Arc<PresenceTracker>) -> Self {
-        Fanout {
-            publisher,
-            presence,
-        }
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Fanout { hub }
     }
 
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
-    /// Publishes each delivery on its user's inbox (and compact inbox, if they have a
-    /// device reading it).
+    /// Publishes each delivery on its user's inbox, in JSON for `u/{uid}/in` and CBOR
+    /// for `u/{uid}/in/c`, for whichever of the two someone follows.
     pub fn deliver_all(&self, deliveries: &[Delivery]) {
         let mut cached: Option<(*const EventBody, Vec<u8>)> = None;
         for d in deliveries {
-            let ptr = Arc::as_ptr(&d.body);
-            if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
-                match serde_json::to_vec(&*d.body) {
-                    Ok(json) => cached = Some((ptr, json)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not encode an event");
-                        continue;
+            let inbox = topics::inbox(&d.user);
+            if self.hub.has_subscribers(&inbox) {
+                let ptr = Arc::as_ptr(&d.body);
+                if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
+                    match serde_json::to_vec(&*d.body) {
+                        Ok(json) => cached = Some((ptr, json)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not encode an event");
+                            continue;
+                        }
                     }
                 }
+                if let Some((_, json)) = &cached {
+                    self.hub
+                        .route(&inbox, Bytes::from(json_delivery(d.seq, json)));
+                }
             }
-            if let Some((_, json)) = &cached {
-                self.publisher
-                    .publish(topics::inbox(&d.user), json_delivery(d.seq, json));
-            }
-            if self.presence.wants_compact(&d.user) {
+            let compact = compact_inbox(&d.user);
+            if self.hub.has_subscribers(&compact) {
                 let event = Event {
                     v: 1,
                     seq: Some(d.seq),
@@ -114,7 +71,9 @@ impl Fanout {
                     body: (*d.body).clone(),
                 };
                 match CborCodec.encode_event(&event) {
-                    Ok(bytes) => self.publisher.publish(compact_inbox(&d.user), bytes),
+                    Ok(bytes) => {
+                        self.hub.route(&compact, Bytes::from(bytes));
+                    }
                     Err(e) => tracing::error!(error = %e, "could not encode an event as CBOR"),
                 }
             }
@@ -128,8 +87,13 @@ impl Fanout {
             WireFormat::Json => topics::inbox(user),
             WireFormat::Cbor => compact_inbox(user),
         };
+        if !self.hub.has_subscribers(&topic) {
+            return;
+        }
         match format.codec().encode_event(event) {
-            Ok(bytes) => self.publisher.publish(topic, bytes),
+            Ok(bytes) => {
+                self.hub.route(&topic, Bytes::from(bytes));
+            }
             Err(e) => tracing::error!(error = %e, "could not encode a reply"),
         }
     }
@@ -142,8 +106,14 @@ impl Fanout {
             EventBody::Reaction(r) => &r.conv,
             _ => return,
         };
+        let topic = topics::mirror(conv);
+        if !self.hub.has_subscribers(&topic) {
+            return;
+        }
         match serde_json::to_vec(&Event::durable(body.clone())) {
-            Ok(bytes) => self.publisher.publish(topics::mirror(conv), bytes),
+            Ok(bytes) => {
+                self.hub.route(&topic, Bytes::from(bytes));
+            }
             Err(e) => tracing::error!(error = %e, "could not encode a mirror event"),
         }
     }

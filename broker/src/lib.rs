@@ -1,22 +1,31 @@
-//! tidings-broker: the realtime plane.
+//! tidings-broker: the realtime plane, and Tidings' own MQTT front door.
 //!
+//! - [`server`]: listeners, connection cap, shutdown; one task per connection.
+//! - [`transport`]: TCP and WebSocket byte streams.
+//! - [`connection`]: framing only: MQTT 3.1.1 / 5 packets to and from one small model.
+//! - [`session`]: one connection's life: CONNECT and auth, then publish, subscribe,
+//!   keep-alive, takeover, wills.
+//! - [`hub`]: who is connected and follows what; routing by hash lookup, with every
+//!   delivery checked against the subscriber's current rights.
 //! - [`acl`]: who may subscribe to or publish on which topic; a pure function.
-//! - [`guard`]: a rumqttd `Protocol` wrapper, cloned per connection, that binds the
-//!   connection to the user of its CONNECT and checks every packet against the ACL.
-//! - [`auth`]: rumqttd's async CONNECT hook: JWT, session, client id.
-//! - [`presence`]: online/offline with last seen, from the guard's lifecycle.
-//! - [`worker`]: the persistence worker: commands from `u/+/out` to
-//!   `Store::write_batch`, then acks and fan-out.
+//! - [`auth`]: CONNECT authentication: JWT, session, client id.
+//! - [`presence`]: online/offline with last seen.
+//! - [`worker`]: the persistence worker: commands to `Store::write_batch`, then PUBACKs,
+//!   acks and fan-out.
 //! - [`fanout`]: encoding events for inboxes and the conversation mirror.
-//! - [`server`]: wiring rumqttd's router, listeners and links on our runtime.
 
 pub mod acl;
 pub mod auth;
+pub mod config;
+pub mod connection;
 pub mod fanout;
-pub mod guard;
+pub mod hub;
 pub mod presence;
+mod probe;
 pub mod server;
+pub mod session;
+pub mod transport;
 pub mod worker;
-mod ws_gate;
 
-pub use server::{start, BrokerConfig, Realtime};
+pub use config::{Listeners, MqttLimits};
+pub use server::{start, Realtime};

@@ -1,12 +1,10 @@
 //! Presence: a user is online while at least one of their devices is connected.
 //!
-//! The guard reports each connection's start (a successful CONNACK) and end (its
-//! `Drop`, which runs on clean disconnects, dropped sockets and kicked sessions alike).
-//! The tracker counts connections per user and emits a change only on 0 → 1 and
-//! 1 → 0; a task turns changes into retained `u/{uid}/p` publishes and last-seen rows.
-//!
-//! It also counts connections subscribed to the compact inbox `u/{uid}/in/c`, so the
-//! fan-out encodes CBOR only for users who have such a device.
+//! The front door reports each connection's start (registered, before its CONNACK)
+//! and end (the registration's `Drop`, which runs on clean disconnects, dropped sockets,
+//! takeovers and kicks alike). The tracker counts connections per user and emits a
+//! change only on 0 → 1 and 1 → 0; a task turns changes into retained `u/{uid}/p`
+//! publishes (held by the hub) and last-seen rows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +14,7 @@ use tidings_core::protocol::topics;
 use tidings_store::{now_ms, Store};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::fanout::Publisher;
+use crate::hub::Hub;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceChange {
@@ -32,7 +30,6 @@ pub enum PresenceChange {
 
 pub struct PresenceTracker {
     online: Mutex<HashMap<String, usize>>,
-    compact: Mutex<HashMap<String, usize>>,
     changes: UnboundedSender<PresenceChange>,
 }
 
@@ -66,7 +63,6 @@ impl PresenceTracker {
     pub fn new(changes: UnboundedSender<PresenceChange>) -> Self {
         PresenceTracker {
             online: Mutex::default(),
-            compact: Mutex::default(),
             changes,
         }
     }
@@ -92,26 +88,13 @@ impl PresenceTracker {
     pub fn is_online(&self, user: &str) -> bool {
         lock(&self.online).contains_key(user)
     }
-
-    pub fn compact_subscribed(&self, user: &str) {
-        increment(&self.compact, user);
-    }
-
-    pub fn compact_unsubscribed(&self, user: &str) {
-        decrement(&self.compact, user);
-    }
-
-    /// Does any connection of `user` read the compact (CBOR) inbox?
-    pub fn wants_compact(&self, user: &str) -> bool {
-        lock(&self.compact).contains_key(user)
-    }
 }
 
 /// Applies presence changes: retained presence publishes and device/last-seen rows.
 pub async fn run(
     mut changes: UnboundedReceiver<PresenceChange>,
     store: Arc<dyn Store>,
-    publisher: Publisher,
+    hub: Arc<Hub>,
 ) {
     while let Some(change) = changes.recv().await {
         match change {
@@ -125,7 +108,7 @@ pub async fn run(
                 }
                 if first {
                     publish(
-                        &publisher,
+                        &hub,
                         &user,
                         Presence {
                             v: 1,
@@ -140,7 +123,7 @@ pub async fn run(
                     tracing::warn!(error = %e, %user, "could not record last seen");
                 }
                 publish(
-                    &publisher,
+                    &hub,
                     &user,
                     Presence {
                         v: 1,
@@ -153,9 +136,9 @@ pub async fn run(
     }
 }
 
-fn publish(publisher: &Publisher, user: &str, presence: Presence) {
+fn publish(hub: &Hub, user: &str, presence: Presence) {
     match serde_json::to_vec(&presence) {
-        Ok(payload) => publisher.retain(topics::presence(user), payload),
+        Ok(payload) => hub.retain(&topics::presence(user), payload.into()),
         Err(e) => tracing::error!(error = %e, "could not encode presence"),
     }
 }

@@ -12,7 +12,7 @@ pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::{rate_limit, AppState};
+pub use state::{rate_limit, AppState, ReadinessProbe};
 
 use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;

@@ -20,21 +20,31 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<UploadsConfig>,
     pub limits: Arc<Limits>,
+    /// Further readiness checks beyond the database (the MQTT front door's own probe).
+    pub probes: Vec<Arc<dyn ReadinessProbe>>,
+}
+
+/// A check `/readyz` runs; `Err` names what is not ready.
+#[async_trait::async_trait]
+pub trait ReadinessProbe: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> Result<(), String>;
 }
 
 /// Request-rate limits kept in memory (one process; see ARCHITECTURE.md).
 pub struct Limits {
     /// Password and token attempts, per client address.
     pub auth: Mutex<RateLimiter>,
-    /// Messages sent over HTTP, per user.
-    pub sends: Mutex<RateLimiter>,
+    /// Messages sent, per user: shared with the MQTT worker when the binary wires them
+    /// together, so one budget covers both ways of sending.
+    pub sends: Arc<Mutex<RateLimiter>>,
 }
 
 impl Limits {
     fn new() -> Self {
         Limits {
             auth: Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)),
-            sends: Mutex::new(RateLimiter::new(SEND_BURST, SEND_PER_SECOND)),
+            sends: Arc::new(Mutex::new(RateLimiter::new(SEND_BURST, SEND_PER_SECOND))),
         }
     }
 }
@@ -62,6 +72,21 @@ impl AppState {
             blobs,
             uploads: Arc::new(uploads),
             limits: Arc::new(Limits::new()),
+            probes: Vec::new(),
         }
+    }
+
+    /// Uses `sends` as the per-user send budget (the one the MQTT worker also takes from).
+    pub fn with_send_limiter(mut self, sends: Arc<Mutex<RateLimiter>>) -> Self {
+        let auth = Arc::try_unwrap(std::mem::replace(&mut self.limits, Arc::new(Limits::new())))
+            .map(|l| l.auth)
+            .unwrap_or_else(|_| Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)));
+        self.limits = Arc::new(Limits { auth, sends });
+        self
+    }
+
+    pub fn with_probe(mut self, probe: Arc<dyn ReadinessProbe>) -> Self {
+        self.probes.push(probe);
+        self
     }
 }
