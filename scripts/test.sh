@@ -4,7 +4,8 @@
 #     when no PostgreSQL binaries exist), removed on exit;
 #   - paho-mqtt and openapi-spec-validator from PyPI (a third-party MQTT client and
 #     OpenAPI validator the tests drive);
-#   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to.
+#   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to;
+#   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
 # and fail (never skip) without them.
 set -euo pipefail
@@ -106,6 +107,19 @@ prepare_bindings() {
     bindings/check_targets.sh
 }
 
+# Third-party MQTT clients the front-door tests drive: Debian's mosquitto_sub
+# (mosquitto-clients) and MQTT.js (npm `mqtt`, installed next to the test scripts in
+# tests/clients/node_modules, which git ignores).
+ensure_mqtt_clients() {
+    if ! command -v mosquitto_sub >/dev/null 2>&1; then
+        apt_install mosquitto-clients
+    fi
+    if ! (cd tests/clients && node -e "require('mqtt')" 2>/dev/null); then
+        log "installing MQTT.js (npm mqtt@5)"
+        npm install --silent --no-fund --no-audit --prefix tests/clients mqtt@5 >/dev/null
+    fi
+}
+
 # moto's S3 server (PyPI) on a free loopback port, for the uploads tests on S3; they read
 # TIDINGS_TEST_S3_ENDPOINT and fail (never skip) without it. `moto.server` is what needs
 # the [server] extra (Flask), so that is the import checked.
@@ -138,6 +152,7 @@ start_s3() {
 
 start_postgres
 ensure_paho
+ensure_mqtt_clients
 start_s3
 prepare_bindings
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::mqtt::{ConnectAs, Mqtt};
 use common::*;
+use rumqttc::ConnectReturnCode;
 use serde_json::{json, Value};
 use tidings_auth::{AccessClaims, TokenKeys};
 use tidings_core::protocol::{CborCodec, Codec, Command, Op};
@@ -79,7 +80,7 @@ fn assert_nothing_leaked(seen: &[(String, Vec<u8>)], what: &str) {
 }
 
 #[tokio::test]
-async fn forbidden_subscriptions_close_the_connection_and_leak_nothing() {
+async fn forbidden_subscriptions_are_refused_in_the_suback_and_leak_nothing() {
     let mut s = scene(Db::Sqlite).await;
     let filters = [
         "#".to_string(),
@@ -96,20 +97,29 @@ async fn forbidden_subscriptions_close_the_connection_and_leak_nothing() {
         "c/+/m".into(),
         "u/+/p".into(),
     ];
-    for (i, filter) in filters.iter().enumerate() {
-        let mut eve = Mqtt::connect(&s.server, &s.eve, &format!("sub{i}")).await;
-        eve.client
-            .subscribe(filter.as_str(), rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        s.private_traffic(i).await;
-        let seen = eve
-            .closed(Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("subscribing {filter}: {e}"));
+    // One connection tries them all: each is refused in its SUBACK, and the
+    // connection stays up (a granted filter still works afterwards).
+    let mut eve = Mqtt::connect(&s.server, &s.eve, "subs").await;
+    for filter in &filters {
+        assert!(!eve.try_subscribe(filter).await, "{filter} must be refused");
+    }
+    s.private_traffic(0).await;
+    let seen = eve.drain(Duration::from_secs(1)).await;
+    for filter in &filters {
         assert_nothing_leaked(&seen, filter);
     }
-    assert!(s.server.logs().contains("connection refused by the guard"));
+    assert!(s.server.logs().contains("subscription refused"));
+    // Positive control: the same connection, once granted its own inbox, does receive.
+    eve.subscribe(&format!("u/{}/in", s.eve.id)).await;
+    eve.publish_json(
+        &format!("u/{}/out", s.eve.id),
+        &json!({"op": "send", "id": "still-up", "conv": s.team, "body": "hi"}),
+    )
+    .await;
+    eve.expect(&format!("u/{}/in", s.eve.id), "ack", |v| {
+        v["re"] == "still-up"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -271,7 +281,21 @@ async fn bad_credentials_and_foreign_client_ids_are_refused_at_connect() {
     cases.push(("a logged-out session", as_eve(&old.access)));
 
     for (what, attempt) in cases {
-        assert!(attempt.connect().await.is_err(), "{what} must be refused");
+        match attempt.connect_or_code().await {
+            Ok(_) => panic!("{what} must be refused"),
+            // Every refusal is a CONNACK code a device can act on, never a bare close.
+            Err((why, code)) => assert!(
+                matches!(
+                    code,
+                    Some(
+                        ConnectReturnCode::BadClientId
+                            | ConnectReturnCode::BadUserNamePassword
+                            | ConnectReturnCode::NotAuthorized
+                    )
+                ),
+                "{what}: {why}"
+            ),
+        }
     }
     // Eve's real credentials still work, and the worker link survived the impersonation.
     Mqtt::connect(&s.server, &s.eve, "x").await;

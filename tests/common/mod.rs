@@ -106,8 +106,9 @@ impl Server {
         server
     }
 
-    /// Starts the binary; rumqttd cannot bind port 0, so the MQTT port is picked free
-    /// beforehand and the start retried if another process took it meanwhile.
+    /// Starts the binary. The MQTT port is picked free beforehand (tests and third-party
+    /// clients need it before the server logs it), and the start retried if another
+    /// process took it meanwhile.
     fn spawn(&mut self, opts: &Options) {
         for attempt in 0..5 {
             let port = free_port();
@@ -134,7 +135,7 @@ impl Server {
                 format!("127.0.0.1:{}", self.v5_port),
             )
             .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
-            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
+            .env("TIDINGS_LOG_FILTER", "info,tower_http=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         match &opts.cwd {
@@ -238,6 +239,42 @@ impl Server {
             self.logs()
         );
         self.spawn(opts);
+    }
+
+    /// Kills the server with SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the binary again on the same data directory and database (after `kill9`).
+    pub fn start_again(&mut self, opts: &Options) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn(opts);
+    }
+
+    /// The process id, for tests that signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// A gauge or counter from `GET /metrics` (0 when the series is absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .sum()
     }
 
     pub fn url(&self, path: &str) -> String {

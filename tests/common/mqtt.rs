@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+    SubscribeReasonCode,
+};
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -12,8 +15,15 @@ use super::{Account, Server};
 #[derive(Debug)]
 pub enum Seen {
     ConnAck,
-    SubAck,
-    Publish { topic: String, payload: Vec<u8> },
+    /// `true` per filter the server granted.
+    SubAck(Vec<bool>),
+    PubAck(u16),
+    /// The CONNACK refused the connection with this code.
+    Refused(ConnectReturnCode),
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Closed(String),
 }
 
@@ -45,6 +55,11 @@ impl<'a> ConnectAs<'a> {
 
     /// Connects; `Err` with the reason if no CONNACK came (refused or closed).
     pub async fn connect(self) -> Result<Mqtt, String> {
+        self.connect_or_code().await.map_err(|(why, _)| why)
+    }
+
+    /// Connects; on refusal, the reason and the CONNACK code if there was one.
+    pub async fn connect_or_code(self) -> Result<Mqtt, (String, Option<ConnectReturnCode>)> {
         let mut opts = MqttOptions::new(self.client_id, "127.0.0.1", self.server.mqtt_port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
@@ -60,7 +75,17 @@ impl<'a> ConnectAs<'a> {
             loop {
                 let seen = match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => Seen::ConnAck,
-                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => Seen::SubAck(
+                        ack.return_codes
+                            .iter()
+                            .map(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                            .collect(),
+                    ),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => Seen::PubAck(ack.pkid),
+                    Err(ConnectionError::ConnectionRefused(code)) => {
+                        let _ = tx.send(Seen::Refused(code));
+                        return;
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish {
                         topic: p.topic,
                         payload: p.payload.to_vec(),
@@ -83,9 +108,10 @@ impl<'a> ConnectAs<'a> {
                 task,
                 user: self.username,
             }),
-            Ok(Some(other)) => Err(format!("{other:?}")),
-            Ok(None) => Err("event loop ended".into()),
-            Err(_) => Err("no CONNACK within 10s".into()),
+            Ok(Some(Seen::Refused(code))) => Err((format!("refused: {code:?}"), Some(code))),
+            Ok(Some(other)) => Err((format!("{other:?}"), None)),
+            Ok(None) => Err(("event loop ended".into(), None)),
+            Err(_) => Err(("no CONNACK within 10s".into(), None)),
         }
     }
 }
@@ -102,15 +128,20 @@ impl Mqtt {
             .expect("MQTT connect")
     }
 
-    /// Subscribes and waits for the SUBACK.
+    /// Subscribes and waits for the SUBACK, which must grant the filter.
     pub async fn subscribe(&mut self, filter: &str) {
+        assert!(self.try_subscribe(filter).await, "{filter} was refused");
+    }
+
+    /// Subscribes and waits for the SUBACK; whether the filter was granted.
+    pub async fn try_subscribe(&mut self, filter: &str) -> bool {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         loop {
             match self.next(Duration::from_secs(10)).await {
-                Some(Seen::SubAck) => return,
+                Some(Seen::SubAck(granted)) => return granted == [true],
                 Some(Seen::Publish { topic, payload }) => self.stash(topic, payload),
                 other => panic!("expected SUBACK for {filter}, got {other:?}"),
             }
