@@ -79,10 +79,12 @@ fn main() -> anyhow::Result<()> {
                     bail!("no password given");
                 }
                 let store = serve::open_store(&config).await?;
-                let user =
-                    tidings_rest::routes::auth::create_account(&store, &username, &password, None)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+                let hashing = tidings_rest::hashing::HashPool::new(1);
+                let user = tidings_rest::routes::auth::create_account(
+                    &store, &hashing, &username, &password, None,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
                 println!("{}", user.id);
                 Ok(())
             }

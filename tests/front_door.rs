@@ -633,3 +633,36 @@ async fn readiness_is_a_real_mqtt_connect() {
     // The probe's refusal is expected and kept out of the info log.
     assert!(!server.logs().contains("tidings-readyz"));
 }
+
+#[tokio::test]
+async fn sigterm_ends_the_process_promptly_with_stuck_mqtt_clients_connected() {
+    let mut server = Server::start(Db::Sqlite).await;
+    let alice = register(&server, "alice").await;
+    // A socket that never sends its CONNECT, and a connected client that never reads.
+    let _silent = TcpStream::connect(("127.0.0.1", server.mqtt_port))
+        .await
+        .expect("tcp");
+    let mut stuck = TcpStream::connect(("127.0.0.1", server.mqtt_port))
+        .await
+        .expect("tcp");
+    stuck
+        .write_all(&connect_packet(&alice, "stuck", &alice.access))
+        .await
+        .expect("CONNECT");
+    assert_eq!(connack_code(&mut stuck).await, Some(0));
+    let mut sub = BytesMut::new();
+    v4::Subscribe::new(format!("u/{}/in", alice.id), rumqttc::QoS::AtMostOnce)
+        .write(&mut sub)
+        .expect("encode");
+    stuck.write_all(&sub).await.expect("SUBSCRIBE");
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+}

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use tidings_store::MembershipIndex;
@@ -146,10 +146,35 @@ struct ConnEntry {
 }
 
 impl Table {
+    fn remove_conn(&mut self, id: ConnId) {
+        let Some(entry) = self.conns.remove(&id) else {
+            return;
+        };
+        for key in &entry.keys {
+            self.remove_sub(key, id);
+        }
+        if self.by_client.get(&entry.conn.client_id) == Some(&id) {
+            self.by_client.remove(&entry.conn.client_id);
+        }
+        if let Some(ids) = self.by_user.get_mut(&entry.conn.user) {
+            ids.retain(|c| *c != id);
+            if ids.is_empty() {
+                self.by_user.remove(&entry.conn.user);
+            }
+        }
+    }
+
     fn list(&mut self, key: &Key) -> &mut Vec<Subscriber> {
         match key {
             Key::Exact(k) => self.exact.entry(k.clone()).or_default(),
             Key::Wild(k) => self.wild.entry(k.clone()).or_default(),
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<&Vec<Subscriber>> {
+        match key {
+            Key::Exact(k) => self.exact.get(k),
+            Key::Wild(k) => self.wild.get(k),
         }
     }
 
@@ -183,8 +208,6 @@ pub struct Hub {
     /// Work done by `route`: hash lookups plus subscriber entries visited. The test that
     /// proves routing cost does not grow with the number of connections reads it.
     examined: AtomicU64,
-    /// Serializes registration so the per-user cap and takeover are decided atomically.
-    register_lock: Mutex<()>,
 }
 
 /// Why `register` refused a connection.
@@ -201,7 +224,6 @@ impl Hub {
             index,
             next_id: AtomicU64::new(1),
             examined: AtomicU64::new(0),
-            register_lock: Mutex::new(()),
         }
     }
 
@@ -226,7 +248,7 @@ impl Hub {
     /// Adds an authenticated connection. An older connection with the same client id is
     /// taken over (closed); past `per_user` connections for the user, refused.
     pub fn register(&self, conn: Arc<ConnHandle>, per_user: usize) -> Result<(), RegisterError> {
-        let _serial = self.register_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // One write lock for the whole decision: cap, takeover and insert are atomic.
         let mut t = self.write();
         let previous = t.by_client.get(&conn.client_id).copied();
         let open = t.by_user.get(&conn.user).map_or(0, Vec::len);
@@ -240,9 +262,7 @@ impl Hub {
         {
             tracing::info!(client_id = %conn.client_id, "session taken over by a new connection");
             old.close(CloseReason::TakenOver);
-            drop(t);
-            self.unregister(old.id);
-            t = self.write();
+            t.remove_conn(old.id);
         }
         t.by_client.insert(conn.client_id.clone(), conn.id);
         t.by_user
@@ -263,21 +283,7 @@ impl Hub {
     /// Removes a connection and all its subscriptions. Idempotent.
     pub fn unregister(&self, id: ConnId) {
         let mut t = self.write();
-        let Some(entry) = t.conns.remove(&id) else {
-            return;
-        };
-        for key in &entry.keys {
-            t.remove_sub(key, id);
-        }
-        if t.by_client.get(&entry.conn.client_id) == Some(&id) {
-            t.by_client.remove(&entry.conn.client_id);
-        }
-        if let Some(ids) = t.by_user.get_mut(&entry.conn.user) {
-            ids.retain(|c| *c != id);
-            if ids.is_empty() {
-                t.by_user.remove(&entry.conn.user);
-            }
-        }
+        t.remove_conn(id);
         self.publish_stats(&t);
     }
 
@@ -437,10 +443,10 @@ impl Hub {
         for id in ids {
             let keys = t.conns.get(&id).map(|e| e.keys.clone()).unwrap_or_default();
             for key in keys {
-                let lost = t
-                    .list(&key)
-                    .iter()
-                    .any(|s| s.conn.id == id && !s.grant.holds(user, &self.index));
+                let lost = t.get(&key).is_some_and(|subs| {
+                    subs.iter()
+                        .any(|s| s.conn.id == id && !s.grant.holds(user, &self.index))
+                });
                 if lost {
                     t.remove_sub(&key, id);
                     if let Some(e) = t.conns.get_mut(&id) {

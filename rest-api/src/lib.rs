@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod hashing;
 pub mod openapi;
 pub mod routes;
 mod state;

@@ -20,6 +20,9 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<UploadsConfig>,
     pub limits: Arc<Limits>,
+    /// Where argon2 runs: a fixed pool, so concurrent logins queue instead of
+    /// multiplying memory.
+    pub hashing: Arc<crate::hashing::HashPool>,
     /// Further readiness checks beyond the database (the MQTT front door's own probe).
     pub probes: Vec<Arc<dyn ReadinessProbe>>,
 }
@@ -72,6 +75,7 @@ impl AppState {
             blobs,
             uploads: Arc::new(uploads),
             limits: Arc::new(Limits::new()),
+            hashing: crate::hashing::HashPool::per_core(),
             probes: Vec::new(),
         }
     }

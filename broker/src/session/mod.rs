@@ -282,21 +282,24 @@ impl Session<'_> {
             }
             Incoming::PubAck => Ok(None),
             Incoming::Disconnect { with_will } => Ok(Some(Ending::Disconnect { with_will })),
-            Incoming::Connect(_) => Ok(Some(self.violation("a second CONNECT", ""))),
-            Incoming::Unexpected(what) => Ok(Some(self.violation("unexpected packet", what))),
+            Incoming::Connect(_) => Ok(Some(self.violation(
+                "a second CONNECT",
+                "",
+                CloseReason::ProtocolError,
+            ))),
+            Incoming::Unexpected(what) => Ok(Some(self.violation(
+                "unexpected packet",
+                what,
+                CloseReason::ProtocolError,
+            ))),
         }
     }
 
     /// A packet the client had no right to send: logged, counted, and the connection
     /// closed (MQTT 5 clients get the reason).
-    fn violation(&self, why: &str, detail: &str) -> Ending {
+    fn violation(&self, why: &str, detail: &str, reason: CloseReason) -> Ending {
         tracing::warn!(user = %self.conn.user, client_id = %self.conn.client_id, why, detail, "connection refused by the front door");
         metrics::counter!("tidings_mqtt_violations_total").increment(1);
-        let reason = if why.contains("forbidden") || why.contains("oversized") {
-            CloseReason::NotAuthorized
-        } else {
-            CloseReason::ProtocolError
-        };
         Ending::Closed(reason)
     }
 }

@@ -13,7 +13,7 @@ const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 use super::{Ending, Session};
 use crate::acl::may_publish;
-use crate::connection::{AckCode, FrameError, Outgoing, Publish};
+use crate::connection::{AckCode, CloseReason, FrameError, Outgoing, Publish};
 use crate::worker::{AckTarget, Inbound};
 
 impl Session<'_> {
@@ -23,9 +23,11 @@ impl Session<'_> {
             || !rumqttc::mqttbytes::valid_topic(&p.topic)
             || !may_publish(user, &p.topic, p.qos, p.retain, self.shared.hub.index())
         {
-            return Ok(Some(
-                self.violation("publish to a forbidden topic", &p.topic),
-            ));
+            return Ok(Some(self.violation(
+                "publish to a forbidden topic",
+                &p.topic,
+                CloseReason::NotAuthorized,
+            )));
         }
         if p.topic.starts_with("c/") {
             return self.typing(p).await;
@@ -93,7 +95,11 @@ impl Session<'_> {
     /// chatty but honest client should learn why its typing went unseen).
     async fn typing(&mut self, p: Publish) -> Result<Option<Ending>, FrameError> {
         if p.payload.len() > MAX_TYPING_BYTES {
-            return Ok(Some(self.violation("oversized typing payload", &p.topic)));
+            return Ok(Some(self.violation(
+                "oversized typing payload",
+                &p.topic,
+                CloseReason::NotAuthorized,
+            )));
         }
         let code = if self.typing.allow(&self.conn.client_id, now_ms()) {
             self.shared.hub.route(&p.topic, p.payload);

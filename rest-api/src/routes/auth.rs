@@ -94,10 +94,13 @@ fn check_device(device: &Option<String>) -> ApiResult<()> {
     }
 }
 
-/// Runs a slow, CPU-bound function off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!(error = %e, "blocking task failed");
+/// Runs argon2 on the hashing pool, off the async workers.
+async fn hashing<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    state.hashing.run(f).await.ok_or_else(|| {
+        tracing::error!("the password hashing pool is gone");
         ApiError::internal()
     })
 }
@@ -161,6 +164,7 @@ async fn open_session(
 /// `tidings user create` command.
 pub async fn create_account(
     store: &Arc<dyn Store>,
+    hashing: &crate::hashing::HashPool,
     username: &str,
     password: &str,
     display_name: Option<String>,
@@ -174,8 +178,10 @@ pub async fn create_account(
         return Err(ApiError::invalid("display_name must be at most 64 bytes"));
     }
     let password = password.to_owned();
-    let password_hash = blocking(move || password::hash(&password))
-        .await?
+    let password_hash = hashing
+        .run(move || password::hash(&password))
+        .await
+        .ok_or_else(ApiError::internal)?
         .map_err(|e| {
             tracing::error!(error = %e, "password hashing failed");
             ApiError::internal()
@@ -212,7 +218,14 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<TokensResponse>)> {
     limit_attempts(&state, peer)?;
     check_device(&req.device_id)?;
-    let user = create_account(&state.store, &req.username, &req.password, req.display_name).await?;
+    let user = create_account(
+        &state.store,
+        &state.hashing,
+        &req.username,
+        &req.password,
+        req.display_name,
+    )
+    .await?;
     let tokens = open_session(&state, &user, req.device_id).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
@@ -241,7 +254,7 @@ pub async fn login(
         |c| c.password_hash.clone(),
     );
     let password = req.password;
-    let matches = blocking(move || password::verify(&password, &hash)).await?;
+    let matches = hashing(&state, move || password::verify(&password, &hash)).await?;
     match found {
         Some(creds) if matches => Ok(Json(
             open_session(&state, &creds.user, req.device_id).await?,
