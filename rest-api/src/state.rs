@@ -6,6 +6,7 @@ use tidings_core::ratelimit::RateLimiter;
 use tidings_auth::TokenKeys;
 use tidings_store::{EventSink, Store};
 
+use crate::client_addr::TrustedProxies;
 use crate::uploads::{BlobStore, UploadsConfig};
 
 /// Shared handles every handler may use. Cheap to clone (all `Arc`s).
@@ -20,6 +21,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<UploadsConfig>,
     pub limits: Arc<Limits>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`ClientAddr`).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Request-rate limits kept in memory (one process; see ARCHITECTURE.md).
@@ -62,6 +65,13 @@ impl AppState {
             blobs,
             uploads: Arc::new(uploads),
             limits: Arc::new(Limits::new()),
+            trusted_proxies: Arc::new(TrustedProxies::default()),
         }
+    }
+
+    /// Believe `X-Forwarded-For` from these peers (none by default).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = Arc::new(proxies);
+        self
     }
 }
