@@ -97,18 +97,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         realtime.fanout.clone(),
         blobs,
         config.uploads.clone(),
-    );
+    )
+    .with_trusted_proxies(config.http.trusted_proxies.clone());
 
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "http listening");
 
-    axum::serve(
+    crate::http_server::serve(
         listener,
-        tidings_rest::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        tidings_rest::router(state),
+        &config.http,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
     .await
     .context("serving HTTP")?;
     realtime.stop_listeners();
