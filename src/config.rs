@@ -41,6 +41,20 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Seconds a connection may take to send a request's headers, counted from when
+    /// the server starts waiting for them; also how long an idle keep-alive connection
+    /// stays open.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may go without a byte arriving (an idle timeout, so a
+    /// large upload on a slow link is fine as long as it keeps moving).
+    pub body_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before their
+    /// connections are closed.
+    pub shutdown_grace_secs: u64,
+    /// Reverse proxies (IPs or CIDRs) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: tidings_rest::client_addr::TrustedProxies,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +101,11 @@ impl Default for Config {
             database_url: None,
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                header_timeout_secs: 30,
+                body_timeout_secs: 30,
+                max_connections: 1024,
+                shutdown_grace_secs: 10,
+                trusted_proxies: Default::default(),
             },
             mqtt: MqttConfig {
                 listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
@@ -170,6 +189,70 @@ mod tests {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.data_dir, PathBuf::from("/var/lib/tidings"));
             assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:2883");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn http_limits_and_trusted_proxies_from_the_environment() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.header_timeout_secs, 30);
+            assert_eq!(c.http.body_timeout_secs, 30);
+            assert_eq!(c.http.max_connections, 1024);
+            assert_eq!(c.http.shutdown_grace_secs, 10);
+            assert!(c.http.trusted_proxies.is_empty());
+
+            jail.set_env("TIDINGS_HTTP_HEADER_TIMEOUT_SECS", "2");
+            jail.set_env("TIDINGS_HTTP_BODY_TIMEOUT_SECS", "3");
+            jail.set_env("TIDINGS_HTTP_MAX_CONNECTIONS", "7");
+            jail.set_env("TIDINGS_HTTP_SHUTDOWN_GRACE_SECS", "4");
+            jail.set_env(
+                "TIDINGS_HTTP_TRUSTED_PROXIES",
+                r#"["127.0.0.1", "10.0.0.0/8"]"#,
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.header_timeout_secs, 2);
+            assert_eq!(c.http.body_timeout_secs, 3);
+            assert_eq!(c.http.max_connections, 7);
+            assert_eq!(c.http.shutdown_grace_secs, 4);
+            let p = &c.http.trusted_proxies;
+            assert!(p.contains(ip("127.0.0.1")) && p.contains(ip("10.9.8.7")));
+            assert!(!p.contains(ip("127.0.0.2")));
+
+            // One address, or several separated by commas, without TOML brackets.
+            jail.set_env("TIDINGS_HTTP_TRUSTED_PROXIES", "::1");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.http.trusted_proxies.contains(ip("::1")));
+            jail.set_env("TIDINGS_HTTP_TRUSTED_PROXIES", "192.168.0.0/16,127.0.0.1");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.http.trusted_proxies.contains(ip("192.168.4.4")));
+            assert!(c.http.trusted_proxies.contains(ip("127.0.0.1")));
+
+            // A typo stops the start instead of silently trusting nobody (or everybody).
+            jail.set_env("TIDINGS_HTTP_TRUSTED_PROXIES", r#"["10.0.0.0/33"]"#);
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("bad CIDR accepted");
+            assert!(format!("{err:#}").contains("10.0.0.0/33"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_from_a_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tidings.toml",
+                "[http]\ntrusted_proxies = [\"10.1.0.0/16\", \"fd00::1\"]\n",
+            )?;
+            let c = Config::load(Some(Path::new("tidings.toml"))).map_err(|e| e.to_string())?;
+            let p = &c.http.trusted_proxies;
+            assert!(p.contains("10.1.200.3".parse().expect("ip")));
+            assert!(p.contains("fd00::1".parse().expect("ip")));
+            assert!(!p.contains("10.2.0.1".parse().expect("ip")));
             Ok(())
         });
     }

@@ -2,6 +2,7 @@
 //! `tidings user create`.
 
 mod config;
+mod http_server;
 mod serve;
 mod telemetry;
 

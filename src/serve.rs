@@ -125,7 +125,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.uploads.clone(),
     )
     .with_send_limiter(sends)
-    .with_probe(Arc::new(MqttProbe(realtime.clone())));
+    .with_probe(Arc::new(MqttProbe(realtime.clone())))
+    .with_trusted_proxies(config.http.trusted_proxies.clone());
 
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -136,23 +137,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "/metrics",
         axum::routing::get(move || std::future::ready(metrics.render())),
     );
+    // One signal stops both planes at once, each within its own deadline.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let mut http_stop = stop_rx.clone();
-    let http = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let http = crate::http_server::serve(listener, router, &config.http, async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
     });
     let mut mqtt_stop = stop_rx;
     let mqtt = async {
         let _ = mqtt_stop.wait_for(|stop| *stop).await;
-        realtime.shutdown(std::time::Duration::from_secs(5)).await;
+        realtime
+            .shutdown(std::time::Duration::from_secs(
+                config.http.shutdown_grace_secs.max(1),
+            ))
+            .await;
     };
     let (served, ()) = tokio::join!(http, mqtt);
     served.context("serving HTTP")?;

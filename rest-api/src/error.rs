@@ -72,6 +72,23 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// 408 `timeout`: the request body stopped arriving before it was complete.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request body stopped arriving; send it again",
+        )
+    }
+    /// A request body that could not be read: 408 when the server's body timeout cut
+    /// it off, else 400 `malformed` (the client broke the framing or went away).
+    pub fn body_unreadable(err: &(dyn std::error::Error + 'static), what: &str) -> Self {
+        if is_body_timeout(err) {
+            Self::body_timeout()
+        } else {
+            Self::malformed(format!("{what}: {err}"))
+        }
+    }
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,8 +107,30 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be in flight, so the connection cannot
+            // carry another request: say so (RFC 9110 §15.5.9) rather than just hang up.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
+}
+
+/// Whether a body error (anywhere in its chain) is the idle timeout the server wraps
+/// every request body in (`tower_http::timeout::TimeoutBody`, see the binary's
+/// `http_server`).
+pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl From<StoreError> for ApiError {

@@ -8,12 +8,13 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use tidings_auth::TokenError;
 
-use crate::error::ApiError;
+use crate::error::{is_body_timeout, ApiError};
 use crate::state::AppState;
 
 /// A JSON body whose failures are typed API errors: unreadable JSON is 400 `malformed`,
 /// well-formed JSON of the wrong shape 422 `invalid`, a body over the limit 413
-/// `too_large`, a missing JSON content type 415.
+/// `too_large`, a missing JSON content type 415, a body that stopped arriving 408
+/// `timeout`.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -30,6 +31,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     "unsupported_media_type",
                     "send Content-Type: application/json",
                 ),
+                JsonRejection::BytesRejection(e) if is_body_timeout(e) => ApiError::body_timeout(),
                 JsonRejection::BytesRejection(_)
                     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
                 {
@@ -97,5 +99,62 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(v)| ApiQuery(v))
             .map_err(|e| ApiError::invalid(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::StatusCode;
+    use futures_util::StreamExt;
+    use tower_http::timeout::TimeoutBody;
+
+    use super::*;
+
+    /// A JSON request whose body sends `first` and then nothing, behind the server's
+    /// idle body timeout.
+    fn stalled_json(first: &'static str) -> Request {
+        let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(first))])
+            .chain(futures_util::stream::pending());
+        let body = Body::new(TimeoutBody::new(
+            Duration::from_millis(50),
+            Body::from_stream(stalled),
+        ));
+        Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_408_with_connection_close() {
+        let err =
+            match ApiJson::<serde_json::Value>::from_request(stalled_json("{\"a\":"), &()).await {
+                Ok(_) => panic!("a stalled body was accepted"),
+                Err(e) => e,
+            };
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(err.code, "timeout");
+        let res = axum::response::IntoResponse::into_response(err);
+        assert_eq!(res.headers()[header::CONNECTION], "close");
+    }
+
+    #[tokio::test]
+    async fn other_body_errors_stay_400() {
+        let broken = futures_util::stream::iter([Err::<Bytes, _>(std::io::Error::other("reset"))]);
+        let req = Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(broken))
+            .expect("request");
+        let err = match ApiJson::<serde_json::Value>::from_request(req, &()).await {
+            Ok(_) => panic!("a broken body was accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(!axum::response::IntoResponse::into_response(err)
+            .headers()
+            .contains_key(header::CONNECTION));
     }
 }

@@ -3,8 +3,11 @@
 //! bearer token into the caller's identity ([`extract::AuthUser`]) and a JSON body into
 //! a typed value with typed errors ([`extract::ApiJson`]), and one error type
 //! ([`error::ApiError`]) that renders every failure as
-//! `{"error":{"code":"…","message":"…"}}` with the right status.
+//! `{"error":{"code":"…","message":"…"}}` with the right status. Per-address limits key
+//! on [`client_addr::ClientAddr`], which believes `X-Forwarded-For` only from
+//! configured proxies.
 
+pub mod client_addr;
 pub mod error;
 pub mod extract;
 pub mod hashing;

@@ -6,6 +6,7 @@ use tidings_core::ratelimit::RateLimiter;
 use tidings_auth::TokenKeys;
 use tidings_store::{EventSink, Store};
 
+use crate::client_addr::TrustedProxies;
 use crate::uploads::{BlobStore, UploadsConfig};
 
 /// Shared handles every handler may use. Cheap to clone (all `Arc`s).
@@ -20,6 +21,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<UploadsConfig>,
     pub limits: Arc<Limits>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`ClientAddr`).
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// Where argon2 runs: a fixed pool, so concurrent logins queue instead of
     /// multiplying memory.
     pub hashing: Arc<crate::hashing::HashPool>,
@@ -75,6 +78,7 @@ impl AppState {
             blobs,
             uploads: Arc::new(uploads),
             limits: Arc::new(Limits::new()),
+            trusted_proxies: Arc::new(TrustedProxies::default()),
             hashing: crate::hashing::HashPool::per_core(),
             probes: Vec::new(),
         }
@@ -91,6 +95,12 @@ impl AppState {
 
     pub fn with_probe(mut self, probe: Arc<dyn ReadinessProbe>) -> Self {
         self.probes.push(probe);
+        self
+    }
+
+    /// Believe `X-Forwarded-For` from these peers (none by default).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = Arc::new(proxies);
         self
     }
 }

@@ -254,7 +254,7 @@ impl Server {
         self.spawn(opts);
     }
 
-    /// The process id, for tests that signal it.
+    /// The server's process id, for sending it signals.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
     }
@@ -275,6 +275,38 @@ impl Server {
             .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
             .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
             .sum()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, …) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own: its status, or `None`
+    /// if it is still running (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("server running");
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `host:port` of the HTTP listener, for raw sockets.
+    pub fn http_addr(&self) -> &str {
+        self.http.trim_start_matches("http://")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use tidings_store::{now_ms, NewRefreshToken, NewUser, Rotation, Session, Store, 
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use crate::client_addr::ClientAddr;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, AuthUser};
 use crate::state::AppState;
@@ -203,9 +204,11 @@ pub async fn create_account(
         })
 }
 
-/// One token per attempt from this address (register, login and refresh share it).
-fn limit_attempts(state: &AppState, peer: std::net::SocketAddr) -> ApiResult<()> {
-    crate::state::rate_limit(&state.limits.auth, &peer.ip().to_string())
+/// One token per attempt from this client address (register, login and refresh share
+/// it). The address is the client behind a trusted proxy, not the proxy: keyed on the
+/// proxy, one client's bad logins would lock everyone out.
+fn limit_attempts(state: &AppState, client: ClientAddr) -> ApiResult<()> {
+    crate::state::rate_limit(&state.limits.auth, &client.0.to_string())
 }
 
 /// Create an account and log in.
@@ -213,10 +216,10 @@ fn limit_attempts(state: &AppState, peer: std::net::SocketAddr) -> ApiResult<()>
     responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")))]
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<(StatusCode, Json<TokensResponse>)> {
-    limit_attempts(&state, peer)?;
+    limit_attempts(&state, client)?;
     check_device(&req.device_id)?;
     let user = create_account(
         &state.store,
@@ -235,10 +238,10 @@ pub async fn register(
     responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited")))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
-    limit_attempts(&state, peer)?;
+    limit_attempts(&state, client)?;
     check_device(&req.device_id)?;
     let wrong = || ApiError::unauthorized("invalid_credentials", "wrong username or password");
     if req.password.len() > PASSWORD_MAX {
@@ -268,10 +271,10 @@ pub async fn login(
     responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_token or token_reused")))]
 pub async fn refresh(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
-    limit_attempts(&state, peer)?;
+    limit_attempts(&state, client)?;
     let new_token = tokens::new_refresh_token();
     let rotation = state
         .store

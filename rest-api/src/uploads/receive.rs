@@ -98,7 +98,7 @@ pub async fn receive(
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
-            chunk.map_err(|e| ApiError::malformed(format!("the upload could not be read: {e}")))?;
+            chunk.map_err(|e| ApiError::body_unreadable(&e, "the upload could not be read"))?;
         size = size.saturating_add(chunk.len() as u64);
         if size > max {
             return Err(too_large(max));
