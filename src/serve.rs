@@ -137,16 +137,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "/metrics",
         axum::routing::get(move || std::future::ready(metrics.render())),
     );
-    // One signal stops both planes at once, each within its own deadline.
+    // One signal stops both planes at once, each within its own deadline; HTTP ending
+    // on its own (a bad setting, say) stops MQTT too, so the process never hangs.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop_tx.send(true);
+        let _ = on_signal.send(true);
     });
     let mut http_stop = stop_rx.clone();
-    let http = crate::http_server::serve(listener, router, &config.http, async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
-    });
+    let http = async {
+        let served = crate::http_server::serve(listener, router, &config.http, async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        served
+    };
     let mut mqtt_stop = stop_rx;
     let mqtt = async {
         let _ = mqtt_stop.wait_for(|stop| *stop).await;
