@@ -186,30 +186,93 @@ impl LoadSet {
     }
 }
 
-/// Connects `specs` with at most `concurrency` handshakes in flight; keeps the order.
+/// What a batch of connects achieved.
+pub struct Connected {
+    /// In the order of the specs that succeeded.
+    pub conns: Vec<Arc<Conn>>,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    /// (connections so far, seconds since the first attempt) every 1,000 successes.
+    pub milestones: Vec<(usize, f64)>,
+    pub seconds: f64,
+}
+
+/// Connects `specs` with at most `concurrency` handshakes in flight and keeps going
+/// past failures; attempts not started by `deadline` count as failed.
+pub async fn connect_all(
+    kind: ClientKind,
+    port: u16,
+    specs: Vec<(Spec, OnPublish)>,
+    concurrency: usize,
+    deadline: Duration,
+) -> Connected {
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut set = JoinSet::new();
+    let n = specs.len();
+    let t0 = Instant::now();
+    for (i, (spec, cb)) in specs.into_iter().enumerate() {
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await?;
+            if t0.elapsed() > deadline {
+                anyhow::bail!("not attempted: the {deadline:?} bound passed");
+            }
+            let c = mqtt::connect(kind, port, spec, cb).await?;
+            anyhow::Ok((i, c))
+        });
+    }
+    let mut out: Vec<Option<Arc<Conn>>> = (0..n).map(|_| None).collect();
+    let (mut done, mut failed) = (0usize, 0usize);
+    let mut first_error = None;
+    let mut milestones = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r.map_err(anyhow::Error::from).and_then(|x| x) {
+            Ok((i, c)) => {
+                out[i] = Some(Arc::new(c));
+                done += 1;
+                if done % 1000 == 0 {
+                    let secs = t0.elapsed().as_secs_f64();
+                    milestones.push((done, secs));
+                    if done % 2000 == 0 {
+                        crate::say!("  {done}/{n} connected in {secs:.1} s");
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    Connected {
+        conns: out.into_iter().flatten().collect(),
+        failed,
+        first_error,
+        milestones,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// Like [`connect_all`], but every connection must succeed.
 pub async fn connect_many(
     kind: ClientKind,
     port: u16,
     specs: Vec<(Spec, OnPublish)>,
     concurrency: usize,
 ) -> Result<Vec<Arc<Conn>>> {
-    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut set = JoinSet::new();
-    let n = specs.len();
-    for (i, (spec, cb)) in specs.into_iter().enumerate() {
-        let sem = sem.clone();
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await?;
-            let c = mqtt::connect(kind, port, spec, cb).await?;
-            anyhow::Ok((i, c))
-        });
+    let c = connect_all(kind, port, specs, concurrency, Duration::from_secs(600)).await;
+    if c.failed > 0 {
+        for conn in &c.conns {
+            conn.close();
+        }
+        anyhow::bail!(
+            "{} of {} connections failed; first: {}",
+            c.failed,
+            c.failed + c.conns.len(),
+            c.first_error.unwrap_or_default()
+        );
     }
-    let mut out: Vec<Option<Arc<Conn>>> = (0..n).map(|_| None).collect();
-    while let Some(r) = set.join_next().await {
-        let (i, c) = r??;
-        out[i] = Some(Arc::new(c));
-    }
-    Ok(out.into_iter().flatten().collect())
+    Ok(c.conns)
 }
 
 /// Which processes' CPU a step charges.

@@ -114,6 +114,9 @@ pub struct Opts {
     /// Connected idle devices of the `idle` scenario.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub idle: usize,
+    /// Upper bound on the `idle` connect phase (seconds).
+    #[arg(long, global = true, default_value_t = 120.0)]
+    pub idle_max_seconds: f64,
     /// Concurrent logins of the `logins` scenario.
     #[arg(long, global = true, default_value_t = 500)]
     pub logins: usize,

@@ -17,6 +17,7 @@ use crate::{say, Cli, Cmd, Opts};
 
 const CONNECT_CONCURRENCY: usize = 100;
 const QUIESCE: Duration = Duration::from_secs(30);
+const IDLE_IN_FLIGHT: usize = 200;
 
 struct Ctx {
     opts: Opts,
@@ -689,9 +690,10 @@ async fn scenario_idle(ctx: &mut Ctx) -> Result<()> {
     let dropped0 = mqtt::DROPPED.load(Ordering::Relaxed);
     let specs = idle_specs(&ctx.seeded[..n], "idle");
     say!("idle: connecting {n} devices");
-    let t0 = Instant::now();
-    let conns = load::connect_many(ctx.opts.client, port, specs, 200).await?;
-    let secs = t0.elapsed().as_secs_f64();
+    let bound = Duration::from_secs_f64(ctx.opts.idle_max_seconds.max(1.0));
+    let c = load::connect_all(ctx.opts.client, port, specs, IDLE_IN_FLIGHT, bound).await;
+    let (conns, secs) = (c.conns, c.seconds);
+    let ok = conns.len();
     let connected = procs::sample(pid)?;
     // Let the server settle (presence, device rows) before reading its RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -705,33 +707,57 @@ async fn scenario_idle(ctx: &mut Ctx) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     procs::quiesce(pid, QUIESCE).await;
     let closed = procs::sample(pid)?;
-    let per_conn_kib = (after.rss_kib as f64 - before.rss_kib as f64) / n as f64;
-    let cpu_per_connect_us = (connected.cpu_secs - before.cpu_secs) * 1e6 / n as f64;
+    let okf = ok.max(1) as f64;
+    let per_conn_kib = (after.rss_kib as f64 - before.rss_kib as f64) / okf;
+    let cpu_per_connect_us = (connected.cpu_secs - before.cpu_secs) * 1e6 / okf;
     say!(
-        "idle: {n} in {secs:.1} s ({:.0}/s), {per_conn_kib:.1} KiB RSS each",
-        n as f64 / secs
+        "idle: {ok} of {n} in {secs:.1} s ({:.0}/s), {per_conn_kib:.1} KiB RSS each, {} failed",
+        ok as f64 / secs,
+        c.failed
     );
-    let s = format!(
+    let mut s = format!(
         "## idle: {} connected, subscribed devices (each `u/{{me}}/in`)\n\n\
-         | devices | connect time s | connects/s | server CPU µs/connect | RSS before MiB | RSS connected MiB | RSS per connection KiB | dropped | RSS after close MiB |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} | {secs:.1} | {} | {cpu_per_connect_us:.0} | {:.0} | {:.0} | {per_conn_kib:.1} | {dropped} | {:.0} |\n\n\
-         Each device is its own user with its own session and access token (CONNECT, \
-         CONNACK, SUBSCRIBE, SUBACK; {} handshakes in flight). The users and sessions were \
-         written through `tidings-store` before the server started and the tokens signed \
-         with the server's configured secret (see Method notes).\n",
+         | devices asked | connected | failed | connect time s | connects/s | server CPU µs/connect | RSS before MiB | RSS connected MiB | RSS per connection KiB | dropped later | RSS after close MiB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {secs:.1} | {} | {cpu_per_connect_us:.0} | {:.0} | {:.0} | {per_conn_kib:.1} | {dropped} | {:.0} |\n\n",
         int(n as f64),
         int(n as f64),
-        int(n as f64 / secs),
+        int(ok as f64),
+        int(c.failed as f64),
+        int(ok as f64 / secs),
         before.rss_kib as f64 / 1024.0,
         after.rss_kib as f64 / 1024.0,
         closed.rss_kib as f64 / 1024.0,
-        200
     );
+    if let Some(e) = &c.first_error {
+        s.push_str(&format!("First failure: `{e}`.\n\n"));
+    }
+    if !c.milestones.is_empty() {
+        s.push_str("Connect rate as the count grows:\n\n| connections | at s | connects/s in the last 1,000 |\n|---:|---:|---:|\n");
+        let mut prev = (0usize, 0f64);
+        for &(k, t) in &c.milestones {
+            s.push_str(&format!(
+                "| {} | {t:.1} | {} |\n",
+                int(k as f64),
+                int((k - prev.0) as f64 / (t - prev.1).max(1e-3))
+            ));
+            prev = (k, t);
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "Each device is its own user with its own session and access token (CONNECT, CONNACK, \
+         SUBSCRIBE, SUBACK; {IDLE_IN_FLIGHT} handshakes in flight, each given 30 s, the whole \
+         connect phase bounded to {:.0} s). The users and sessions were written through \
+         `tidings-store` before the server started and the tokens signed with the server's \
+         configured secret (see Method notes).\n",
+        bound.as_secs_f64()
+    ));
     ctx.report.json.insert(
         "idle".into(),
         json!({
-            "devices": n, "seconds": secs, "connects_per_sec": n as f64 / secs,
+            "devices": n, "connected": ok, "failed": c.failed, "first_error": c.first_error,
+            "seconds": secs, "connects_per_sec": ok as f64 / secs, "milestones": c.milestones,
             "rss_before_kib": before.rss_kib, "rss_connected_kib": after.rss_kib,
             "rss_after_close_kib": closed.rss_kib, "rss_per_conn_kib": per_conn_kib,
             "cpu_per_connect_us": cpu_per_connect_us, "dropped": dropped,
