@@ -19,6 +19,7 @@ pub struct Report {
     pub json: serde_json::Map<String, serde_json::Value>,
     pub tidings_steps: Vec<StepResult>,
     pub mosquitto_steps: Vec<StepResult>,
+    pub p99_limit_ms: f64,
 }
 
 fn cmd_out(cmd: &str, args: &[&str], dir: Option<&Path>) -> Option<String> {
@@ -173,6 +174,7 @@ impl Report {
                 &dir.join("latency.svg"),
                 &self.tidings_steps,
                 &self.mosquitto_steps,
+                self.p99_limit_ms,
             )?;
             plot_cpu(
                 &dir.join("cpu.svg"),
@@ -205,7 +207,7 @@ fn sorted(steps: &[StepResult]) -> Vec<&StepResult> {
     v
 }
 
-fn plot_latency(path: &Path, t: &[StepResult], m: &[StepResult]) -> Result<()> {
+fn plot_latency(path: &Path, t: &[StepResult], m: &[StepResult], limit_ms: f64) -> Result<()> {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let xmax = t
@@ -229,6 +231,7 @@ fn plot_latency(path: &Path, t: &[StepResult], m: &[StepResult]) -> Result<()> {
         .configure_mesh()
         .x_desc("offered rate (msg/s)")
         .y_desc("latency (ms, log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     type Pick = fn(&StepResult) -> f64;
@@ -248,14 +251,41 @@ fn plot_latency(path: &Path, t: &[StepResult], m: &[StepResult]) -> Result<()> {
             .into_iter()
             .map(|s| (s.offered_rate, pick(s).max(0.05)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        // Mosquitto dashed, Tidings solid: the two servers read apart at a glance.
+        if name.starts_with("Mosquitto") {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    6,
+                    4,
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if limit_ms < ymax {
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, limit_ms), (xmax, limit_ms)],
+                3,
+                3,
+                grey.stroke_width(1),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(format!("p99 limit {limit_ms} ms"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
     }
     chart
         .configure_series_labels()
@@ -294,6 +324,7 @@ fn plot_cpu(path: &Path, t: &[StepResult], m: &[StepResult]) -> Result<()> {
         .configure_mesh()
         .x_desc("offered rate (msg/s)")
         .y_desc("server CPU per message (µs, log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for (name, steps, color) in [

@@ -1006,6 +1006,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
         seeded: Vec::new(),
     };
     ctx.report.notes.extend(method_notes(&ctx.opts));
+    ctx.report.p99_limit_ms = ctx.opts.p99_limit_ms;
 
     if seeded_needed > 0 {
         say!("seeding {seeded_needed} users with sessions through tidings-store");
