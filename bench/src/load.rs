@@ -300,6 +300,8 @@ pub struct StepResult {
     pub server_cpu_us_per_msg: f64,
     pub server_cpu_util: f64,
     pub gen_cpu_us_per_msg: f64,
+    /// The generator's CPU over the step, in cores.
+    pub gen_cpu_util: f64,
     /// Busy CPU of everything else on the machine during the step (cores), to flag
     /// steps that shared the machine with other work.
     pub other_cpu_util: f64,
@@ -409,6 +411,7 @@ pub async fn run_step(
         server_cpu_us_per_msg: server_cpu * 1e6 / msgs,
         server_cpu_util: server_cpu / window,
         gen_cpu_us_per_msg: (gen1 - gen0) * 1e6 / msgs,
+        gen_cpu_util: (gen1 - gen0) / window,
         other_cpu_util: ((busy1 - busy0) - server_cpu - (gen1 - gen0)).max(0.0) / window,
         server_rss_kib: cpu1.rss_kib,
     })

@@ -13,6 +13,8 @@ pub struct Report {
     pub title: String,
     pub command: String,
     pub machine: Vec<(String, String)>,
+    /// One line per headline number, shown above the scenario sections.
+    pub summary: Vec<String>,
     pub sections: Vec<String>,
     pub notes: Vec<String>,
     pub failures: Vec<String>,
@@ -141,6 +143,13 @@ impl Report {
             s.push_str(&format!("| {k} | {v} |\n"));
         }
         s.push('\n');
+        if !self.summary.is_empty() {
+            s.push_str("## Summary\n\n");
+            for l in &self.summary {
+                s.push_str(&format!("- {l}\n"));
+            }
+            s.push('\n');
+        }
         if !self.failures.is_empty() {
             s.push_str("## Failures\n\n");
             for f in &self.failures {
