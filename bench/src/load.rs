@@ -230,10 +230,10 @@ pub async fn connect_all(
             Ok((i, c)) => {
                 out[i] = Some(Arc::new(c));
                 done += 1;
-                if done % 1000 == 0 {
+                if done.is_multiple_of(1000) {
                     let secs = t0.elapsed().as_secs_f64();
                     milestones.push((done, secs));
-                    if done % 2000 == 0 {
+                    if done.is_multiple_of(2000) {
                         crate::say!("  {done}/{n} connected in {secs:.1} s");
                     }
                 }

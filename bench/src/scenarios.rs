@@ -431,7 +431,7 @@ async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
         }
     }
     ctx.report.summary.push(format!(
-        "pairs ({n}): Tidings max {} with p99 < {} ms and nothing lost (Mosquitto {}); \
+        "pairs ({n}): Tidings max {} with p99 < {} ms and nothing lost; Mosquitto {}. \
          Tidings uses {cpu_ratio} Mosquitto's CPU per message.",
         max_rate_text(t_max, t_all),
         ctx.opts.p99_limit_ms,
