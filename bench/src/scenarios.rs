@@ -1190,7 +1190,15 @@ pub async fn run(cli: Cli) -> Result<bool> {
 }
 
 fn method_notes(o: &Opts) -> Vec<String> {
-    vec![
+    let mut notes = vec![];
+    if o.db.is_some() {
+        notes.push(
+            "The server ran on PostgreSQL (`--db`): the database server's own processes are not \
+             in the server CPU columns; they show up in the other-processes figure."
+                .to_owned(),
+        );
+    }
+    notes.extend([
         "Open loop: message k of a step is scheduled at start + k/rate before the step begins, \
          and latency = receive time − scheduled time, so a stall delays (and counts) every \
          message scheduled during it; no coordinated omission. Timer wake-ups are 1 ms, so \
@@ -1223,5 +1231,6 @@ fn method_notes(o: &Opts) -> Vec<String> {
          `TIDINGS_LOG_FILTER=warn,tidings=info`, `TIDINGS_MQTT_MAX_CONNECTIONS=30000` and \
          `TIDINGS_AUTH_ACCESS_TTL_SECS=7200` (tokens outlive the run), and a fresh Mosquitto."
             .into(),
-    ]
+    ]);
+    notes
 }
