@@ -1,0 +1,218 @@
+//! The `store` scenario: `Store::write_batch` and history pages through
+//! `tidings-store` directly, with no server, MQTT or HTTP in the way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+
+use tidings_store::{
+    ConversationKind, NewConversation, NewMessage, NewUser, Role, SeqPage, Store, WriteOp,
+    WriteOutcome,
+};
+
+/// The realtime worker's largest batch (broker/src/worker MAX_BATCH).
+pub const WORKER_MAX_BATCH: usize = 256;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchRow {
+    pub batch: usize,
+    pub messages: u64,
+    pub seconds: f64,
+    pub per_sec: f64,
+    pub batch_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreResult {
+    pub backend: String,
+    pub batches: Vec<BatchRow>,
+    pub history_messages: u64,
+    pub history_requested: u64,
+    pub conversations: usize,
+    pub build_seconds: f64,
+    pub build_per_sec: f64,
+    pub page_limit: u32,
+    pub queries: u64,
+    pub page_p50_ms: f64,
+    pub page_p99_ms: f64,
+    pub page_p999_ms: f64,
+}
+
+/// A tiny xorshift: the picks need to be spread, not secure, and reproducible.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+struct World {
+    store: Arc<dyn Store>,
+    convs: Vec<(String, String)>, // (conversation, a member who sends)
+    written: u64,
+}
+
+impl World {
+    async fn write(&mut self, n: usize) -> Result<()> {
+        let now = tidings_store::now_ms();
+        let ops: Vec<WriteOp> = (0..n)
+            .map(|i| {
+                let (conv, sender) = &self.convs[(self.written as usize + i) % self.convs.len()];
+                WriteOp::Send(NewMessage {
+                    id: ulid::Ulid::new().to_string(),
+                    conv: conv.clone(),
+                    sender: sender.clone(),
+                    client_msg_id: ulid::Ulid::new().to_string(),
+                    body: crate::load::body(0, self.written + i as u64),
+                    reply_to: None,
+                    mentions: vec![],
+                    attachment: None,
+                    created_at: now,
+                })
+            })
+            .collect();
+        let out = self.store.write_batch(&ops).await?;
+        if let Some(WriteOutcome::Rejected { code, message }) = out
+            .iter()
+            .find(|o| matches!(o, WriteOutcome::Rejected { .. }))
+        {
+            anyhow::bail!("write_batch refused a send: {code:?} {message}");
+        }
+        self.written += n as u64;
+        Ok(())
+    }
+}
+
+pub async fn run(
+    url: &str,
+    history_messages: u64,
+    batch_sizes: &[usize],
+    per_batch: Duration,
+    build_bound: Duration,
+) -> Result<StoreResult> {
+    let store = tidings_store::connect(url)
+        .await
+        .with_context(|| format!("open {url}"))?;
+    let backend = format!("{:?}", store.backend());
+    let now = tidings_store::now_ms();
+    // 100 users in 50 direct conversations: the history table is spread over
+    // conversations like a real one, not one endless thread.
+    let mut users = Vec::new();
+    let tag = ulid::Ulid::new().to_string().to_lowercase();
+    for i in 0..100 {
+        let id = ulid::Ulid::new().to_string();
+        store
+            .create_user(NewUser {
+                id: id.clone(),
+                username: format!("s{}{i}", &tag[20..]),
+                display_name: None,
+                password_hash: "not-a-login".into(),
+                created_at: now,
+            })
+            .await?;
+        users.push(id);
+    }
+    let mut convs = Vec::new();
+    for pair in users.chunks_exact(2) {
+        let created = store
+            .create_conversation(NewConversation {
+                id: ulid::Ulid::new().to_string(),
+                kind: ConversationKind::Direct,
+                name: None,
+                topic: None,
+                created_by: pair[0].clone(),
+                members: vec![
+                    (pair[0].clone(), Role::Member),
+                    (pair[1].clone(), Role::Member),
+                ],
+                created_at: now,
+            })
+            .await?;
+        convs.push((created.conversation.id, pair[0].clone()));
+    }
+    let mut world = World {
+        store: store.clone(),
+        convs,
+        written: 0,
+    };
+
+    // Throughput per batch size, each for `per_batch` (bounded in count too).
+    let mut batches = Vec::new();
+    for &b in batch_sizes {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed() < per_batch && n < 2_000_000 {
+            let t = Instant::now();
+            world.write(b).await?;
+            hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
+            n += b as u64;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        batches.push(BatchRow {
+            batch: b,
+            messages: n,
+            seconds: secs,
+            per_sec: n as f64 / secs,
+            batch_p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        });
+    }
+
+    // The large table, written as the worker writes under load (full batches).
+    let t0 = Instant::now();
+    let before = world.written;
+    // Bounded in time too: the report says how many messages the table really held.
+    while world.written < history_messages && t0.elapsed() < build_bound {
+        let n = ((history_messages - world.written) as usize).min(WORKER_MAX_BATCH * 4);
+        world.write(n).await?;
+    }
+    let build_seconds = t0.elapsed().as_secs_f64();
+    let built = world.written - before;
+
+    // History pages: the newest 50 before a random seq of a random conversation.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let per_conv = (world.written / world.convs.len() as u64).max(1);
+    let page_limit = 50;
+    let t0 = Instant::now();
+    let mut queries = 0u64;
+    while queries < 5_000 && t0.elapsed() < Duration::from_secs(30) {
+        let (conv, _) = &world.convs[(rng.next() % world.convs.len() as u64) as usize];
+        let before = 1 + rng.next() % per_conv;
+        let t = Instant::now();
+        let page = store
+            .history(
+                conv,
+                SeqPage::Before {
+                    before: Some(before),
+                    limit: page_limit,
+                },
+            )
+            .await?;
+        hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        std::hint::black_box(page.len());
+        queries += 1;
+    }
+    let q = |x: f64| hist.value_at_quantile(x) as f64 / 1000.0;
+    Ok(StoreResult {
+        backend,
+        batches,
+        history_messages: world.written,
+        history_requested: history_messages,
+        conversations: world.convs.len(),
+        build_seconds,
+        build_per_sec: built as f64 / build_seconds.max(1e-9),
+        page_limit,
+        queries,
+        page_p50_ms: q(0.5),
+        page_p99_ms: q(0.99),
+        page_p999_ms: q(0.999),
+    })
+}
