@@ -5,7 +5,8 @@
 #   - paho-mqtt and openapi-spec-validator from PyPI (a third-party MQTT client and
 #     OpenAPI validator the tests drive);
 #   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to;
-#   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive.
+#   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive;
+#   - mosquitto (apt), the peer the benchmark's smoke test measures against.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
 # and fail (never skip) without them.
 set -euo pipefail
@@ -113,6 +114,10 @@ prepare_bindings() {
 ensure_mqtt_clients() {
     if ! command -v mosquitto_sub >/dev/null 2>&1; then
         apt_install mosquitto-clients
+    fi
+    # The bench smoke test (bench/tests/smoke.rs) runs Debian's Mosquitto as its peer.
+    if [ ! -x /usr/sbin/mosquitto ]; then
+        apt_install mosquitto
     fi
     if ! (cd tests/clients && node -e "require('mqtt')" 2>/dev/null); then
         log "installing MQTT.js (npm mqtt@5)"
