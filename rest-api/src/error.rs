@@ -107,9 +107,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
-        if self.status == StatusCode::REQUEST_TIMEOUT {
-            // The rest of the body may still be in flight, so the connection cannot
-            // carry another request: say so (RFC 9110 §15.5.9) rather than just hang up.
+        if matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            // The rest of the body may still be in flight (a stalled or an oversized
+            // one is never read to its end), so the connection cannot carry another
+            // request: say so (RFC 9110 §15.5.9) rather than just hang up, or a client
+            // reusing it sees its next request fail.
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),
