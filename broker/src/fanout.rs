@@ -45,38 +45,23 @@ impl Fanout {
     pub fn deliver_all(&self, deliveries: &[Delivery]) {
         let mut cached: Option<(*const EventBody, Vec<u8>)> = None;
         for d in deliveries {
-            let inbox = topics::inbox(&d.user);
-            if self.hub.has_subscribers(&inbox) {
+            self.hub.route_with(&topics::inbox(&d.user), || {
                 let ptr = Arc::as_ptr(&d.body);
                 if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
-                    match serde_json::to_vec(&*d.body) {
-                        Ok(json) => cached = Some((ptr, json)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not encode an event");
-                            continue;
-                        }
-                    }
+                    cached = encoded(serde_json::to_vec(&*d.body), "an event").map(|j| (ptr, j));
                 }
-                if let Some((_, json)) = &cached {
-                    self.hub
-                        .route(&inbox, Bytes::from(json_delivery(d.seq, json)));
-                }
-            }
-            let compact = compact_inbox(&d.user);
-            if self.hub.has_subscribers(&compact) {
+                let (_, json) = cached.as_ref()?;
+                Some(Bytes::from(json_delivery(d.seq, json)))
+            });
+            self.hub.route_with(&compact_inbox(&d.user), || {
                 let event = Event {
                     v: 1,
                     seq: Some(d.seq),
                     re: None,
                     body: (*d.body).clone(),
                 };
-                match CborCodec.encode_event(&event) {
-                    Ok(bytes) => {
-                        self.hub.route(&compact, Bytes::from(bytes));
-                    }
-                    Err(e) => tracing::error!(error = %e, "could not encode an event as CBOR"),
-                }
-            }
+                encoded(CborCodec.encode_event(&event), "an event as CBOR").map(Bytes::from)
+            });
         }
     }
 
@@ -87,15 +72,9 @@ impl Fanout {
             WireFormat::Json => topics::inbox(user),
             WireFormat::Cbor => compact_inbox(user),
         };
-        if !self.hub.has_subscribers(&topic) {
-            return;
-        }
-        match format.codec().encode_event(event) {
-            Ok(bytes) => {
-                self.hub.route(&topic, Bytes::from(bytes));
-            }
-            Err(e) => tracing::error!(error = %e, "could not encode a reply"),
-        }
+        self.hub.route_with(&topic, || {
+            encoded(format.codec().encode_event(event), "a reply").map(Bytes::from)
+        });
     }
 
     /// Copies message-shaped events to `c/{cid}/m` for clients following one
@@ -106,17 +85,22 @@ impl Fanout {
             EventBody::Reaction(r) => &r.conv,
             _ => return,
         };
-        let topic = topics::mirror(conv);
-        if !self.hub.has_subscribers(&topic) {
-            return;
-        }
-        match serde_json::to_vec(&Event::durable(body.clone())) {
-            Ok(bytes) => {
-                self.hub.route(&topic, Bytes::from(bytes));
-            }
-            Err(e) => tracing::error!(error = %e, "could not encode a mirror event"),
-        }
+        self.hub.route_with(&topics::mirror(conv), || {
+            encoded(
+                serde_json::to_vec(&Event::durable(body.clone())),
+                "a mirror event",
+            )
+            .map(Bytes::from)
+        });
     }
+}
+
+/// The encoded bytes, or `None` after logging why not (an event we built ourselves that
+/// does not encode is a bug, not a client's fault).
+fn encoded<E: std::fmt::Display>(result: Result<Vec<u8>, E>, what: &str) -> Option<Vec<u8>> {
+    result
+        .map_err(|e| tracing::error!(error = %e, "could not encode {what}"))
+        .ok()
 }
 
 /// What both planes call after a write: inbox deliveries plus, for message-shaped

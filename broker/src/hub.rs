@@ -335,18 +335,16 @@ impl Hub {
         self.publish_stats(&t);
     }
 
-    /// Does anyone follow `topic`? Lets callers skip encoding events nobody reads.
-    pub fn has_subscribers(&self, topic: &str) -> bool {
-        let t = self.read();
-        t.exact.contains_key(topic)
-            || topic
-                .rsplit_once('/')
-                .is_some_and(|(parent, _)| t.wild.contains_key(parent))
-    }
-
     /// Delivers `payload` on `topic` to every connection that follows it and still has
     /// the right to read it. Returns how many connections it was queued for.
     pub fn route(&self, topic: &str, payload: Bytes) -> usize {
+        self.route_with(topic, || Some(payload))
+    }
+
+    /// Like [`route`](Hub::route), but the payload is only made (`None`: nothing to
+    /// send) when someone follows the topic, in the same lookup: callers never encode
+    /// an event nobody reads, and never look a topic up twice.
+    pub fn route_with(&self, topic: &str, payload: impl FnOnce() -> Option<Bytes>) -> usize {
         let t = self.read();
         let exact = t.exact.get(topic);
         let wild = topic
@@ -358,6 +356,9 @@ impl Hub {
         if visited == 0 {
             return 0;
         }
+        let Some(payload) = payload() else {
+            return 0;
+        };
         let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
         let mut sent = 0;
         let exact = exact.map_or(&[][..], Vec::as_slice);
