@@ -48,9 +48,16 @@ pub struct Limits {
 
 impl Limits {
     fn new() -> Self {
+        Self::with_sends(Arc::new(Mutex::new(RateLimiter::new(
+            SEND_BURST,
+            SEND_PER_SECOND,
+        ))))
+    }
+
+    fn with_sends(sends: Arc<Mutex<RateLimiter>>) -> Self {
         Limits {
             auth: Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)),
-            sends: Arc::new(Mutex::new(RateLimiter::new(SEND_BURST, SEND_PER_SECOND))),
+            sends,
         }
     }
 }
@@ -85,11 +92,9 @@ impl AppState {
     }
 
     /// Uses `sends` as the per-user send budget (the one the MQTT worker also takes from).
+    /// Called while building the state, before any request took an auth token.
     pub fn with_send_limiter(mut self, sends: Arc<Mutex<RateLimiter>>) -> Self {
-        let auth = Arc::try_unwrap(std::mem::replace(&mut self.limits, Arc::new(Limits::new())))
-            .map(|l| l.auth)
-            .unwrap_or_else(|_| Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)));
-        self.limits = Arc::new(Limits { auth, sends });
+        self.limits = Arc::new(Limits::with_sends(sends));
         self
     }
 
