@@ -64,6 +64,28 @@ async fn alice_and_bob(server: &Server) -> (Account, Account) {
     )
 }
 
+/// alice, bob, carol and dave, in a group alice created.
+async fn four_in_a_group(server: &Server) -> (Account, Account, Account, Account, String) {
+    let (alice, bob) = alice_and_bob(server).await;
+    let (carol, dave) = (
+        register(server, "carol").await,
+        register(server, "dave").await,
+    );
+    let group = conversation(server, &alice, "group", &[&bob, &carol, &dave]).await;
+    (alice, bob, carol, dave, group)
+}
+
+/// `by` removes `who` from `group` over REST.
+async fn remove_member(server: &Server, by: &Account, group: &str, who: &Account) {
+    let res = client()
+        .delete(server.url(&format!("/v1/conversations/{group}/members/{}", who.id)))
+        .bearer_auth(&by.access)
+        .send()
+        .await
+        .expect("remove");
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
 async fn wait_for_metric(server: &Server, name: &str, want: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -349,13 +371,7 @@ async fn a_stalled_websocket_handshake_does_not_block_other_websocket_clients() 
 #[tokio::test]
 async fn removed_members_and_logged_out_sessions_receive_nothing_more() {
     let server = Server::start(Db::Sqlite).await;
-    let (alice, bob, carol, dave) = (
-        register(&server, "alice").await,
-        register(&server, "bob").await,
-        register(&server, "carol").await,
-        register(&server, "dave").await,
-    );
-    let group = conversation(&server, &alice, "group", &[&bob, &carol, &dave]).await;
+    let (alice, bob, carol, dave, group) = four_in_a_group(&server).await;
     let follow = [
         format!("c/{group}/m"),
         format!("c/{group}/t/+"),
@@ -381,13 +397,7 @@ async fn removed_members_and_logged_out_sessions_receive_nothing_more() {
     }
 
     // Carol is removed; dave logs out (his session ends: its connections close).
-    let res = client()
-        .delete(server.url(&format!("/v1/conversations/{group}/members/{}", carol.id)))
-        .bearer_auth(&alice.access)
-        .send()
-        .await
-        .expect("remove");
-    assert!(res.status().is_success(), "{}", res.status());
+    remove_member(&server, &alice, &group, &carol).await;
     let res = client()
         .post(server.url("/v1/auth/logout"))
         .bearer_auth(&dave.access)
@@ -437,13 +447,7 @@ async fn removed_members_and_logged_out_sessions_receive_nothing_more() {
 #[tokio::test]
 async fn wills_are_checked_against_membership_and_size_when_they_fire() {
     let server = Server::start(Db::Sqlite).await;
-    let (alice, bob, carol, dave) = (
-        register(&server, "alice").await,
-        register(&server, "bob").await,
-        register(&server, "carol").await,
-        register(&server, "dave").await,
-    );
-    let group = conversation(&server, &alice, "group", &[&bob, &carol, &dave]).await;
+    let (alice, bob, carol, dave, group) = four_in_a_group(&server).await;
     let mut b = Mqtt::connect(&server, &bob, "b").await;
     b.subscribe(&format!("c/{group}/t/+")).await;
     let with_will = |who: &Account| {
@@ -457,13 +461,7 @@ async fn wills_are_checked_against_membership_and_size_when_they_fire() {
     let carol_conn = with_will(&carol).connect().await.expect("carol");
     let dave_conn = with_will(&dave).connect().await.expect("dave");
     // Carol leaves the group; then both connections drop without a DISCONNECT.
-    let res = client()
-        .delete(server.url(&format!("/v1/conversations/{group}/members/{}", carol.id)))
-        .bearer_auth(&alice.access)
-        .send()
-        .await
-        .expect("remove");
-    assert!(res.status().is_success());
+    remove_member(&server, &alice, &group, &carol).await;
     carol_conn.kill();
     dave_conn.kill();
     // Dave's will (still a member) arrives: the positive control. Carol's does not.
