@@ -107,9 +107,9 @@ pub struct Opts {
     /// Group size of the fan-out scenario, sender included (the server allows 1000).
     #[arg(long, global = true, default_value_t = 1000)]
     pub fanout_members: usize,
-    /// Messages per second the fan-out sender offers (the server lets one user send
-    /// 10/s sustained).
-    #[arg(long, global = true, value_delimiter = ',', default_value = "2,5,10")]
+    /// Messages per second the fan-out sender offers (the bench raises the server's
+    /// per-user send limit to 1,000/s; its default is 10/s).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "10,25,50")]
     pub fanout_rates: Vec<f64>,
     /// Connected idle devices of the `idle` scenario.
     #[arg(long, global = true, default_value_t = 10_000)]

@@ -235,6 +235,8 @@ impl Tidings {
     }
 
     fn try_start(opts: &TidingsOptions, mqtt_port: u16) -> Result<Tidings, String> {
+        /// The server's per-user send limit during the bench (see below).
+        const SEND_PER_SECOND: u32 = 1000;
         let mut cmd = Command::new(&opts.binary);
         cmd.arg("serve")
             .env_remove("RUST_LOG")
@@ -247,6 +249,16 @@ impl Tidings {
             .env("TIDINGS_AUTH_ACCESS_TTL_SECS", "7200")
             // The idle scenario holds 10,000 devices plus the others' connections.
             .env("TIDINGS_MQTT_MAX_CONNECTIONS", "30000")
+            // The default per-user send budget (10/s, burst 30) is for people; the
+            // bench's senders are load generators (15k msg/s over 1,000 pairs is 15/s
+            // each; the fan-out sender is an announcement bot). Raised through config,
+            // as an operator would for such accounts, so the limiter is not what is
+            // measured.
+            .env(
+                "TIDINGS_LIMITS_SEND_PER_SECOND",
+                SEND_PER_SECOND.to_string(),
+            )
+            .env("TIDINGS_LIMITS_SEND_BURST", SEND_PER_SECOND.to_string())
             // Per-connection log lines would cost the server CPU we are measuring.
             .env("TIDINGS_LOG_FILTER", "warn,tidings=info")
             .stdin(Stdio::null())
