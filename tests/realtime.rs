@@ -107,6 +107,25 @@ async fn one_to_one(db: Db) {
         .filter(|e| e["type"] == "message")
         .collect();
     assert_eq!(messages.len(), 5, "stored once each");
+
+    // What an operator watches: the five sends stored, ten inbox events delivered (each
+    // message to both members), at least one batch, and the HTTP calls above by route.
+    assert_eq!(server.metric("tidings_messages_stored_total").await, 5.0);
+    assert_eq!(server.metric("tidings_events_delivered_total").await, 10.0);
+    assert!(server.metric("tidings_worker_batch_size_count").await >= 1.0);
+    assert!(server.metric("tidings_store_batch_seconds_count").await >= 1.0);
+    let text = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"route="/v1/sync",status="200""#),
+        "HTTP requests by route and status: {text}"
+    );
 }
 
 async fn group_of_five(db: Db) {

@@ -220,9 +220,14 @@ impl Worker {
         };
         let outcomes: Vec<Option<WriteOutcome>> = match written {
             Ok(outcomes) => {
+                // Retries answered from the stored message are not stored again.
                 let sends = ops
                     .iter()
-                    .filter(|op| matches!(op, WriteOp::Send(_)))
+                    .zip(&outcomes)
+                    .filter(|(op, out)| {
+                        matches!(op, WriteOp::Send(_))
+                            && matches!(out, WriteOutcome::Applied { .. })
+                    })
                     .count();
                 metrics::counter!("tidings_messages_stored_total").increment(sends as u64);
                 outcomes.into_iter().map(Some).collect()
