@@ -32,6 +32,30 @@ pub struct NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// An operator disabled the account: the password may be right, but no session opens.
+    pub disabled: bool,
+}
+
+/// An account as an operator sees it (`tidings user list|show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub user: User,
+    pub disabled_at: Option<i64>,
+    /// Deleted accounts keep their row (their messages still name them) with the
+    /// profile erased: username `deleted-{id}`, no display name, no credentials.
+    pub deleted_at: Option<i64>,
+    /// Sessions not revoked.
+    pub active_sessions: u64,
+}
+
+impl AccountRecord {
+    pub fn status(&self) -> &'static str {
+        match (self.deleted_at, self.disabled_at) {
+            (Some(_), _) => "deleted",
+            (None, Some(_)) => "disabled",
+            (None, None) => "active",
+        }
+    }
 }
 
 /// A login on one device; refresh tokens rotate within it.

@@ -482,6 +482,31 @@ macro_rules! impl_sql_store {
         }
 
         const USER_COLUMNS: &str = "id, username, display_name, created_at, last_seen_at";
+        const ACCOUNT_SELECT: &str = "SELECT u.id, u.username, u.display_name, u.created_at, u.last_seen_at, \
+             u.disabled_at, u.deleted_at, (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
+             AND s.revoked_at IS NULL) AS active_sessions FROM users u";
+
+        fn account_from_row(row: &DbRow) -> StoreResult<AccountRecord> {
+            Ok(AccountRecord {
+                user: user_from_row(row)?,
+                disabled_at: row.try_get("disabled_at")?,
+                deleted_at: row.try_get("deleted_at")?,
+                active_sessions: to_u64(row.try_get("active_sessions")?),
+            })
+        }
+
+        /// Revokes every live session of `user` in `tx`; the caller announces the ids
+        /// after the commit.
+        async fn revoke_sessions_of(tx: &mut Tx<'_>, user: &str, at: i64) -> StoreResult<Vec<String>> {
+            let rows = sqlx::query(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+            )
+            .bind(user)
+            .bind(at)
+            .fetch_all(&mut **tx)
+            .await?;
+            rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        }
         const CONVERSATION_COLUMNS: &str =
             "id, kind, name, topic, created_by, created_at, last_seq, last_activity_at";
         const MEMBER_COLUMNS: &str =
@@ -536,13 +561,16 @@ macro_rules! impl_sql_store {
             }
 
             async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>> {
-                let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1");
+                let sql = format!(
+                    "SELECT {USER_COLUMNS}, password_hash, disabled_at FROM users WHERE username = $1 AND deleted_at IS NULL"
+                );
                 let row = sqlx::query(&sql).bind(username).fetch_optional(self.reader()).await?;
                 match row {
                     None => Ok(None),
                     Some(row) => Ok(Some(Credentials {
                         user: user_from_row(&row)?,
                         password_hash: row.try_get("password_hash")?,
+                        disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
                     })),
                 }
             }
@@ -558,8 +586,8 @@ macro_rules! impl_sql_store {
                     .collect();
                 let pattern = format!("{escaped}%");
                 let sql = format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE username LIKE $1 ESCAPE '\\' \
-                     OR lower(display_name) LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2"
+                    "SELECT {USER_COLUMNS} FROM users WHERE deleted_at IS NULL AND (username LIKE $1 ESCAPE '\\' \
+                     OR lower(display_name) LIKE $1 ESCAPE '\\') ORDER BY username LIMIT $2"
                 );
                 let rows = sqlx::query(&sql)
                     .bind(pattern)
@@ -667,7 +695,12 @@ macro_rules! impl_sql_store {
             }
 
             async fn session_active(&self, session_id: &str) -> StoreResult<bool> {
-                let row = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL")
+                // A disabled or deleted account's sessions are all revoked when it is
+                // disabled, but a login racing the disable could open one after that.
+                let row = sqlx::query(
+                    "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 \
+                     AND s.revoked_at IS NULL AND u.disabled_at IS NULL AND u.deleted_at IS NULL",
+                )
                     .bind(session_id)
                     .fetch_optional(self.reader())
                     .await?;
@@ -992,7 +1025,7 @@ macro_rules! impl_sql_store {
             async fn existing_users(&self, ids: &[String]) -> StoreResult<Vec<String>> {
                 let mut found = Vec::new();
                 for chunk in ids.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM users WHERE id");
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM users WHERE deleted_at IS NULL AND id");
                     push_in(&mut qb, chunk.iter().cloned());
                     for row in qb.build().fetch_all(self.reader()).await? {
                         found.push(row.try_get("id")?);
@@ -1175,6 +1208,142 @@ macro_rules! impl_sql_store {
                 .execute(self.writer())
                 .await?;
                 Ok(())
+            }
+
+            // --- administration (issue 10) -------------------------------------------
+
+            async fn find_account(&self, key: &str) -> StoreResult<Option<AccountRecord>> {
+                let sql = format!("{ACCOUNT_SELECT} WHERE u.id = $1 OR (u.username = $2 AND u.deleted_at IS NULL)");
+                let row = sqlx::query(&sql)
+                    .bind(key)
+                    .bind(key.trim().to_lowercase())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(account_from_row).transpose()
+            }
+
+            async fn list_accounts(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<AccountRecord>> {
+                let sql = format!("{ACCOUNT_SELECT} WHERE u.id > $1 ORDER BY u.id LIMIT $2");
+                let rows = sqlx::query(&sql)
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(account_from_row).collect()
+            }
+
+            async fn set_disabled(&self, user: &str, disabled: bool, at: i64) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE users SET disabled_at = CASE WHEN $2 THEN COALESCE(disabled_at, $3) ELSE NULL END \
+                     WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(disabled)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let ended = if disabled { revoke_sessions_of(&mut tx, user, at).await? } else { vec![] };
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(true)
+            }
+
+            async fn set_password_hash(&self, user: &str, hash: &str, at: i64) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(true)
+            }
+
+            async fn user_sessions(&self, user: &str) -> StoreResult<Vec<Session>> {
+                let rows = sqlx::query(
+                    "SELECT id, user_id, device_id, created_at, revoked_at FROM sessions \
+                     WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(session_from_row).collect()
+            }
+
+            async fn revoke_user_sessions(&self, user: &str, at: i64) -> StoreResult<Vec<String>> {
+                let mut tx = self.writer().begin().await?;
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(ended)
+            }
+
+            async fn sessions_revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>> {
+                let rows = sqlx::query("SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1 ORDER BY revoked_at")
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("revoked_at")?))).collect()
+            }
+
+            async fn delete_account(&self, user: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                let mut tx = self.writer().begin().await?;
+                // The tombstone username is 34 characters with capitals (ids are upper-case
+                // ULIDs): never one a person can register, so nobody inherits the name.
+                let done = sqlx::query(
+                    "UPDATE users SET username = 'deleted-' || id, display_name = NULL, password_hash = '', \
+                     last_seen_at = NULL, disabled_at = NULL, deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("user".into()));
+                }
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                sqlx::query("DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)")
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user).execute(&mut *tx).await?;
+                let rows = sqlx::query("SELECT conversation_id FROM members WHERE user_id = $1 AND left_at IS NULL ORDER BY conversation_id")
+                    .bind(user)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let convs: Vec<String> = rows.iter().map(|r| r.try_get("conversation_id")).collect::<Result<_, _>>()?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                // Each departure is its own transaction, as when the user leaves by hand;
+                // a crash half-way leaves an account that is gone but still listed in some
+                // conversations, which running the deletion again cannot finish (the
+                // account is already deleted), so a failure here is logged, not returned.
+                let mut deliveries = Vec::new();
+                for conv in convs {
+                    match self.remove_member(&conv, user, Departure::Left, user, at).await {
+                        Ok(d) => deliveries.extend(d),
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => tracing::error!(error = %e, conv, user, "a deleted account did not leave a conversation"),
+                    }
+                }
+                Ok(deliveries)
             }
         }
     };

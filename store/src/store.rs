@@ -166,4 +166,32 @@ pub trait Store: Send + Sync + 'static {
     /// May `user` download the attachment? Its uploader may, and so may every current
     /// member of a conversation in which a (not deleted) message carries it.
     async fn attachment_readable_by(&self, attachment: &str, user: &str) -> StoreResult<bool>;
+
+    // --- administration (issue 10) ---------------------------------------------------
+    /// An account by id or by username (deleted ones included, by id).
+    async fn find_account(&self, id_or_username: &str) -> StoreResult<Option<AccountRecord>>;
+    /// Accounts by id, after `after` when paging.
+    async fn list_accounts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<AccountRecord>>;
+    /// Disables (revoking every session, announced like a logout) or re-enables an
+    /// account. `false` when there is no such live (not deleted) account.
+    async fn set_disabled(&self, user: &str, disabled: bool, at: i64) -> StoreResult<bool>;
+    /// Replaces the password hash and revokes every session. `false` when there is no
+    /// such live account.
+    async fn set_password_hash(&self, user: &str, hash: &str, at: i64) -> StoreResult<bool>;
+    /// The user's sessions, newest first.
+    async fn user_sessions(&self, user: &str) -> StoreResult<Vec<Session>>;
+    /// Revokes every live session of the user; returns their ids (each announced).
+    async fn revoke_user_sessions(&self, user: &str, at: i64) -> StoreResult<Vec<String>>;
+    /// Sessions revoked at or after `since` (ms), by any process: how a server hears of
+    /// revocations the admin CLI or another node made.
+    async fn sessions_revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Deletes an account: sessions revoked (announced), profile and credentials
+    /// erased, devices dropped, every membership ended (the others hear a `left`
+    /// event, returned for live delivery). Messages stay, from a deleted user.
+    /// `NotFound` when there is no such live account.
+    async fn delete_account(&self, user: &str, at: i64) -> StoreResult<Vec<Delivery>>;
 }

@@ -745,6 +745,207 @@ async fn large_fan_out_batches_stay_within_bind_limits(store: Arc<dyn Store>) {
     assert_eq!(inbox.len(), 61);
 }
 
+async fn open_session(store: &Arc<dyn Store>, user: &User, hash: &str) -> Session {
+    let now = now_ms();
+    let session = Session {
+        id: new_id(),
+        user_id: user.id.clone(),
+        device_id: None,
+        created_at: now,
+        revoked_at: None,
+    };
+    store
+        .create_session(
+            &session,
+            &NewRefreshToken {
+                token_hash: hash.into(),
+                created_at: now,
+                expires_at: now + 60_000,
+            },
+        )
+        .await
+        .expect("create session");
+    session
+}
+
+/// Collects every session-ended announcement of the store's index.
+fn announced_sessions(store: &Arc<dyn Store>) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    store.membership().watch(move |r| {
+        if let Revocation::SessionEnded { session } = r {
+            sink.lock().unwrap().push(session.clone());
+        }
+    });
+    seen
+}
+
+async fn disabling_an_account_revokes_and_announces_its_sessions(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let s1 = open_session(&store, &alice, "a1").await;
+    let s2 = open_session(&store, &alice, "a2").await;
+    let sb = open_session(&store, &bob, "b1").await;
+    let seen = announced_sessions(&store);
+    let before = now_ms();
+
+    assert!(store.set_disabled(&alice.id, true, now_ms()).await.unwrap());
+    assert!(!store.session_active(&s1.id).await.unwrap());
+    assert!(!store.session_active(&s2.id).await.unwrap());
+    assert!(
+        store.session_active(&sb.id).await.unwrap(),
+        "others keep theirs"
+    );
+    let mut announced = seen.lock().unwrap().clone();
+    announced.sort();
+    let mut expected = vec![s1.id.clone(), s2.id.clone()];
+    expected.sort();
+    assert_eq!(announced, expected);
+    let polled: Vec<String> = store
+        .sessions_revoked_since(before)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(polled.contains(&s1.id) && polled.contains(&s2.id) && !polled.contains(&sb.id));
+    assert_eq!(
+        store
+            .rotate_refresh_token(
+                "a1",
+                &NewRefreshToken {
+                    token_hash: "a3".into(),
+                    created_at: before,
+                    expires_at: before + 60_000
+                },
+                now_ms()
+            )
+            .await
+            .unwrap(),
+        Rotation::Invalid,
+        "a disabled account cannot refresh"
+    );
+
+    let creds = store.credentials("alice").await.unwrap().unwrap();
+    assert!(creds.disabled);
+    assert!(!store.credentials("bob").await.unwrap().unwrap().disabled);
+    let record = store.find_account("alice").await.unwrap().unwrap();
+    assert_eq!(record.status(), "disabled");
+    assert_eq!(record.active_sessions, 0);
+    assert_eq!(store.find_account(&alice.id).await.unwrap(), Some(record));
+
+    // A session a racing login opened after the disable is dead all the same.
+    let late = open_session(&store, &alice, "a4").await;
+    assert!(!store.session_active(&late.id).await.unwrap());
+
+    assert!(store
+        .set_disabled(&alice.id, false, now_ms())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.find_account("alice").await.unwrap().unwrap().status(),
+        "active"
+    );
+    assert!(
+        !store.session_active(&s1.id).await.unwrap(),
+        "enabling revives no session"
+    );
+    assert!(store.session_active(&late.id).await.unwrap());
+    assert!(!store
+        .set_disabled("no-such-user", true, now_ms())
+        .await
+        .unwrap());
+
+    let listed = store.list_accounts(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let page = store
+        .list_accounts(Some(&listed[0].user.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].user.id, listed[1].user.id);
+}
+
+async fn a_password_reset_revokes_every_session(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let s1 = open_session(&store, &alice, "a1").await;
+    assert!(store
+        .set_password_hash(&alice.id, "new-hash", now_ms())
+        .await
+        .unwrap());
+    assert!(!store.session_active(&s1.id).await.unwrap());
+    assert_eq!(
+        store
+            .credentials("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new-hash"
+    );
+    let s2 = open_session(&store, &alice, "a2").await;
+    let ended = store
+        .revoke_user_sessions(&alice.id, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(ended, vec![s2.id.clone()]);
+    let sessions = store.user_sessions(&alice.id).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions.iter().all(|s| s.revoked_at.is_some()));
+}
+
+async fn deleting_an_account_erases_the_profile_and_leaves_conversations(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let out = store
+        .write_batch(&[send(&conv, &bob, "c1", "hello from bob")])
+        .await
+        .unwrap();
+    let (ack, _) = applied(&out[0]);
+    let message_id = ack.msg.clone().expect("message id");
+    let session = open_session(&store, &bob, "b1").await;
+    let seen = announced_sessions(&store);
+
+    let deliveries = store.delete_account(&bob.id, now_ms()).await.unwrap();
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d.user == alice.id
+                && matches!(&*d.body, EventBody::Member(m) if m.user == bob.id)),
+        "alice hears that bob left: {deliveries:?}"
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![session.id.clone()]);
+    assert!(!store.session_active(&session.id).await.unwrap());
+    assert!(store.member(&conv.id, &bob.id).await.unwrap().is_none());
+    assert!(!store.membership().is_member(&conv.id, &bob.id));
+    assert!(store.credentials("bob").await.unwrap().is_none());
+    assert!(store.search_users("bob", 10).await.unwrap().is_empty());
+    assert!(store
+        .existing_users(std::slice::from_ref(&bob.id))
+        .await
+        .unwrap()
+        .is_empty());
+    let record = store.find_account(&bob.id).await.unwrap().unwrap();
+    assert_eq!(record.status(), "deleted");
+    assert_eq!(record.user.username, format!("deleted-{}", bob.id));
+    assert_eq!(record.user.display_name, None);
+    assert!(store.find_account("bob").await.unwrap().is_none());
+    let kept = store.message(&message_id).await.unwrap().unwrap();
+    assert_eq!(
+        kept.sender, bob.id,
+        "messages stay, from the deleted account"
+    );
+    assert!(matches!(
+        store.delete_account(&bob.id, now_ms()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!store.set_disabled(&bob.id, true, now_ms()).await.unwrap());
+    // The name is free again (and the new account is someone else).
+    let bob2 = user(&store, "bob").await;
+    assert_ne!(bob2.id, bob.id);
+}
+
 on_both_backends!(
     usernames_are_unique_and_searchable,
     refresh_tokens_rotate_once_and_reuse_revokes_the_session,
@@ -757,4 +958,7 @@ on_both_backends!(
     markers_only_move_forward,
     replies_mentions_and_attachments_are_checked,
     large_fan_out_batches_stay_within_bind_limits,
+    disabling_an_account_revokes_and_announces_its_sessions,
+    a_password_reset_revokes_every_session,
+    deleting_an_account_erases_the_profile_and_leaves_conversations,
 );

@@ -1,0 +1,9 @@
+-- Account administration (issue 10). A disabled account cannot log in, refresh or
+-- connect; a deleted one keeps its row (messages still name it as their sender) but
+-- loses its profile, credentials, devices and sessions.
+ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+
+-- Revocations made by another process (the admin CLI, another node) are found by
+-- polling sessions by the time they ended.
+CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;
