@@ -78,6 +78,9 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
+    /// How often (milliseconds) the server looks for sessions another process revoked
+    /// (the admin CLI, another node), to close their live MQTT connections.
+    pub revocation_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,7 @@ impl Default for Config {
                 jwt_secret: None,
                 access_ttl_secs: tidings_core::protocol::limits::ACCESS_TOKEN_TTL_SECS,
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
+                revocation_poll_ms: 1000,
             },
             uploads: tidings_rest::uploads::UploadsConfig::default(),
             limits: LimitsConfig {

@@ -1,18 +1,72 @@
 //! The caller's own account.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tidings_auth::password;
+use tidings_core::protocol::limits::PASSWORD_MAX;
+use tidings_store::now_ms;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::AuthUser;
+use crate::extract::{ApiJson, AuthUser};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(me))
+        .routes(routes!(me, delete_me))
         .routes(routes!(unread))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DeleteAccountRequest {
+    /// The account's password again: a stolen access token alone cannot delete it.
+    pub password: String,
+}
+
+/// Delete the caller's account. Every session ends and every live connection closes;
+/// the username, display name, password and devices are erased and the account leaves
+/// every conversation (the members see it leave). Messages it sent stay, shown as from
+/// a deleted user: see docs/ACCOUNTS.md for why.
+#[utoipa::path(delete, path = "/v1/me", tag = "account", request_body = DeleteAccountRequest,
+    responses((status = 204, description = "the account is deleted"), (status = 403, description = "wrong_password")),
+    security(("bearer" = [])))]
+pub async fn delete_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(req): ApiJson<DeleteAccountRequest>,
+) -> ApiResult<StatusCode> {
+    crate::state::rate_limit(&state.limits.auth, &auth.user_id)?;
+    let account = state
+        .store
+        .find_account(&auth.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "this account no longer exists"))?;
+    let wrong = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_password",
+            "the password is not this account's",
+        )
+    };
+    if req.password.len() > PASSWORD_MAX {
+        return Err(wrong());
+    }
+    let hash = state
+        .store
+        .credentials(&account.user.username)
+        .await?
+        .map(|c| c.password_hash)
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "this account no longer exists"))?;
+    let given = req.password;
+    if !crate::routes::auth::hashing(&state, move || password::verify(&given, &hash)).await? {
+        return Err(wrong());
+    }
+    let deliveries = state.store.delete_account(&auth.user_id, now_ms()).await?;
+    state.sink.deliver(&deliveries);
+    tracing::info!(user = %auth.user_id, "account deleted by its owner");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
