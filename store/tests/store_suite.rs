@@ -405,11 +405,13 @@ async fn outsiders_and_unknown_conversations_are_refused(store: Arc<dyn Store>) 
         ])
         .await
         .unwrap();
-    assert_eq!(rejected(&outcomes[0]), ErrorCode::NotMember);
+    // An outsider is told exactly what a send to a conversation that does not exist
+    // is told: conversation ids reveal nothing.
+    assert_eq!(outcomes[0], outcomes[1]);
     assert_eq!(rejected(&outcomes[1]), ErrorCode::NotFound);
     let (ack, _) = applied(&outcomes[2]);
     assert_eq!(ack.seq, Some(1), "refused sends take no seq");
-    assert_eq!(rejected(&outcomes[3]), ErrorCode::NotMember);
+    assert_eq!(rejected(&outcomes[3]), ErrorCode::NotFound);
     let msg = ack.msg.clone().unwrap();
     let outcomes = store
         .write_batch(&[

@@ -158,7 +158,7 @@ pub async fn history(
 /// client id was already used for it.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path)), request_body = SendMessage,
     responses((status = 201, body = MessageView), (status = 200, description = "already stored", body = MessageView),
-        (status = 403, description = "not a member"), (status = 413, description = "too large"), (status = 429, description = "rate limited")),
+        (status = 404, description = "no such conversation (or not a member: the same answer)"), (status = 413, description = "too large"), (status = 429, description = "rate limited")),
     security(("bearer" = [])))]
 pub async fn send(
     State(state): State<AppState>,

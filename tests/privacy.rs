@@ -1,0 +1,124 @@
+//! What one user may learn about others: conversations they are not in look exactly
+//! like conversations that do not exist, over HTTP and MQTT, on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::Mqtt;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn call(server: &Server, who: &Account, method: Method, path: &str) -> (u16, Value) {
+    let res = client()
+        .request(method.clone(), server.url(path))
+        .bearer_auth(&who.access)
+        .header("content-type", "application/json")
+        .body(match method {
+            Method::GET | Method::DELETE => String::new(),
+            _ => json!({
+                "name": "x", "user_ids": [who.id], "role": "member", "archived": true,
+                "client_msg_id": "probe", "body": "hello"
+            })
+            .to_string(),
+        })
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Every route about one conversation, with `{id}` and `{user}` to fill in.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/conversations/{id}"),
+    ("PATCH", "/v1/conversations/{id}"),
+    ("GET", "/v1/conversations/{id}/members"),
+    ("POST", "/v1/conversations/{id}/members"),
+    ("PUT", "/v1/conversations/{id}/members/{user}/role"),
+    ("POST", "/v1/conversations/{id}/leave"),
+    ("POST", "/v1/conversations/{id}/join"),
+    ("PATCH", "/v1/conversations/{id}/membership"),
+    ("GET", "/v1/conversations/{id}/messages"),
+    ("POST", "/v1/conversations/{id}/messages"),
+    ("GET", "/v1/search?q=hello&conversation_id={id}"),
+    // Last: the owner's control call removes bob.
+    ("DELETE", "/v1/conversations/{id}/members/{user}"),
+];
+
+async fn hidden_and_missing_conversations_get_the_same_404_everywhere(db: Db) {
+    let server = Server::start(db).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let eve = register(&server, "eve").await;
+    let private = conversation(&server, &alice, "group", &[&bob]).await;
+    let missing = ulid::Ulid::new().to_string();
+
+    for (method, route) in ROUTES {
+        let method: Method = method.parse().expect("method");
+        let fill = |id: &str| route.replace("{id}", id).replace("{user}", &bob.id);
+        let hidden = call(&server, &eve, method.clone(), &fill(&private)).await;
+        let absent = call(&server, &eve, method.clone(), &fill(&missing)).await;
+        assert_eq!(
+            hidden.0, 404,
+            "{method} {route} for an outsider: {hidden:?}"
+        );
+        assert_eq!(
+            hidden, absent,
+            "{method} {route}: hidden and missing differ"
+        );
+        // Positive control: the owner is not refused as if it did not exist (join is
+        // 404 for every group: only rooms are joined).
+        if !route.ends_with("/join") {
+            let member = call(&server, &alice, method.clone(), &fill(&private)).await;
+            assert_ne!(member.0, 404, "{method} {route} for the owner: {member:?}");
+        }
+    }
+
+    // MQTT: send and read markers answer the same error event for both.
+    let mut m = Mqtt::connect(&server, &eve, "phone").await;
+    let inbox = format!("u/{}/in", eve.id);
+    m.subscribe(&inbox).await;
+    let out = format!("u/{}/out", eve.id);
+    let mut errors = Vec::new();
+    for (n, conv) in [&private, &missing].into_iter().enumerate() {
+        for op in [
+            json!({"op": "send", "id": format!("s{n}"), "conv": conv, "body": "let me in"}),
+            json!({"op": "read", "id": format!("r{n}"), "conv": conv, "seq": 1}),
+        ] {
+            let re = op["id"].clone();
+            m.publish_json(&out, &op).await;
+            let mut e = m
+                .expect(&inbox, "an error event", |v| {
+                    v["type"] == "error" && v["re"] == re
+                })
+                .await;
+            e.as_object_mut().expect("object").remove("re");
+            errors.push(e);
+        }
+    }
+    assert_eq!(errors[0]["code"], "not_found", "{errors:?}");
+    assert_eq!(errors[0], errors[2], "send: hidden and missing differ");
+    assert_eq!(errors[1], errors[3], "read: hidden and missing differ");
+    // Positive control: the same send from a member is stored.
+    let mut a = Mqtt::connect(&server, &alice, "phone").await;
+    let alice_inbox = format!("u/{}/in", alice.id);
+    a.subscribe(&alice_inbox).await;
+    a.publish_json(
+        &format!("u/{}/out", alice.id),
+        &json!({"op": "send", "id": "ok", "conv": private, "body": "hi"}),
+    )
+    .await;
+    a.expect(&alice_inbox, "the ack", |v| {
+        v["type"] == "ack" && v["re"] == "ok"
+    })
+    .await;
+    assert!(m
+        .drain(Duration::from_millis(300))
+        .await
+        .iter()
+        .all(|(_, p)| { !String::from_utf8_lossy(p).contains("\"message\"") }));
+}
+
+on_both_databases!(hidden_and_missing_conversations_get_the_same_404_everywhere);
