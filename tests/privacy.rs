@@ -121,4 +121,64 @@ async fn hidden_and_missing_conversations_get_the_same_404_everywhere(db: Db) {
         .all(|(_, p)| { !String::from_utf8_lossy(p).contains("\"message\"") }));
 }
 
-on_both_databases!(hidden_and_missing_conversations_get_the_same_404_everywhere);
+async fn register_named(server: &Server, username: &str, display_name: &str) -> reqwest::Response {
+    client()
+        .post(server.url("/v1/auth/register"))
+        .json(&json!({ "username": username, "password": "a-good-password", "display_name": display_name }))
+        .send()
+        .await
+        .expect("register")
+}
+
+async fn display_names_are_nfc_and_spoofing_characters_are_refused(db: Db) {
+    let server = Server::start(db).await;
+    for (n, bad) in [
+        "admin\u{202E}nimda",
+        "bob\u{2066}x",
+        "tab\there",
+        "al\u{200B}ice",
+        &"x".repeat(65),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let res = register_named(&server, &format!("spoof{n}"), bad).await;
+        expect_error(res, 422, "invalid_display_name").await;
+    }
+    // Positive control, and the stored form: composed, trimmed, and 64 characters of a
+    // script whose characters are 3 bytes each still fit.
+    let res = register_named(&server, "renee", "  Rene\u{0301}e  ").await;
+    assert_eq!(res.status(), 201);
+    let renee = account_from(&res.json().await.expect("json"), "a-good-password");
+    let me: Value = client()
+        .get(server.url("/v1/me"))
+        .bearer_auth(&renee.access)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["display_name"], "Ren\u{00E9}e");
+    let found: Value = client()
+        .get(server.url("/v1/users?q=ren\u{00E9}"))
+        .bearer_auth(&renee.access)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    assert!(found.to_string().contains(&renee.id), "{found}");
+    assert_eq!(
+        register_named(&server, "kanji", &"語".repeat(64))
+            .await
+            .status(),
+        201
+    );
+}
+
+on_both_databases!(
+    hidden_and_missing_conversations_get_the_same_404_everywhere,
+    display_names_are_nfc_and_spoofing_characters_are_refused,
+);

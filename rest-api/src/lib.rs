@@ -8,6 +8,7 @@
 //! configured proxies.
 
 pub mod client_addr;
+pub mod display_name;
 pub mod error;
 pub mod extract;
 pub mod hashing;

@@ -172,12 +172,7 @@ pub async fn create_account(
 ) -> ApiResult<User> {
     let username = normalize_username(username)?;
     check_password(password)?;
-    let display_name = display_name
-        .map(|d| d.trim().to_owned())
-        .filter(|d| !d.is_empty());
-    if display_name.as_ref().is_some_and(|d| d.len() > 64) {
-        return Err(ApiError::invalid("display_name must be at most 64 bytes"));
-    }
+    let display_name = crate::display_name::check(display_name.as_deref())?;
     let password = password.to_owned();
     let password_hash = hashing
         .run(move || password::hash(&password))
@@ -213,7 +208,7 @@ fn limit_attempts(state: &AppState, client: ClientAddr) -> ApiResult<()> {
 
 /// Create an account and log in.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = CredentialsRequest,
-    responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")))]
+    responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid, invalid_display_name"), (status = 429, description = "rate_limited")))]
 pub async fn register(
     State(state): State<AppState>,
     client: ClientAddr,
