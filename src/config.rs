@@ -36,6 +36,10 @@ pub struct LimitsConfig {
     /// Per-user send budget, MQTT and HTTP together: a burst, refilled at a rate.
     pub send_burst: u32,
     pub send_per_second: u32,
+    /// Conversations created per user, renames/topic changes per conversation, calls
+    /// adding members per user: each a burst refilled per minute.
+    #[serde(flatten)]
+    pub group: tidings_rest::GroupLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +131,7 @@ impl Default for Config {
             limits: LimitsConfig {
                 send_burst: tidings_core::protocol::limits::SEND_BURST,
                 send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
+                group: tidings_rest::GroupLimits::default(),
             },
             log: LogConfig {
                 filter: "info".into(),

@@ -17,7 +17,7 @@ pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::{rate_limit, AppState, ReadinessProbe};
+pub use state::{rate_limit, AppState, GroupLimits, ReadinessProbe};
 
 use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;

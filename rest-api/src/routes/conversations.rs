@@ -26,7 +26,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, AuthUser};
-use crate::state::AppState;
+use crate::state::{rate_limit, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -276,7 +276,7 @@ async fn other_users(state: &AppState, me: &str, ids: Vec<String>) -> ApiResult<
 
 /// Create a conversation. A direct one that exists for the pair is returned (200).
 #[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = CreateConversation,
-    responses((status = 201, body = ConversationBody), (status = 200, description = "the existing direct conversation", body = ConversationBody), (status = 422, description = "invalid")),
+    responses((status = 201, body = ConversationBody), (status = 200, description = "the existing direct conversation", body = ConversationBody), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -298,6 +298,7 @@ pub async fn create(
     };
     let mut members = vec![(auth.user_id.clone(), creator_role)];
     members.extend(others.into_iter().map(|u| (u, Role::Member)));
+    rate_limit(&state.limits.conversations, &auth.user_id)?;
     let created = state
         .store
         .create_conversation(NewConversation {
@@ -385,7 +386,7 @@ pub async fn get_one(
 
 /// Rename or set the topic (owners and admins of groups and rooms).
 #[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path)), request_body = UpdateConversation,
-    responses((status = 200, body = ConversationBody), (status = 403, description = "not an owner or admin")), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationBody), (status = 403, description = "not an owner or admin"), (status = 429, description = "rate_limited")), security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -411,6 +412,7 @@ pub async fn update(
         Some(t) => bounded("topic", Some(t), MAX_CONVERSATION_TOPIC_BYTES)?,
         None => conv.topic,
     };
+    rate_limit(&state.limits.renames, &id)?;
     let (updated, deliveries) = state
         .store
         .update_conversation(&id, name, topic, now_ms())
@@ -441,7 +443,7 @@ pub async fn members(
 
 /// Add members (owners and admins; owners alone may add admins or owners).
 #[utoipa::path(post, path = "/v1/conversations/{id}/members", tag = "conversations", params(("id" = String, Path)), request_body = AddMembers,
-    responses((status = 200, body = [MemberBody]), (status = 403, description = "not allowed")), security(("bearer" = [])))]
+    responses((status = 200, body = [MemberBody]), (status = 403, description = "not allowed"), (status = 429, description = "rate_limited")), security(("bearer" = [])))]
 pub async fn add_members(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -461,6 +463,7 @@ pub async fn add_members(
         ));
     }
     let users = other_users(&state, &auth.user_id, req.user_ids).await?;
+    rate_limit(&state.limits.member_adds, &auth.user_id)?;
     let current = state.store.members(&id).await?.len();
     if current + users.len() > MAX_GROUP_MEMBERS {
         return Err(ApiError::invalid(format!(
