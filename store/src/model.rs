@@ -319,3 +319,16 @@ pub enum SeqPage {
     /// The oldest `limit` messages with seq > `after`, oldest first.
     After { after: u64, limit: u32 },
 }
+
+/// What one user uploaded recently, for upload quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UploadUsage {
+    /// Bytes uploaded since the day window's start.
+    pub bytes: u64,
+    /// Files uploaded since the hour window's start.
+    pub files: u64,
+    /// When the oldest upload in the hour window was made (when a file slot frees up).
+    pub oldest_file_at: Option<i64>,
+    /// When the oldest upload in the day window was made (when bytes free up).
+    pub oldest_byte_at: Option<i64>,
+}

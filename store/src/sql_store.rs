@@ -1345,6 +1345,62 @@ macro_rules! impl_sql_store {
                 }
                 Ok(deliveries)
             }
+
+            // --- upload quotas and the sweeper (issue 10) ----------------------------
+
+            async fn upload_usage(&self, user: &str, bytes_since: i64, files_since: i64) -> StoreResult<UploadUsage> {
+                let row = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN size ELSE 0 END), 0) AS BIGINT) AS bytes, \
+                            CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) AS files, \
+                            MIN(CASE WHEN created_at >= $3 THEN created_at END) AS oldest_file, \
+                            MIN(CASE WHEN created_at >= $2 THEN created_at END) AS oldest_byte \
+                     FROM attachments WHERE uploader_id = $1 AND created_at >= $4",
+                )
+                .bind(user)
+                .bind(bytes_since)
+                .bind(files_since)
+                .bind(bytes_since.min(files_since))
+                .fetch_one(self.reader())
+                .await?;
+                Ok(UploadUsage {
+                    bytes: to_u64(row.try_get("bytes")?),
+                    files: to_u64(row.try_get("files")?),
+                    oldest_file_at: row.try_get("oldest_file")?,
+                    oldest_byte_at: row.try_get("oldest_byte")?,
+                })
+            }
+
+            async fn sweep_unattached(&self, created_before: i64, limit: u32) -> StoreResult<Vec<Attachment>> {
+                const UNCARRIED: &str = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.attachment_id = a.id)";
+                let sql = format!(
+                    "SELECT a.id, a.uploader_id, a.storage_key, a.mime, a.size, a.sha256, a.filename, a.created_at \
+                     FROM attachments a WHERE a.created_at < $1 AND {UNCARRIED} ORDER BY a.created_at LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(created_before)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let delete = format!("DELETE FROM attachments AS a WHERE a.id = $1 AND {UNCARRIED}");
+                let mut swept = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let a = Attachment {
+                        id: r.try_get("id")?,
+                        uploader_id: r.try_get("uploader_id")?,
+                        storage_key: r.try_get("storage_key")?,
+                        mime: r.try_get("mime")?,
+                        size: to_u64(r.try_get("size")?),
+                        sha256: r.try_get("sha256")?,
+                        filename: r.try_get("filename")?,
+                        created_at: r.try_get("created_at")?,
+                    };
+                    let done = sqlx::query(&delete).bind(&a.id).execute(self.writer()).await?;
+                    if done.rows_affected() > 0 {
+                        swept.push(a);
+                    }
+                }
+                Ok(swept)
+            }
         }
     };
 }

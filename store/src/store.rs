@@ -194,4 +194,22 @@ pub trait Store: Send + Sync + 'static {
     /// event, returned for live delivery). Messages stay, from a deleted user.
     /// `NotFound` when there is no such live account.
     async fn delete_account(&self, user: &str, at: i64) -> StoreResult<Vec<Delivery>>;
+
+    // --- upload quotas and the sweeper (issue 10) ------------------------------------
+    /// `user`'s uploads: bytes since `bytes_since`, files since `files_since` (ms).
+    async fn upload_usage(
+        &self,
+        user: &str,
+        bytes_since: i64,
+        files_since: i64,
+    ) -> StoreResult<UploadUsage>;
+    /// Deletes up to `limit` attachment rows created before `created_before` that no
+    /// message carries (never sent, or their message was deleted), and returns them so
+    /// their bytes can be removed. The "no message carries it" check is part of each
+    /// DELETE, so an attachment a send takes meanwhile is never removed.
+    async fn sweep_unattached(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Attachment>>;
 }

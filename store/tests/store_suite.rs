@@ -948,6 +948,111 @@ async fn deleting_an_account_erases_the_profile_and_leaves_conversations(store: 
     assert_ne!(bob2.id, bob.id);
 }
 
+async fn upload(store: &Arc<dyn Store>, who: &User, size: u64, at: i64) -> Attachment {
+    let id = new_id();
+    let a = Attachment {
+        id: id.clone(),
+        uploader_id: who.id.clone(),
+        storage_key: format!("{}/{id}", who.id),
+        mime: "image/png".into(),
+        size,
+        sha256: "00".into(),
+        filename: None,
+        created_at: at,
+    };
+    store
+        .insert_attachment(&a)
+        .await
+        .expect("insert attachment");
+    a
+}
+
+async fn upload_usage_counts_bytes_and_files_in_their_windows(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let now = now_ms();
+    let hour = 3_600_000;
+    upload(&store, &alice, 100, now - 30 * hour).await; // outside both windows
+    let day_old = upload(&store, &alice, 200, now - 2 * hour).await; // the day only
+    let recent = upload(&store, &alice, 300, now - 1000).await;
+    upload(&store, &alice, 400, now).await;
+    upload(&store, &bob, 5000, now).await;
+    let usage = store
+        .upload_usage(&alice.id, now - 24 * hour, now - hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage,
+        UploadUsage {
+            bytes: 900,
+            files: 2,
+            oldest_file_at: Some(recent.created_at),
+            oldest_byte_at: Some(day_old.created_at),
+        }
+    );
+    let nobody = user(&store, "carol").await;
+    assert_eq!(
+        store
+            .upload_usage(&nobody.id, now - 24 * hour, now - hour)
+            .await
+            .unwrap(),
+        UploadUsage::default()
+    );
+}
+
+async fn the_sweeper_takes_only_old_uploads_no_message_carries(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let now = now_ms();
+    let old_unsent = upload(&store, &alice, 10, now - 100_000).await;
+    let old_sent = upload(&store, &alice, 10, now - 100_000).await;
+    let old_sent_then_deleted = upload(&store, &alice, 10, now - 100_000).await;
+    let fresh_unsent = upload(&store, &alice, 10, now).await;
+    let with = |client: &str, a: &Attachment| {
+        let WriteOp::Send(mut m) = send(&conv, &alice, client, "") else {
+            unreachable!()
+        };
+        m.attachment = Some(a.id.clone());
+        WriteOp::Send(m)
+    };
+    let out = store
+        .write_batch(&[with("s1", &old_sent), with("s2", &old_sent_then_deleted)])
+        .await
+        .unwrap();
+    let deleted_msg = applied(&out[1]).0.msg.clone().unwrap();
+    let out = store
+        .write_batch(&[WriteOp::Delete {
+            user: alice.id.clone(),
+            msg: deleted_msg,
+            at: now,
+        }])
+        .await
+        .unwrap();
+    applied(&out[0]);
+
+    let swept = store.sweep_unattached(now - 50_000, 100).await.unwrap();
+    let mut ids: Vec<&str> = swept.iter().map(|a| a.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![old_unsent.id.as_str(), old_sent_then_deleted.id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(store.attachment(&old_unsent.id).await.unwrap().is_none());
+    assert!(
+        store.attachment(&old_sent.id).await.unwrap().is_some(),
+        "carried: kept"
+    );
+    assert!(
+        store.attachment(&fresh_unsent.id).await.unwrap().is_some(),
+        "in its grace period"
+    );
+    assert!(store
+        .sweep_unattached(now - 50_000, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 on_both_backends!(
     usernames_are_unique_and_searchable,
     refresh_tokens_rotate_once_and_reuse_revokes_the_session,
@@ -963,4 +1068,6 @@ on_both_backends!(
     disabling_an_account_revokes_and_announces_its_sessions,
     a_password_reset_revokes_every_session,
     deleting_an_account_erases_the_profile_and_leaves_conversations,
+    upload_usage_counts_bytes_and_files_in_their_windows,
+    the_sweeper_takes_only_old_uploads_no_message_carries,
 );
