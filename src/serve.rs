@@ -121,6 +121,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
+    tokio::spawn(tidings_rest::uploads::run_sweeper(
+        store.clone(),
+        blobs.clone(),
+        config.uploads.clone(),
+    ));
     let state = tidings_rest::AppState::new(
         store,
         keys,

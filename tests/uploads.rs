@@ -655,6 +655,178 @@ async fn refusals(setup: Setup) {
     expect_error(res, 401, "unauthorized").await;
 }
 
+/// Per-user quotas: files per hour (429 with Retry-After), bytes per day (413 for an
+/// upload larger than what is left, declared or streamed; 429 once nothing is left).
+async fn quotas(setup: Setup) {
+    let server = Server::start_with(options(
+        setup,
+        &[
+            ("TIDINGS_UPLOADS_MAX_FILES_PER_HOUR", "4"),
+            ("TIDINGS_UPLOADS_MAX_BYTES_PER_DAY", "3000"),
+        ],
+    ))
+    .await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    let res = upload(&server, &alice, video(1500), "video/mp4", None).await;
+    expect_error(res, 413, "upload_quota").await;
+    // Without a Content-Length only the count stops it, with the same answer.
+    let (status, body) = chunked_upload(&server, &alice, "video/mp4", &video(500), 3).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("upload_quota")),
+        "{body}"
+    );
+    // Exactly what is left fits; then nothing is left.
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    let res = upload(&server, &alice, video(100), "video/mp4", None).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "retry in {retry} s");
+    expect_error(res, 429, "upload_quota").await;
+
+    // Files per hour, whatever their size.
+    for _ in 0..4 {
+        upload_ok(
+            &server,
+            &bob,
+            &pdf(),
+            "application/pdf",
+            None,
+            "application/pdf",
+        )
+        .await;
+    }
+    let res = upload(&server, &bob, pdf(), "application/pdf", None).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, 429, "upload_quota").await;
+    // Positive control: quotas are per user.
+    upload_ok(
+        &server,
+        &carol,
+        &pdf(),
+        "application/pdf",
+        None,
+        "application/pdf",
+    )
+    .await;
+    staging_is_empty(&server);
+}
+
+/// An upload no message carries is deleted, row and bytes, after the grace period;
+/// one a message carries stays.
+async fn sweeper(setup: Setup) {
+    let opts = options(
+        setup,
+        &[
+            ("TIDINGS_UPLOADS_UNATTACHED_GRACE_SECS", "3"),
+            ("TIDINGS_UPLOADS_SWEEP_INTERVAL_SECS", "1"),
+        ],
+    );
+    let bucket = opts
+        .env
+        .iter()
+        .find(|(k, _)| k == "TIDINGS_UPLOADS_S3_BUCKET")
+        .map(|(_, v)| v.clone());
+    let server = Server::start_with(opts).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let conv = conversation(&server, &alice, "direct", &[&bob]).await;
+    let unsent = upload_ok(&server, &alice, &png(), "image/png", None, "image/png").await;
+    let unsent = unsent["id"].as_str().unwrap().to_owned();
+    let sent = upload_ok(
+        &server,
+        &alice,
+        &pdf(),
+        "application/pdf",
+        None,
+        "application/pdf",
+    )
+    .await;
+    let sent = sent["id"].as_str().unwrap().to_owned();
+    let res = client()
+        .post(server.url(&format!("/v1/conversations/{conv}/messages")))
+        .bearer_auth(&alice.access)
+        .json(&json!({"client_msg_id": "with-file", "body": "", "attachment": sent}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 201);
+
+    // Where the bytes are, as the storage itself answers.
+    let stored = |id: String| {
+        let (server, alice, bucket) = (&server, &alice, bucket.clone());
+        async move {
+            match bucket {
+                None => server
+                    .data_path(&format!("uploads/{}/{id}", alice.id))
+                    .exists(),
+                Some(bucket) => {
+                    // Listing the bucket (moto allows it unsigned; objects are private).
+                    let key = format!("{}/{id}", alice.id);
+                    let url = format!("{}/{bucket}?prefix={key}", s3_endpoint());
+                    let listing = client().get(url).send().await.expect("S3 list");
+                    assert_eq!(listing.status(), 200);
+                    let xml = listing.text().await.expect("listing");
+                    xml.contains(&format!("<Key>{key}</Key>"))
+                }
+            }
+        }
+    };
+    assert!(
+        stored(unsent.clone()).await && stored(sent.clone()).await,
+        "both stored at first"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while download(&server, &alice, &unsent).await.status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsent upload was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!stored(unsent).await, "its bytes are gone too");
+    assert!(stored(sent.clone()).await, "the sent one's bytes stay");
+    download_ok(&server, setup, &bob, &sent, &pdf()).await;
+    assert!(
+        server.logs().contains("deleted uploads no message carries"),
+        "{}",
+        server.logs()
+    );
+}
+
 macro_rules! on_both_setups {
     ($($name:ident),* $(,)?) => {
         mod sqlite_local {
@@ -666,4 +838,4 @@ macro_rules! on_both_setups {
     };
 }
 
-on_both_setups!(share_through_a_message, refusals);
+on_both_setups!(share_through_a_message, refusals, quotas, sweeper);

@@ -60,7 +60,8 @@ pub struct UploadBody {
 /// included), video or a common document.
 #[utoipa::path(post, path = "/v1/uploads", tag = "uploads", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file's bytes"),
-    responses((status = 201, body = UploadBody), (status = 413, description = "too_large"),
+    responses((status = 201, body = UploadBody), (status = 413, description = "too_large, or upload_quota (larger than today's remaining quota)"),
+        (status = 429, description = "upload_quota (files per hour or bytes per day used up)"),
         (status = 415, description = "unsupported_type"), (status = 422, description = "empty")),
     security(("bearer" = [])))]
 pub async fn upload(
@@ -70,7 +71,22 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<UploadBody>)> {
-    let max = state.uploads.max_bytes;
+    let remaining = quota(&state, &auth.user_id).await?;
+    let max = state.uploads.max_bytes.min(remaining);
+    let over = |max: u64| {
+        if max < state.uploads.max_bytes {
+            quota_exhausted(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "this upload would pass your daily upload quota ({} bytes left of {})",
+                    max, state.uploads.max_bytes_per_day
+                ),
+                None,
+            )
+        } else {
+            too_large(max)
+        }
+    };
     // A declared length decides before a byte is read; the stream is still counted,
     // since the header is only the client's word.
     if let Some(len) = headers
@@ -79,7 +95,7 @@ pub async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > max {
-            return Err(too_large(max));
+            return Err(over(max));
         }
         if len == 0 {
             return Err(empty());
@@ -92,7 +108,9 @@ pub async fn upload(
         .unwrap_or_default();
     let name = query.filename.as_deref().and_then(sanitize);
 
-    let received = receive(body, state.blobs.staging_dir(), &declared, max).await?;
+    let received = receive(body, state.blobs.staging_dir(), &declared, max)
+        .await
+        .map_err(|e| if e.code == "too_large" { over(max) } else { e })?;
     let (staged, mime) = (received.staged, received.accepted.mime);
     let id = new_id();
     let attachment = Attachment {
@@ -129,6 +147,54 @@ pub async fn upload(
             name: attachment.filename,
         }),
     ))
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// 429 (or 413, for one upload bigger than what is left) `upload_quota`.
+fn quota_exhausted(status: StatusCode, message: String, retry_ms: Option<i64>) -> ApiError {
+    let mut e = ApiError::new(status, "upload_quota", message);
+    e.retry_after = retry_ms.map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1));
+    e
+}
+
+/// Checks the caller's upload quotas (`uploads.max_files_per_hour`,
+/// `uploads.max_bytes_per_day`, rolling windows) and returns the bytes left today.
+/// Two uploads racing past the check can overshoot by one upload each; the quota is
+/// there to stop floods, not to account to the byte.
+async fn quota(state: &AppState, user: &str) -> ApiResult<u64> {
+    let (files_max, bytes_max) = (
+        state.uploads.max_files_per_hour,
+        state.uploads.max_bytes_per_day,
+    );
+    if files_max == 0 && bytes_max == 0 {
+        return Ok(u64::MAX);
+    }
+    let now = now_ms();
+    let usage = state
+        .store
+        .upload_usage(user, now - DAY_MS, now - HOUR_MS)
+        .await?;
+    if files_max > 0 && usage.files >= files_max {
+        return Err(quota_exhausted(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {files_max} uploads an hour"),
+            usage.oldest_file_at.map(|at| at + HOUR_MS - now),
+        ));
+    }
+    if bytes_max == 0 {
+        return Ok(u64::MAX);
+    }
+    let left = bytes_max.saturating_sub(usage.bytes);
+    if left == 0 {
+        return Err(quota_exhausted(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {bytes_max} bytes of uploads a day"),
+            usage.oldest_byte_at.map(|at| at + DAY_MS - now),
+        ));
+    }
+    Ok(left)
 }
 
 /// Download an attachment: its bytes, or a redirect to a short-lived URL on S3. Only
