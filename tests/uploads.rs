@@ -245,9 +245,18 @@ async fn download_ok(
     assert_eq!(got.status, 200, "download {id} as {}", who.username);
     assert_eq!(got.bytes, expected, "byte-identical download");
     assert_eq!(got.redirected, setup == Setup::PostgresS3);
+    // Raster images a browser renders itself are shown in place; anything else is a
+    // download.
+    let inline = ["image/jpeg", "image/png", "image/gif", "image/webp"]
+        .contains(&got.header("content-type"));
+    let expected_disposition = if inline {
+        "inline; filename=\""
+    } else {
+        "attachment; filename=\""
+    };
     assert!(
         got.header("content-disposition")
-            .starts_with("attachment; filename=\""),
+            .starts_with(expected_disposition),
         "{:?}",
         got.headers
     );
@@ -827,6 +836,162 @@ async fn sweeper(setup: Setup) {
     );
 }
 
+/// A raw GET of an attachment with extra headers, not following redirects.
+async fn get_with(
+    server: &Server,
+    who: &Account,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let mut req = no_redirects
+        .get(server.url(&format!("/v1/attachments/{id}")))
+        .bearer_auth(&who.access);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("download")
+}
+
+/// Range (206/416), If-None-Match (304), If-Range, inline images with nosniff and a
+/// sandboxing CSP, and image dimensions read at upload.
+async fn ranges_conditional_gets_and_images(setup: Setup) {
+    let server = Server::start_with(options(setup, &[])).await;
+    let alice = register(&server, "alice").await;
+    let image = upload_ok(
+        &server,
+        &alice,
+        &png(),
+        "image/png",
+        Some("dot.png"),
+        "image/png",
+    )
+    .await;
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(1), Some(1)),
+        "{image}"
+    );
+    let clip = video(100_000);
+    let movie = upload_ok(
+        &server,
+        &alice,
+        &clip,
+        "video/mp4",
+        Some("clip.mp4"),
+        "video/mp4",
+    )
+    .await;
+    assert!(
+        movie.get("width").is_none(),
+        "only images get dimensions: {movie}"
+    );
+    let (image, movie) = (image["id"].as_str().unwrap(), movie["id"].as_str().unwrap());
+
+    // Conditional GET: answered before any storage is touched, on either backend.
+    let first = download(&server, &alice, movie).await;
+    let etag = format!("\"{}\"", sha256_hex(&clip));
+    let res = get_with(&server, &alice, movie, &[("if-none-match", &etag)]).await;
+    assert_eq!(res.status(), 304);
+    assert_eq!(res.headers()["etag"], etag.as_str());
+    assert!(res.bytes().await.unwrap().is_empty());
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("if-none-match", "\"something-else\"")],
+    )
+    .await;
+    assert_ne!(res.status(), 304, "a different ETag is not a match");
+
+    if setup == Setup::PostgresS3 {
+        // Ranges are the object store's, on the redirected request.
+        let res = get_with(&server, &alice, movie, &[]).await;
+        assert_eq!(res.status(), 302);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let part = client()
+            .get(&location)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().await.unwrap().to_vec(), clip[10..20].to_vec());
+        let shown = download(&server, &alice, image).await;
+        assert!(
+            shown.header("content-disposition").starts_with("inline;"),
+            "{:?}",
+            shown.headers
+        );
+        assert!(first
+            .header("content-disposition")
+            .starts_with("attachment;"));
+        return;
+    }
+
+    assert_eq!(first.header("accept-ranges"), "bytes");
+    assert_eq!(first.header("etag"), etag);
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=10-19")]).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.headers()["content-range"], "bytes 10-19/100000");
+    assert_eq!(res.headers()["content-length"], "10");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), clip[10..20].to_vec());
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=-5")]).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(
+        res.bytes().await.unwrap().to_vec(),
+        clip[clip.len() - 5..].to_vec()
+    );
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=99990-")]).await;
+    assert_eq!(res.headers()["content-range"], "bytes 99990-99999/100000");
+    assert_eq!(res.bytes().await.unwrap().len(), 10);
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=100000-")]).await;
+    assert_eq!(res.headers()["content-range"], "bytes */100000");
+    expect_error(res, 416, "range_not_satisfiable").await;
+    // If-Range with another version's tag: the whole file, not a piece of the wrong one.
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("range", "bytes=0-9"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), clip.len());
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("range", "bytes=0-9"), ("if-range", &etag)],
+    )
+    .await;
+    assert_eq!(res.status(), 206);
+
+    // An image is shown in place, but still never sniffed and never active.
+    let shown = download(&server, &alice, image).await;
+    assert!(
+        shown
+            .header("content-disposition")
+            .starts_with("inline; filename=\"dot.png\""),
+        "{:?}",
+        shown.headers
+    );
+    assert_eq!(shown.header("x-content-type-options"), "nosniff");
+    let csp = shown.header("content-security-policy");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("sandbox"),
+        "{csp}"
+    );
+    assert!(first
+        .header("content-disposition")
+        .starts_with("attachment; filename=\"clip.mp4\""));
+    assert!(first.header("content-security-policy").contains("sandbox"));
+}
+
 macro_rules! on_both_setups {
     ($($name:ident),* $(,)?) => {
         mod sqlite_local {
@@ -838,4 +1003,10 @@ macro_rules! on_both_setups {
     };
 }
 
-on_both_setups!(share_through_a_message, refusals, quotas, sweeper);
+on_both_setups!(
+    share_through_a_message,
+    refusals,
+    quotas,
+    sweeper,
+    ranges_conditional_gets_and_images
+);

@@ -7,3 +7,7 @@ ALTER TABLE users ADD COLUMN deleted_at BIGINT;
 -- Revocations made by another process (the admin CLI, another node) are found by
 -- polling sessions by the time they ended.
 CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- Pixel dimensions of images, read from their headers at upload (NULL otherwise).
+ALTER TABLE attachments ADD COLUMN width BIGINT;
+ALTER TABLE attachments ADD COLUMN height BIGINT;

@@ -170,6 +170,9 @@ pub struct Attachment {
     pub sha256: String,
     pub filename: Option<String>,
     pub created_at: i64,
+    /// Pixel dimensions, for images whose header could be read at upload.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
 }
 
 /// A message to store. `id` is assigned by the caller (a fresh ULID); if the

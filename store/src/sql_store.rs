@@ -486,6 +486,10 @@ macro_rules! impl_sql_store {
              u.disabled_at, u.deleted_at, (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
              AND s.revoked_at IS NULL) AS active_sessions FROM users u";
 
+        fn dimension(v: Option<i64>) -> Option<u32> {
+            v.and_then(|v| u32::try_from(v).ok())
+        }
+
         fn account_from_row(row: &DbRow) -> StoreResult<AccountRecord> {
             Ok(AccountRecord {
                 user: user_from_row(row)?,
@@ -1157,7 +1161,7 @@ macro_rules! impl_sql_store {
 
             async fn attachment(&self, id: &str) -> StoreResult<Option<Attachment>> {
                 let row = sqlx::query(
-                    "SELECT id, uploader_id, storage_key, mime, size, sha256, filename, created_at \
+                    "SELECT id, uploader_id, storage_key, mime, size, sha256, filename, created_at, width, height \
                      FROM attachments WHERE id = $1",
                 )
                 .bind(id)
@@ -1174,6 +1178,8 @@ macro_rules! impl_sql_store {
                         sha256: r.try_get("sha256")?,
                         filename: r.try_get("filename")?,
                         created_at: r.try_get("created_at")?,
+                        width: dimension(r.try_get("width")?),
+                        height: dimension(r.try_get("height")?),
                     })),
                 }
             }
@@ -1194,8 +1200,8 @@ macro_rules! impl_sql_store {
 
             async fn insert_attachment(&self, a: &Attachment) -> StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at, width, height) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&a.id)
                 .bind(&a.uploader_id)
@@ -1205,6 +1211,8 @@ macro_rules! impl_sql_store {
                 .bind(&a.sha256)
                 .bind(&a.filename)
                 .bind(a.created_at)
+                .bind(a.width.map(i64::from))
+                .bind(a.height.map(i64::from))
                 .execute(self.writer())
                 .await?;
                 Ok(())
@@ -1393,6 +1401,8 @@ macro_rules! impl_sql_store {
                         sha256: r.try_get("sha256")?,
                         filename: r.try_get("filename")?,
                         created_at: r.try_get("created_at")?,
+                        width: None,
+                        height: None,
                     };
                     let done = sqlx::query(&delete).bind(&a.id).execute(self.writer()).await?;
                     if done.rows_affected() > 0 {

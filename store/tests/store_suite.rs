@@ -633,6 +633,8 @@ async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
         sha256: "00".into(),
         filename: Some("cat.png".into()),
         created_at: now_ms(),
+        width: None,
+        height: None,
     };
     store.insert_attachment(&photo).await.unwrap();
     assert_eq!(
@@ -959,6 +961,8 @@ async fn upload(store: &Arc<dyn Store>, who: &User, size: u64, at: i64) -> Attac
         sha256: "00".into(),
         filename: None,
         created_at: at,
+        width: Some(640),
+        height: Some(480),
     };
     store
         .insert_attachment(&a)

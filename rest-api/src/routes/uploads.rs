@@ -23,7 +23,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, AuthUser};
 use crate::state::AppState;
-use crate::uploads::filename::{content_disposition, sanitize};
+use crate::uploads::filename::{content_disposition, inline_disposition, sanitize};
 use crate::uploads::sniff::{essence, extension};
 use crate::uploads::{empty, receive, storage_failure, too_large, Fetched, ServeAs};
 
@@ -53,6 +53,11 @@ pub struct UploadBody {
     pub sha256: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Pixel width and height, for images (read from the header, not decoded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
 }
 
 /// Upload a file: the raw request body is the file, `Content-Type` its declared type.
@@ -112,6 +117,11 @@ pub async fn upload(
         .await
         .map_err(|e| if e.code == "too_large" { over(max) } else { e })?;
     let (staged, mime) = (received.staged, received.accepted.mime);
+    let dimensions = if mime.starts_with("image/") {
+        image_dimensions(staged.path.to_path_buf()).await
+    } else {
+        None
+    };
     let id = new_id();
     let attachment = Attachment {
         id: id.clone(),
@@ -122,6 +132,8 @@ pub async fn upload(
         sha256: staged.sha256.clone(),
         filename: name,
         created_at: now_ms(),
+        width: dimensions.map(|(w, _)| w),
+        height: dimensions.map(|(_, h)| h),
     };
     state
         .blobs
@@ -145,6 +157,8 @@ pub async fn upload(
             size: attachment.size,
             sha256: attachment.sha256,
             name: attachment.filename,
+            width: attachment.width,
+            height: attachment.height,
         }),
     ))
 }
@@ -199,14 +213,23 @@ async fn quota(state: &AppState, user: &str) -> ApiResult<u64> {
 
 /// Download an attachment: its bytes, or a redirect to a short-lived URL on S3. Only
 /// its uploader and members of a conversation holding a message with it may.
+///
+/// The ETag is the content's SHA-256 (an id's content never changes), so
+/// `If-None-Match` answers 304 before any storage is touched. From local storage a
+/// single `Range` (with `If-Range`) is served as 206, so voice and video can be
+/// streamed and resumed; S3 answers ranges on the redirected request itself.
 #[utoipa::path(get, path = "/v1/attachments/{id}", tag = "uploads", params(("id" = String, Path)),
     responses((status = 200, description = "the file", content_type = "application/octet-stream"),
-        (status = 302, description = "redirect to a presigned URL (S3)"), (status = 404, description = "unknown, or not yours")),
+        (status = 206, description = "the requested range of the file (local storage)"),
+        (status = 304, description = "not modified (If-None-Match)"),
+        (status = 302, description = "redirect to a presigned URL (S3)"), (status = 404, description = "unknown, or not yours"),
+        (status = 416, description = "range not satisfiable")),
     security(("bearer" = [])))]
 pub async fn download(
     State(state): State<AppState>,
     auth: AuthUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let hidden = || ApiError::not_found("no such attachment");
     if !is_server_id(&id)
@@ -218,6 +241,22 @@ pub async fn download(
         return Err(hidden());
     }
     let attachment = state.store.attachment(&id).await?.ok_or_else(hidden)?;
+    let value = |s: &str| {
+        HeaderValue::from_str(s).map_err(|_| {
+            tracing::error!(id = %attachment.id, "an attachment header is not a valid header value");
+            ApiError::internal()
+        })
+    };
+    let etag = value(&format!("\"{}\"", attachment.sha256))?;
+    // The content under an id never changes; only members may hold a copy.
+    let cache = HeaderValue::from_static("private, max-age=86400");
+    if etag_matches(headers.get(header::IF_NONE_MATCH), &etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response());
+    }
     let serve = serve_as(&attachment);
     let fetched = state
         .blobs
@@ -240,17 +279,51 @@ pub async fn download(
             )
                 .into_response())
         }
-        Fetched::File { file, len } => {
-            let value = |s: &str| {
-                HeaderValue::from_str(s).map_err(|_| {
-                    tracing::error!(id = %attachment.id, "an attachment header is not a valid header value");
-                    ApiError::internal()
-                })
+        Fetched::File { mut file, len } => {
+            // If-Range: the range is only for the version the client already has part of.
+            let range_applies = headers
+                .get(header::IF_RANGE)
+                .is_none_or(|v| v.as_bytes() == etag.as_bytes());
+            let range = match headers.get(header::RANGE) {
+                Some(r) if range_applies => parse_range(r, len),
+                _ => RangeRequest::Whole,
             };
-            let mut response = Response::new(Body::from_stream(ReaderStream::new(file)));
+            let (status, start, count) = match range {
+                RangeRequest::Whole => (StatusCode::OK, 0, len),
+                RangeRequest::Part { start, end } => {
+                    (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+                }
+                RangeRequest::Unsatisfiable => {
+                    let mut res = ApiError::new(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "range_not_satisfiable",
+                        format!("the file has {len} bytes"),
+                    )
+                    .into_response();
+                    res.headers_mut()
+                        .insert(header::CONTENT_RANGE, value(&format!("bytes */{len}"))?);
+                    return Ok(res);
+                }
+            };
+            if start > 0 {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| storage_failure("cannot seek in an attachment", &e.into()))?;
+            }
+            let body = ReaderStream::new(tokio::io::AsyncReadExt::take(file, count));
+            let mut response = Response::new(Body::from_stream(body));
+            *response.status_mut() = status;
             let h = response.headers_mut();
             h.insert(header::CONTENT_TYPE, value(&serve.content_type)?);
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+            if status == StatusCode::PARTIAL_CONTENT {
+                h.insert(
+                    header::CONTENT_RANGE,
+                    value(&format!("bytes {start}-{}/{len}", start + count - 1))?,
+                );
+            }
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             h.insert(
                 header::CONTENT_DISPOSITION,
                 value(&serve.content_disposition)?,
@@ -259,16 +332,95 @@ pub async fn download(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             );
-            // The content under an id never changes; only members may hold a copy.
+            // Even an image shown inline runs nothing and loads nothing: opened
+            // directly, it is a sandboxed document with no script, frame or fetch.
             h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, max-age=86400"),
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DOWNLOAD_CSP),
             );
-            h.insert(header::ETAG, value(&format!("\"{}\"", attachment.sha256))?);
+            h.insert(header::CACHE_CONTROL, cache);
+            h.insert(header::ETAG, etag);
             Ok(response)
         }
     }
 }
+
+/// The policy every download from local storage carries (as GitHub's raw content does).
+const DOWNLOAD_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
+
+/// Whether `If-None-Match` names `etag` (weak comparison, `*` included).
+fn etag_matches(header: Option<&HeaderValue>, etag: &HeaderValue) -> bool {
+    let Some(list) = header.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let ours = etag.as_bytes();
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    /// No usable range: the whole file (also for several ranges, which RFC 9110
+    /// lets a server answer with the whole representation).
+    Whole,
+    /// Inclusive byte positions.
+    Part {
+        start: u64,
+        end: u64,
+    },
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of a file of `len` bytes (RFC 9110 §14.1.2): `a-b`, `a-`, `-n`.
+fn parse_range(header: &HeaderValue, len: u64) -> RangeRequest {
+    let Some(spec) = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    let (start, end) = match (first.trim().is_empty(), num(first), num(last)) {
+        // A suffix: the last n bytes.
+        (true, _, Some(n)) if n > 0 && len > 0 => (len.saturating_sub(n), len - 1),
+        (true, _, _) => return RangeRequest::Unsatisfiable,
+        (false, Some(a), None) if last.trim().is_empty() => (a, len.saturating_sub(1)),
+        (false, Some(a), Some(b)) if a <= b => (a, b.min(len.saturating_sub(1))),
+        _ => return RangeRequest::Whole,
+    };
+    if start >= len {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Part { start, end }
+}
+
+/// Width and height from an image's header (no pixel is decoded), when the format is
+/// one the `image` crate reads (HEIC is not).
+async fn image_dimensions(path: std::path::PathBuf) -> Option<(u32, u32)> {
+    tokio::task::spawn_blocking(move || {
+        image::ImageReader::open(&path)
+            .ok()?
+            .with_guessed_format()
+            .ok()?
+            .into_dimensions()
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Types a browser may show in place: raster images it renders itself, which run no
+/// script. SVG and HTML are never accepted, and would never be inline.
+const INLINE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
 /// The headers a download is served with: the sniffed type (text declared UTF-8, the
 /// only text accepted) and an attachment disposition named after the upload, or after
@@ -285,6 +437,47 @@ fn serve_as(a: &Attachment) -> ServeAs {
     };
     ServeAs {
         content_type,
-        content_disposition: content_disposition(&name),
+        content_disposition: if INLINE_TYPES.contains(&a.mime.as_str()) {
+            inline_disposition(&name)
+        } else {
+            content_disposition(&name)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, len: u64) -> RangeRequest {
+        parse_range(&HeaderValue::from_str(v).expect("header"), len)
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(range("bytes=0-9", 100), Part { start: 0, end: 9 });
+        assert_eq!(range("bytes=90-", 100), Part { start: 90, end: 99 });
+        assert_eq!(range("bytes=90-200", 100), Part { start: 90, end: 99 });
+        assert_eq!(range("bytes=-10", 100), Part { start: 90, end: 99 });
+        assert_eq!(range("bytes=-500", 100), Part { start: 0, end: 99 });
+        assert_eq!(range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(range("bytes=9-1", 100), Whole);
+        assert_eq!(range("items=0-1", 100), Whole);
+        assert_eq!(range("bytes=x-1", 100), Whole);
+    }
+
+    #[test]
+    fn etags_match_weakly_and_in_lists() {
+        let ours = HeaderValue::from_static("\"abc\"");
+        let m = |v: &str| etag_matches(Some(&HeaderValue::from_str(v).expect("header")), &ours);
+        assert!(m("\"abc\""));
+        assert!(m("W/\"abc\""));
+        assert!(m("\"x\", \"abc\""));
+        assert!(m("*"));
+        assert!(!m("\"abd\""));
+        assert!(!etag_matches(None, &ours));
     }
 }
