@@ -22,6 +22,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("post", "/v1/auth/logout"),
     ("get", "/v1/me"),
     ("delete", "/v1/me"),
+    ("patch", "/v1/me"),
     ("get", "/v1/me/unread"),
     ("post", "/v1/conversations"),
     ("get", "/v1/conversations"),

@@ -178,7 +178,154 @@ async fn display_names_are_nfc_and_spoofing_characters_are_refused(db: Db) {
     );
 }
 
+async fn patch_me(server: &Server, who: &Account, body: Value) -> (u16, Value) {
+    let res = client()
+        .patch(server.url("/v1/me"))
+        .bearer_auth(&who.access)
+        .json(&body)
+        .send()
+        .await
+        .expect("PATCH /v1/me");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn presence_reaches_only_people_sharing_a_private_conversation(db: Db) {
+    let server = Server::start(db).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+    let room = conversation(&server, &alice, "room", &[]).await;
+    let joined = client()
+        .post(server.url(&format!("/v1/conversations/{room}/join")))
+        .bearer_auth(&bob.access)
+        .send()
+        .await
+        .expect("join");
+    assert_eq!(joined.status(), 200);
+    conversation(&server, &alice, "group", &[&carol]).await;
+    let topic = format!("u/{}/p", alice.id);
+
+    let mut b = Mqtt::connect(&server, &bob, "phone").await;
+    assert!(
+        !b.try_subscribe(&topic).await,
+        "a shared public room shows no presence"
+    );
+    let mut c = Mqtt::connect(&server, &carol, "phone").await;
+    assert!(c.try_subscribe(&topic).await, "a shared private group does");
+
+    // Last seen is shown until alice hides it.
+    let a = Mqtt::connect(&server, &alice, "phone").await;
+    c.expect(&topic, "alice online", |v| v["online"] == true)
+        .await;
+    a.kill();
+    let offline = c
+        .expect(&topic, "alice offline", |v| v["online"] == false)
+        .await;
+    assert!(offline["last_seen"].is_i64(), "{offline}");
+
+    let (status, me) = patch_me(&server, &alice, json!({"hide_last_seen": true})).await;
+    assert_eq!(
+        (status, me["hide_last_seen"].as_bool()),
+        (200, Some(true)),
+        "{me}"
+    );
+    let a = Mqtt::connect(&server, &alice, "laptop").await;
+    c.expect(&topic, "alice online", |v| v["online"] == true)
+        .await;
+    a.kill();
+    let offline = c
+        .expect(&topic, "alice offline", |v| v["online"] == false)
+        .await;
+    assert!(offline.get("last_seen").is_none(), "hidden: {offline}");
+}
+
+async fn read_markers_of_others_are_hidden_in_public_rooms(db: Db) {
+    let server = Server::start(db).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let room = conversation(&server, &alice, "room", &[]).await;
+    let group = conversation(&server, &alice, "group", &[&bob]).await;
+    let joined = client()
+        .post(server.url(&format!("/v1/conversations/{room}/join")))
+        .bearer_auth(&bob.access)
+        .send()
+        .await
+        .expect("join");
+    assert_eq!(joined.status(), 200);
+    for (conv, path) in [
+        (&room, "/members"),
+        (&room, ""),
+        (&group, "/members"),
+        (&group, ""),
+    ] {
+        let body: Value = client()
+            .get(server.url(&format!("/v1/conversations/{conv}{path}")))
+            .bearer_auth(&alice.access)
+            .send()
+            .await
+            .expect("members")
+            .json()
+            .await
+            .expect("json");
+        let members = if path.is_empty() {
+            body["members"].clone()
+        } else {
+            body
+        };
+        let entry = |who: &Account| {
+            members
+                .as_array()
+                .expect("members")
+                .iter()
+                .find(|m| m["user_id"] == who.id.as_str())
+                .cloned()
+                .unwrap_or_else(|| panic!("{} not in {members}", who.username))
+        };
+        assert!(
+            entry(&alice)["read_seq"].is_u64(),
+            "one's own markers always show"
+        );
+        if conv == &room {
+            let b = entry(&bob);
+            assert!(
+                b.get("read_seq").is_none() && b.get("delivered_seq").is_none(),
+                "{b}"
+            );
+        } else {
+            assert!(
+                entry(&bob)["read_seq"].is_u64(),
+                "a private group shows them: {members}"
+            );
+        }
+    }
+}
+
+async fn display_names_can_be_changed_with_the_same_rules(db: Db) {
+    let server = Server::start(db).await;
+    let alice = register(&server, "alice").await;
+    let (status, me) = patch_me(&server, &alice, json!({"display_name": "Ali\u{0301}ce"})).await;
+    assert_eq!(
+        (status, me["display_name"].as_str()),
+        (200, Some("Al\u{00ED}ce")),
+        "{me}"
+    );
+    let res = client()
+        .patch(server.url("/v1/me"))
+        .bearer_auth(&alice.access)
+        .json(&json!({"display_name": "evil\u{202E}gpj.exe"}))
+        .send()
+        .await
+        .expect("PATCH");
+    expect_error(res, 422, "invalid_display_name").await;
+    let (_, me) = patch_me(&server, &alice, json!({"display_name": ""})).await;
+    assert!(me.get("display_name").is_none(), "{me}");
+}
+
 on_both_databases!(
     hidden_and_missing_conversations_get_the_same_404_everywhere,
     display_names_are_nfc_and_spoofing_characters_are_refused,
+    presence_reaches_only_people_sharing_a_private_conversation,
+    read_markers_of_others_are_hidden_in_public_rooms,
+    display_names_can_be_changed_with_the_same_rules,
 );

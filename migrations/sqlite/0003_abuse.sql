@@ -11,3 +11,6 @@ CREATE INDEX sessions_revoked ON sessions(revoked_at) WHERE revoked_at IS NOT NU
 -- Pixel dimensions of images, read from their headers at upload (NULL otherwise).
 ALTER TABLE attachments ADD COLUMN width INTEGER;
 ALTER TABLE attachments ADD COLUMN height INTEGER;
+
+-- Privacy: when set, presence says online/offline but never when the user was last seen.
+ALTER TABLE users ADD COLUMN hide_last_seen BOOLEAN NOT NULL DEFAULT FALSE;

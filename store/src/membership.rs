@@ -41,6 +41,8 @@ impl std::fmt::Debug for MembershipIndex {
 struct Inner {
     by_conv: HashMap<String, HashSet<String>>,
     by_user: HashMap<String, HashSet<String>>,
+    /// Public rooms: sharing one shows nothing of a person (presence, last seen).
+    rooms: HashSet<String>,
 }
 
 impl MembershipIndex {
@@ -69,8 +71,9 @@ impl MembershipIndex {
             .is_some_and(|m| m.contains(user))
     }
 
-    /// True when `a` and `b` are the same user or are both members of some conversation
-    /// (who may see whose presence).
+    /// True when `a` and `b` are the same user or are both members of some direct or
+    /// private group conversation (who may see whose presence). A public room does not
+    /// count: anyone can join one, so it would show anyone's presence to anyone.
     pub fn share_conversation(&self, a: &str, b: &str) -> bool {
         if a == b {
             return true;
@@ -83,10 +86,17 @@ impl MembershipIndex {
                 } else {
                     (cb, ca)
                 };
-                small.iter().any(|c| large.contains(c))
+                small
+                    .iter()
+                    .any(|c| large.contains(c) && !inner.rooms.contains(c))
             }
             _ => false,
         }
+    }
+
+    /// Records that `conv` is a public room (at load, and when one is created).
+    pub fn mark_room(&self, conv: &str) {
+        self.write().rooms.insert(conv.to_owned());
     }
 
     pub fn add(&self, conv: &str, user: &str) {
@@ -163,6 +173,15 @@ mod tests {
         assert!(index.share_conversation("a", "b"));
         assert!(!index.share_conversation("a", "c"));
         assert!(index.share_conversation("c", "c"));
+        index.add("room", "a");
+        index.add("room", "c");
+        index.mark_room("room");
+        assert!(
+            !index.share_conversation("a", "c"),
+            "a public room shows nobody's presence"
+        );
+        index.add("c2", "a");
+        assert!(index.share_conversation("a", "c"), "a private one does");
         index.remove("c1", "b");
         assert!(!index.share_conversation("a", "b"));
         assert!(!index.is_member("c1", "b"));

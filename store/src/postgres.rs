@@ -25,6 +25,9 @@ impl PgStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&pool).await?,
         ));
+        for room in load_rooms(&pool).await? {
+            index.mark_room(&room);
+        }
         Ok(PgStore { pool, index })
     }
 

@@ -63,6 +63,14 @@ macro_rules! impl_sql_store {
                 .collect()
         }
 
+        /// Public rooms, to seed the membership index (see `MembershipIndex::mark_room`).
+        async fn load_rooms(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<String>> {
+            let rows = sqlx::query("SELECT id FROM conversations WHERE kind = 'room'")
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        }
+
         fn user_from_row(row: &DbRow) -> StoreResult<User> {
             Ok(User {
                 id: row.try_get("id")?,
@@ -775,6 +783,9 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                if conversation.kind == ConversationKind::Room {
+                    self.index.mark_room(&conversation.id);
+                }
                 for user in &recipients {
                     self.index.add(&conversation.id, user);
                 }
@@ -1410,6 +1421,38 @@ macro_rules! impl_sql_store {
                     }
                 }
                 Ok(swept)
+            }
+
+            // --- privacy settings (issue 10) ------------------------------------------
+
+            async fn hides_last_seen(&self, user: &str) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT hide_last_seen FROM users WHERE id = $1")
+                    .bind(user)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(match row {
+                    Some(r) => r.try_get("hide_last_seen")?,
+                    None => false,
+                })
+            }
+
+            async fn update_profile(
+                &self,
+                user: &str,
+                display_name: Option<Option<String>>,
+                hide_last_seen: Option<bool>,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE users SET display_name = CASE WHEN $2 THEN $3 ELSE display_name END, \
+                     hide_last_seen = COALESCE($4, hide_last_seen) WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(display_name.is_some())
+                .bind(display_name.flatten())
+                .bind(hide_last_seen)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
             }
         }
     };

@@ -47,6 +47,9 @@ impl SqliteStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&reader).await?,
         ));
+        for room in load_rooms(&reader).await? {
+            index.mark_room(&room);
+        }
         Ok(SqliteStore {
             writer,
             reader,

@@ -212,4 +212,17 @@ pub trait Store: Send + Sync + 'static {
         created_before: i64,
         limit: u32,
     ) -> StoreResult<Vec<Attachment>>;
+
+    // --- privacy settings (issue 10) --------------------------------------------------
+    /// Whether the user hides when they were last seen (presence shows online/offline
+    /// only).
+    async fn hides_last_seen(&self, user: &str) -> StoreResult<bool>;
+    /// Changes the user's own profile and privacy settings (`None` leaves one as it
+    /// is); `false` when there is no such live account.
+    async fn update_profile(
+        &self,
+        user: &str,
+        display_name: Option<Option<String>>,
+        hide_last_seen: Option<bool>,
+    ) -> StoreResult<bool>;
 }

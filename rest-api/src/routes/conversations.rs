@@ -57,20 +57,33 @@ pub struct CreateConversation {
 pub struct MemberBody {
     pub user_id: String,
     pub role: Role,
-    pub read_seq: u64,
-    pub delivered_seq: u64,
+    /// Read and delivery markers: absent for other members of public rooms, where
+    /// anyone who joins would otherwise learn when each member reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_seq: Option<u64>,
     pub joined_at: i64,
 }
 
-impl From<Member> for MemberBody {
-    fn from(m: Member) -> Self {
+impl MemberBody {
+    /// `m` as `viewer` may see it in a conversation of `kind`.
+    fn seen_by(m: Member, kind: ConversationKind, viewer: &str) -> Self {
+        let markers = kind != ConversationKind::Room || m.user_id == viewer;
         MemberBody {
+            read_seq: markers.then_some(m.read_seq),
+            delivered_seq: markers.then_some(m.delivered_seq),
             user_id: m.user_id,
             role: m.role,
-            read_seq: m.read_seq,
-            delivered_seq: m.delivered_seq,
             joined_at: m.joined_at,
         }
+    }
+
+    fn list(members: Vec<Member>, kind: ConversationKind, viewer: &str) -> Vec<Self> {
+        members
+            .into_iter()
+            .map(|m| Self::seen_by(m, kind, viewer))
+            .collect()
     }
 }
 
@@ -91,7 +104,15 @@ pub struct ConversationBody {
 }
 
 impl ConversationBody {
-    fn new(c: Conversation, members: Option<Vec<Member>>) -> Self {
+    /// With its members as `viewer` may see them.
+    fn with_members(c: Conversation, members: Vec<Member>, viewer: &str) -> Self {
+        let kind = c.kind;
+        let mut body = Self::new(c, None);
+        body.members = Some(MemberBody::list(members, kind, viewer));
+        body
+    }
+
+    fn new(c: Conversation, members: Option<Vec<MemberBody>>) -> Self {
         ConversationBody {
             id: c.id,
             kind: c.kind,
@@ -101,7 +122,7 @@ impl ConversationBody {
             created_at: c.created_at,
             last_seq: c.last_seq,
             last_activity_at: c.last_activity_at,
-            members: members.map(|ms| ms.into_iter().map(MemberBody::from).collect()),
+            members,
         }
     }
 }
@@ -320,7 +341,11 @@ pub async fn create(
     };
     Ok((
         status,
-        Json(ConversationBody::new(created.conversation, Some(members))),
+        Json(ConversationBody::with_members(
+            created.conversation,
+            members,
+            &auth.user_id,
+        )),
     ))
 }
 
@@ -381,7 +406,11 @@ pub async fn get_one(
         },
     };
     let members = state.store.members(&id).await?;
-    Ok(Json(ConversationBody::new(conversation, Some(members))))
+    Ok(Json(ConversationBody::with_members(
+        conversation,
+        members,
+        &auth.user_id,
+    )))
 }
 
 /// Rename or set the topic (owners and admins of groups and rooms).
@@ -429,16 +458,12 @@ pub async fn members(
     auth: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<MemberBody>>> {
-    membership(&state, &id, &auth.user_id).await?;
-    Ok(Json(
-        state
-            .store
-            .members(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    let (conv, _) = membership(&state, &id, &auth.user_id).await?;
+    Ok(Json(MemberBody::list(
+        state.store.members(&id).await?,
+        conv.kind,
+        &auth.user_id,
+    )))
 }
 
 /// Add members (owners and admins; owners alone may add admins or owners).
@@ -476,15 +501,11 @@ pub async fn add_members(
         .add_members(&id, &users, &auth.user_id, now_ms())
         .await?;
     state.sink.deliver(&deliveries);
-    Ok(Json(
-        state
-            .store
-            .members(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    Ok(Json(MemberBody::list(
+        state.store.members(&id).await?,
+        conv.kind,
+        &auth.user_id,
+    )))
 }
 
 /// Remove a member: allowed to anyone who outranks them (owners may remove owners).
@@ -563,7 +584,7 @@ pub async fn set_role(
         .member(&id, &user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such member"))?;
-    Ok(Json(updated.into()))
+    Ok(Json(MemberBody::seen_by(updated, conv.kind, &auth.user_id)))
 }
 
 async fn owners(state: &AppState, conv: &str) -> ApiResult<usize> {

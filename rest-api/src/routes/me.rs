@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(me, delete_me))
+        .routes(routes!(me, delete_me, update_me))
         .routes(routes!(unread))
 }
 
@@ -76,6 +76,44 @@ pub struct MeResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     pub created_at: i64,
+    /// Presence shows online/offline only, never when this user was last seen.
+    pub hide_last_seen: bool,
+}
+
+/// Changes to the caller's own profile; absent fields are left as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct UpdateMe {
+    /// A new display name (same rules as at registration); `""` removes it.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub hide_last_seen: Option<bool>,
+}
+
+/// Change the caller's display name or privacy settings.
+#[utoipa::path(patch, path = "/v1/me", tag = "account", request_body = UpdateMe,
+    responses((status = 200, body = MeResponse), (status = 422, description = "invalid_display_name")),
+    security(("bearer" = [])))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(req): ApiJson<UpdateMe>,
+) -> ApiResult<Json<MeResponse>> {
+    let display_name = match req.display_name.as_deref() {
+        Some(raw) => Some(crate::display_name::check(Some(raw))?),
+        None => None,
+    };
+    if !state
+        .store
+        .update_profile(&auth.user_id, display_name, req.hide_last_seen)
+        .await?
+    {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "this account no longer exists",
+        ));
+    }
+    me(State(state), auth).await
 }
 
 /// The caller's account.
@@ -85,11 +123,13 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json
         state.store.user(&auth.user_id).await?.ok_or_else(|| {
             ApiError::unauthorized("invalid_token", "this account no longer exists")
         })?;
+    let hide_last_seen = state.store.hides_last_seen(&user.id).await?;
     Ok(Json(MeResponse {
         id: user.id,
         username: user.username,
         display_name: user.display_name,
         created_at: user.created_at,
+        hide_last_seen,
     }))
 }
 
