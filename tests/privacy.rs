@@ -322,10 +322,182 @@ async fn display_names_can_be_changed_with_the_same_rules(db: Db) {
     assert!(me.get("display_name").is_none(), "{me}");
 }
 
+async fn send_rest(server: &Server, who: &Account, conv: &str, id: &str) -> reqwest::Response {
+    client()
+        .post(server.url(&format!("/v1/conversations/{conv}/messages")))
+        .bearer_auth(&who.access)
+        .json(&json!({"client_msg_id": id, "body": "hello"}))
+        .send()
+        .await
+        .expect("send")
+}
+
+async fn set_block(server: &Server, who: &Account, other: &Account, on: bool) -> u16 {
+    let req = if on {
+        client().put(server.url(&format!("/v1/me/blocks/{}", other.id)))
+    } else {
+        client().delete(server.url(&format!("/v1/me/blocks/{}", other.id)))
+    };
+    req.bearer_auth(&who.access)
+        .send()
+        .await
+        .expect("block")
+        .status()
+        .as_u16()
+}
+
+async fn blocking_stops_direct_messages_typing_and_presence(db: Db) {
+    let database_url = match db {
+        Db::Postgres => Some(fresh_pg_database().await),
+        Db::Sqlite => None,
+    };
+    let options = || Options {
+        database_url: database_url.clone(),
+        ..Options::new(db)
+    };
+    let mut server = Server::start_with(options()).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+    let dm = conversation(&server, &bob, "direct", &[&alice]).await;
+    let group = conversation(&server, &alice, "group", &[&bob, &carol]).await;
+
+    assert_eq!(set_block(&server, &alice, &bob, true).await, 204);
+    assert_eq!(
+        set_block(&server, &alice, &bob, true).await,
+        204,
+        "idempotent"
+    );
+    let res = client()
+        .put(server.url(&format!("/v1/me/blocks/{}", alice.id)))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 422, "invalid").await;
+    let res = client()
+        .put(server.url(&format!("/v1/me/blocks/{}", ulid::Ulid::new())))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+    let list: Value = client()
+        .get(server.url("/v1/me/blocks"))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["user_ids"], json!([bob.id]));
+
+    // Sends into the direct conversation: refused over HTTP and MQTT alike.
+    expect_error(send_rest(&server, &bob, &dm, "h1").await, 403, "forbidden").await;
+    let mut b = Mqtt::connect(&server, &bob, "phone").await;
+    let bob_inbox = format!("u/{}/in", bob.id);
+    b.subscribe(&bob_inbox).await;
+    b.publish_json(
+        &format!("u/{}/out", bob.id),
+        &json!({"op": "send", "id": "m1", "conv": dm, "body": "hi"}),
+    )
+    .await;
+    let e = b
+        .expect(&bob_inbox, "the refusal", |v| {
+            v["type"] == "error" && v["re"] == "m1"
+        })
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    // A new direct conversation cannot be opened either.
+    let res = client()
+        .post(server.url("/v1/conversations"))
+        .bearer_auth(&bob.access)
+        .json(&json!({"kind": "direct", "members": [alice.id]}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 403, "forbidden").await;
+    // Positive controls: the group still works for bob, the direct one for carol.
+    assert_eq!(send_rest(&server, &bob, &group, "g1").await.status(), 201);
+    let carol_dm = conversation(&server, &carol, "direct", &[&alice]).await;
+    assert_eq!(
+        send_rest(&server, &carol, &carol_dm, "c1").await.status(),
+        201
+    );
+    b.publish_json(
+        &format!("u/{}/out", bob.id),
+        &json!({"op": "send", "id": "m2", "conv": group, "body": "hi all"}),
+    )
+    .await;
+    b.expect(&bob_inbox, "the ack", |v| {
+        v["type"] == "ack" && v["re"] == "m2"
+    })
+    .await;
+    let history: Value = client()
+        .get(server.url(&format!("/v1/conversations/{dm}/messages")))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(0),
+        "nothing from bob stored: {history}"
+    );
+
+    // Typing and presence: alice no longer sees bob's, still sees carol's.
+    let mut a = Mqtt::connect(&server, &alice, "phone").await;
+    a.subscribe(&format!("c/{group}/t/+")).await;
+    assert!(
+        !a.try_subscribe(&format!("u/{}/p", bob.id)).await,
+        "bob's presence is hidden from alice"
+    );
+    assert!(a.try_subscribe(&format!("u/{}/p", carol.id)).await);
+    let c = Mqtt::connect(&server, &carol, "phone").await;
+    b.publish(
+        &format!("c/{group}/t/{}", bob.id),
+        br#"{"typing":true}"#.to_vec(),
+    )
+    .await;
+    c.publish(
+        &format!("c/{group}/t/{}", carol.id),
+        br#"{"typing":true}"#.to_vec(),
+    )
+    .await;
+    let seen = a.drain(Duration::from_millis(800)).await;
+    let typists: Vec<&str> = seen
+        .iter()
+        .filter(|(t, _)| t.contains("/t/"))
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        typists,
+        vec![format!("c/{group}/t/{}", carol.id)],
+        "{seen:?}"
+    );
+    drop((a, b, c));
+
+    // Blocks survive a restart (the index is seeded from the database).
+    server.restart(&options());
+    expect_error(send_rest(&server, &bob, &dm, "h2").await, 403, "forbidden").await;
+
+    assert_eq!(set_block(&server, &alice, &bob, false).await, 204);
+    assert_eq!(
+        send_rest(&server, &bob, &dm, "h3").await.status(),
+        201,
+        "unblocked"
+    );
+}
+
 on_both_databases!(
     hidden_and_missing_conversations_get_the_same_404_everywhere,
     display_names_are_nfc_and_spoofing_characters_are_refused,
     presence_reaches_only_people_sharing_a_private_conversation,
     read_markers_of_others_are_hidden_in_public_rooms,
     display_names_can_be_changed_with_the_same_rules,
+    blocking_stops_direct_messages_typing_and_presence,
 );

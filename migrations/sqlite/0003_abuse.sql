@@ -14,3 +14,13 @@ ALTER TABLE attachments ADD COLUMN height INTEGER;
 
 -- Privacy: when set, presence says online/offline but never when the user was last seen.
 ALTER TABLE users ADD COLUMN hide_last_seen BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- Blocking: a blocked user cannot open a direct conversation with the blocker or send
+-- into their direct conversation; the blocker stops seeing their typing and presence.
+CREATE TABLE blocks (
+    blocker_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    blocked_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (blocker_id, blocked_id)
+);
+CREATE INDEX blocks_blocked ON blocks(blocked_id);

@@ -43,6 +43,10 @@ struct Inner {
     by_user: HashMap<String, HashSet<String>>,
     /// Public rooms: sharing one shows nothing of a person (presence, last seen).
     rooms: HashSet<String>,
+    /// Direct conversations (where a block stops sends).
+    directs: HashSet<String>,
+    /// Blocked user -> who blocked them.
+    blocked_by: HashMap<String, HashSet<String>>,
 }
 
 impl MembershipIndex {
@@ -97,6 +101,64 @@ impl MembershipIndex {
     /// Records that `conv` is a public room (at load, and when one is created).
     pub fn mark_room(&self, conv: &str) {
         self.write().rooms.insert(conv.to_owned());
+    }
+
+    /// Records that `conv` is a direct conversation (at load, and when one is created).
+    pub fn mark_direct(&self, conv: &str) {
+        self.write().directs.insert(conv.to_owned());
+    }
+
+    /// May `viewer` see `owner`'s presence: they share a private conversation and
+    /// `viewer` has not blocked `owner`.
+    pub fn may_see_presence(&self, viewer: &str, owner: &str) -> bool {
+        self.share_conversation(viewer, owner) && !self.has_blocked(viewer, owner)
+    }
+
+    pub fn block(&self, blocker: &str, blocked: &str) {
+        self.write()
+            .blocked_by
+            .entry(blocked.to_owned())
+            .or_default()
+            .insert(blocker.to_owned());
+    }
+
+    pub fn unblock(&self, blocker: &str, blocked: &str) {
+        let mut inner = self.write();
+        if let Some(set) = inner.blocked_by.get_mut(blocked) {
+            set.remove(blocker);
+            if set.is_empty() {
+                inner.blocked_by.remove(blocked);
+            }
+        }
+    }
+
+    /// Has `blocker` blocked `blocked`?
+    pub fn has_blocked(&self, blocker: &str, blocked: &str) -> bool {
+        self.read()
+            .blocked_by
+            .get(blocked)
+            .is_some_and(|s| s.contains(blocker))
+    }
+
+    /// Has anyone blocked `user`? (A cheap first test before looking closer.)
+    pub fn is_blocked_by_anyone(&self, user: &str) -> bool {
+        self.read().blocked_by.contains_key(user)
+    }
+
+    /// When `conv` is a direct conversation whose other member blocked `sender`: that
+    /// member.
+    pub fn direct_blocker(&self, conv: &str, sender: &str) -> Option<String> {
+        let inner = self.read();
+        if !inner.directs.contains(conv) {
+            return None;
+        }
+        let blockers = inner.blocked_by.get(sender)?;
+        inner
+            .by_conv
+            .get(conv)?
+            .iter()
+            .find(|m| *m != sender && blockers.contains(*m))
+            .cloned()
     }
 
     pub fn add(&self, conv: &str, user: &str) {
@@ -182,6 +244,22 @@ mod tests {
         );
         index.add("c2", "a");
         assert!(index.share_conversation("a", "c"), "a private one does");
+        index.block("a", "c");
+        assert!(!index.may_see_presence("a", "c"), "a blocked c");
+        assert!(index.may_see_presence("c", "a"), "a block is one way");
+        index.add("dm", "a");
+        index.add("dm", "c");
+        assert_eq!(
+            index.direct_blocker("dm", "c"),
+            None,
+            "not marked direct yet"
+        );
+        index.mark_direct("dm");
+        assert_eq!(index.direct_blocker("dm", "c"), Some("a".into()));
+        assert_eq!(index.direct_blocker("dm", "a"), None);
+        index.unblock("a", "c");
+        assert!(index.may_see_presence("a", "c"));
+        assert!(!index.is_blocked_by_anyone("c"));
         index.remove("c1", "b");
         assert!(!index.share_conversation("a", "b"));
         assert!(!index.is_member("c1", "b"));

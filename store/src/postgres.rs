@@ -25,9 +25,7 @@ impl PgStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&pool).await?,
         ));
-        for room in load_rooms(&pool).await? {
-            index.mark_room(&room);
-        }
+        load_index_extras(&pool, &index).await?;
         Ok(PgStore { pool, index })
     }
 

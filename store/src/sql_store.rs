@@ -63,12 +63,25 @@ macro_rules! impl_sql_store {
                 .collect()
         }
 
-        /// Public rooms, to seed the membership index (see `MembershipIndex::mark_room`).
-        async fn load_rooms(pool: &sqlx::Pool<$db>) -> StoreResult<Vec<String>> {
-            let rows = sqlx::query("SELECT id FROM conversations WHERE kind = 'room'")
+        /// Seeds the membership index with what it knows besides memberships: which
+        /// conversations are rooms and direct ones, and who blocked whom.
+        async fn load_index_extras(pool: &sqlx::Pool<$db>, index: &crate::MembershipIndex) -> StoreResult<()> {
+            let rows = sqlx::query("SELECT id, kind FROM conversations WHERE kind <> 'group'")
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+            for r in &rows {
+                let (id, kind): (String, String) = (r.try_get("id")?, r.try_get("kind")?);
+                match kind.as_str() {
+                    "room" => index.mark_room(&id),
+                    _ => index.mark_direct(&id),
+                }
+            }
+            let rows = sqlx::query("SELECT blocker_id, blocked_id FROM blocks").fetch_all(pool).await?;
+            for r in &rows {
+                let (blocker, blocked): (String, String) = (r.try_get("blocker_id")?, r.try_get("blocked_id")?);
+                index.block(&blocker, &blocked);
+            }
+            Ok(())
         }
 
         fn user_from_row(row: &DbRow) -> StoreResult<User> {
@@ -783,8 +796,10 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
-                if conversation.kind == ConversationKind::Room {
-                    self.index.mark_room(&conversation.id);
+                match conversation.kind {
+                    ConversationKind::Room => self.index.mark_room(&conversation.id),
+                    ConversationKind::Direct => self.index.mark_direct(&conversation.id),
+                    ConversationKind::Group => {}
                 }
                 for user in &recipients {
                     self.index.add(&conversation.id, user);
@@ -1453,6 +1468,44 @@ macro_rules! impl_sql_store {
                 .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            // --- blocking (issue 10) --------------------------------------------------
+
+            async fn set_block(&self, blocker: &str, blocked: &str, on: bool, at: i64) -> StoreResult<bool> {
+                let done = if on {
+                    sqlx::query(
+                        "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (blocker_id, blocked_id) DO NOTHING",
+                    )
+                    .bind(blocker)
+                    .bind(blocked)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?
+                } else {
+                    sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+                        .bind(blocker)
+                        .bind(blocked)
+                        .execute(self.writer())
+                        .await?
+                };
+                if on {
+                    self.index.block(blocker, blocked);
+                } else {
+                    self.index.unblock(blocker, blocked);
+                }
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT blocked_id FROM blocks WHERE blocker_id = $1 ORDER BY created_at, blocked_id",
+                )
+                .bind(blocker)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("blocked_id")?)).collect()
             }
         }
     };

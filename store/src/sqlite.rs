@@ -47,9 +47,7 @@ impl SqliteStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&reader).await?,
         ));
-        for room in load_rooms(&reader).await? {
-            index.mark_room(&room);
-        }
+        load_index_extras(&reader, &index).await?;
         Ok(SqliteStore {
             writer,
             reader,

@@ -225,4 +225,12 @@ pub trait Store: Send + Sync + 'static {
         display_name: Option<Option<String>>,
         hide_last_seen: Option<bool>,
     ) -> StoreResult<bool>;
+
+    // --- blocking (issue 10) ------------------------------------------------------------
+    /// Blocks (`on`) or unblocks `blocked` for `blocker`; the membership index hears of
+    /// it after the commit. `false` when nothing changed.
+    async fn set_block(&self, blocker: &str, blocked: &str, on: bool, at: i64)
+        -> StoreResult<bool>;
+    /// Whom `blocker` blocked, oldest first.
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
 }

@@ -28,6 +28,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, AuthUser};
 use crate::state::{rate_limit, AppState};
 
+/// What a blocked user hears when reaching for the blocker (the broker says the same).
+pub const BLOCKED_MESSAGE: &str = "this user does not accept your messages";
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
@@ -311,6 +314,13 @@ pub async fn create(
         return Err(ApiError::invalid(
             "a direct conversation has exactly one other member",
         ));
+    }
+    if req.kind == ConversationKind::Direct
+        && others
+            .iter()
+            .any(|o| state.store.membership().has_blocked(o, &auth.user_id))
+    {
+        return Err(ApiError::forbidden(BLOCKED_MESSAGE));
     }
     let creator_role = if req.kind == ConversationKind::Direct {
         Role::Member

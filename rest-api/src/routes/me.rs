@@ -1,10 +1,11 @@
 //! The caller's own account.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidings_auth::password;
+use tidings_core::protocol::ids::is_server_id;
 use tidings_core::protocol::limits::PASSWORD_MAX;
 use tidings_store::now_ms;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -17,6 +18,66 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(me, delete_me, update_me))
         .routes(routes!(unread))
+        .routes(routes!(blocks))
+        .routes(routes!(block, unblock))
+}
+
+/// The users the caller blocked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BlockList {
+    pub user_ids: Vec<String>,
+}
+
+/// Whom the caller blocked, oldest first.
+#[utoipa::path(get, path = "/v1/me/blocks", tag = "account", responses((status = 200, body = BlockList)), security(("bearer" = [])))]
+pub async fn blocks(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<BlockList>> {
+    Ok(Json(BlockList {
+        user_ids: state.store.blocked_users(&auth.user_id).await?,
+    }))
+}
+
+/// Block a user: they can no longer open a direct conversation with the caller or send
+/// into an existing one, and the caller stops seeing their typing and presence.
+#[utoipa::path(put, path = "/v1/me/blocks/{user_id}", tag = "account", params(("user_id" = String, Path)),
+    responses((status = 204, description = "blocked (or already)"), (status = 404, description = "no such user"), (status = 422, description = "invalid")),
+    security(("bearer" = [])))]
+pub async fn block(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(user_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if user_id == auth.user_id {
+        return Err(ApiError::invalid("you cannot block yourself"));
+    }
+    if !is_server_id(&user_id)
+        || state
+            .store
+            .existing_users(std::slice::from_ref(&user_id))
+            .await?
+            .is_empty()
+    {
+        return Err(ApiError::not_found("no such user"));
+    }
+    state
+        .store
+        .set_block(&auth.user_id, &user_id, true, now_ms())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Unblock a user.
+#[utoipa::path(delete, path = "/v1/me/blocks/{user_id}", tag = "account", params(("user_id" = String, Path)),
+    responses((status = 204, description = "not blocked any more (or never was)")), security(("bearer" = [])))]
+pub async fn unblock(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(user_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .set_block(&auth.user_id, &user_id, false, now_ms())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
