@@ -493,6 +493,176 @@ async fn blocking_stops_direct_messages_typing_and_presence(db: Db) {
     );
 }
 
+async fn members_of(server: &Server, who: &Account, conv: &str) -> Vec<String> {
+    let body: Value = client()
+        .get(server.url(&format!("/v1/conversations/{conv}/members")))
+        .bearer_auth(&who.access)
+        .send()
+        .await
+        .expect("members")
+        .json()
+        .await
+        .expect("json");
+    body.as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["user_id"].as_str().expect("user_id").to_owned())
+        .collect()
+}
+
+async fn invitations_of(server: &Server, who: &Account) -> Vec<Value> {
+    let body: Value = client()
+        .get(server.url("/v1/invitations"))
+        .bearer_auth(&who.access)
+        .send()
+        .await
+        .expect("invitations")
+        .json()
+        .await
+        .expect("json");
+    body["invitations"].as_array().expect("invitations").clone()
+}
+
+async fn who_may_add_me_turns_additions_into_invitations(db: Db) {
+    let server = Server::start(db).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+    let dave = register(&server, "dave").await;
+    let (status, me) = patch_me(&server, &bob, json!({"group_adds": "nobody"})).await;
+    assert_eq!(
+        (status, me["group_adds"].as_str()),
+        (200, Some("nobody")),
+        "{me}"
+    );
+    assert_eq!(
+        patch_me(&server, &carol, json!({"group_adds": "contacts"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        patch_me(&server, &dave, json!({"group_adds": "friends"}))
+            .await
+            .0,
+        422
+    );
+
+    let group = conversation(&server, &alice, "group", &[&bob, &carol, &dave]).await;
+    let mut members = members_of(&server, &alice, &group).await;
+    members.sort();
+    let mut expected = vec![alice.id.clone(), dave.id.clone()];
+    expected.sort();
+    assert_eq!(
+        members, expected,
+        "dave (everyone) is in; bob (nobody) and carol (no contact yet) are invited"
+    );
+
+    // The invitation is an inbox event, and listed.
+    let events = sync(&server, &bob, 0).await;
+    let event = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["type"] == "invitation")
+        .cloned()
+        .unwrap_or_else(|| panic!("no invitation event: {events}"));
+    assert_eq!(
+        (event["conv"].as_str(), event["by"].as_str()),
+        (Some(group.as_str()), Some(alice.id.as_str()))
+    );
+    let listed = invitations_of(&server, &bob).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], event["id"]);
+
+    let accept = |who: &Account, id: &str| {
+        let (server, who, id) = (&server, who.clone(), id.to_owned());
+        async move {
+            client()
+                .post(server.url(&format!("/v1/invitations/{id}/accept")))
+                .bearer_auth(&who.access)
+                .send()
+                .await
+                .expect("accept")
+        }
+    };
+    // Only the invitee may accept it.
+    expect_error(
+        accept(&dave, event["id"].as_str().unwrap()).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let res = accept(&bob, event["id"].as_str().unwrap()).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        members_of(&server, &alice, &group).await.contains(&bob.id),
+        "bob joined"
+    );
+    expect_error(
+        accept(&bob, event["id"].as_str().unwrap()).await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    let carols = invitations_of(&server, &carol).await;
+    assert_eq!(carols.len(), 1);
+    let declined = client()
+        .post(server.url(&format!(
+            "/v1/invitations/{}/decline",
+            carols[0]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&carol.access)
+        .send()
+        .await
+        .expect("decline");
+    assert_eq!(declined.status(), 204);
+    assert!(!members_of(&server, &alice, &group)
+        .await
+        .contains(&carol.id));
+    assert!(invitations_of(&server, &carol).await.is_empty());
+
+    // "contacts": once carol and alice share a direct conversation, alice adds her at once.
+    conversation(&server, &carol, "direct", &[&alice]).await;
+    let second = conversation(&server, &alice, "group", &[&carol]).await;
+    assert!(members_of(&server, &alice, &second)
+        .await
+        .contains(&carol.id));
+
+    // Adding members follows the same rule; a user who blocked the adder hears nothing.
+    let third = conversation(&server, &alice, "group", &[]).await;
+    let res = client()
+        .put(server.url(&format!("/v1/me/blocks/{}", alice.id)))
+        .bearer_auth(&dave.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let added = client()
+        .post(server.url(&format!("/v1/conversations/{third}/members")))
+        .bearer_auth(&alice.access)
+        .json(&json!({"user_ids": [bob.id, dave.id, carol.id]}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(added.status(), 200);
+    let mut members = members_of(&server, &alice, &third).await;
+    members.sort();
+    let mut expected = vec![alice.id.clone(), carol.id.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    assert_eq!(
+        invitations_of(&server, &bob).await.len(),
+        1,
+        "bob is invited again"
+    );
+    assert!(
+        invitations_of(&server, &dave).await.is_empty(),
+        "dave blocked alice"
+    );
+}
+
 on_both_databases!(
     hidden_and_missing_conversations_get_the_same_404_everywhere,
     display_names_are_nfc_and_spoofing_characters_are_refused,
@@ -500,4 +670,5 @@ on_both_databases!(
     read_markers_of_others_are_hidden_in_public_rooms,
     display_names_can_be_changed_with_the_same_rules,
     blocking_stops_direct_messages_typing_and_presence,
+    who_may_add_me_turns_additions_into_invitations,
 );

@@ -24,3 +24,19 @@ CREATE TABLE blocks (
     PRIMARY KEY (blocker_id, blocked_id)
 );
 CREATE INDEX blocks_blocked ON blocks(blocked_id);
+
+-- Who may add a user to groups and rooms: 'everyone', 'contacts' (people who share a
+-- conversation with them) or 'nobody'; the others send an invitation instead.
+ALTER TABLE users ADD COLUMN group_adds TEXT NOT NULL DEFAULT 'everyone'
+    CHECK (group_adds IN ('everyone', 'contacts', 'nobody'));
+
+CREATE TABLE invitations (
+    id              TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    user_id         TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    invited_by      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role            TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    created_at      BIGINT NOT NULL,
+    UNIQUE (conversation_id, user_id)
+);
+CREATE INDEX invitations_user ON invitations(user_id);

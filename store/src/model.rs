@@ -335,3 +335,43 @@ pub struct UploadUsage {
     /// When the oldest upload in the day window was made (when bytes free up).
     pub oldest_byte_at: Option<i64>,
 }
+
+/// Who may add a user to groups and rooms without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAdds {
+    Everyone,
+    /// People who share a direct or private group conversation with the user.
+    Contacts,
+    Nobody,
+}
+
+impl GroupAdds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupAdds::Everyone => "everyone",
+            GroupAdds::Contacts => "contacts",
+            GroupAdds::Nobody => "nobody",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "everyone" => GroupAdds::Everyone,
+            "contacts" => GroupAdds::Contacts,
+            "nobody" => GroupAdds::Nobody,
+            _ => return None,
+        })
+    }
+}
+
+/// A pending invitation to a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: String,
+    pub conversation_id: String,
+    pub user_id: String,
+    pub invited_by: String,
+    pub role: Role,
+    pub created_at: i64,
+}

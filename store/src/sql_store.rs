@@ -511,6 +511,18 @@ macro_rules! impl_sql_store {
             v.and_then(|v| u32::try_from(v).ok())
         }
 
+        fn invitation_from_row(row: &DbRow) -> StoreResult<Invitation> {
+            let role: String = row.try_get("role")?;
+            Ok(Invitation {
+                id: row.try_get("id")?,
+                conversation_id: row.try_get("conversation_id")?,
+                user_id: row.try_get("user_id")?,
+                invited_by: row.try_get("invited_by")?,
+                role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("invitation role {role:?}")))?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
         fn account_from_row(row: &DbRow) -> StoreResult<AccountRecord> {
             Ok(AccountRecord {
                 user: user_from_row(row)?,
@@ -1506,6 +1518,93 @@ macro_rules! impl_sql_store {
                 .fetch_all(self.reader())
                 .await?;
                 rows.iter().map(|r| Ok(r.try_get("blocked_id")?)).collect()
+            }
+
+            // --- invitations (issue 10) -----------------------------------------------
+
+            async fn group_adds(&self, users: &[String]) -> StoreResult<Vec<(String, GroupAdds)>> {
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks(CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id, group_adds FROM users WHERE id");
+                    push_in(&mut qb, chunk.iter().cloned());
+                    for row in qb.build().fetch_all(self.reader()).await? {
+                        let policy: String = row.try_get("group_adds")?;
+                        let policy = GroupAdds::parse(&policy)
+                            .ok_or_else(|| StoreError::Corrupt(format!("group_adds {policy:?}")))?;
+                        out.push((row.try_get("id")?, policy));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn set_group_adds(&self, user: &str, policy: GroupAdds) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET group_adds = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .bind(policy.as_str())
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn invite(&self, conversation: &str, users: &[(String, Role)], by: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                let mut tx = self.writer().begin().await?;
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1");
+                let Some(row) = sqlx::query(&sql).bind(conversation).fetch_optional(&mut *tx).await? else {
+                    return Err(StoreError::NotFound("conversation".into()));
+                };
+                let conv = conversation_from_row(&row)?;
+                let mut deliveries = Vec::new();
+                for (user, role) in users {
+                    let id = tidings_core::protocol::ids::new_id();
+                    let row = sqlx::query(
+                        "INSERT INTO invitations (id, conversation_id, user_id, invited_by, role, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING id",
+                    )
+                    .bind(&id)
+                    .bind(conversation)
+                    .bind(user)
+                    .bind(by)
+                    .bind(role.as_str())
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if row.is_none() {
+                        continue;
+                    }
+                    let body = EventBody::Invitation(tidings_core::protocol::event::InvitationView {
+                        id,
+                        conv: conversation.to_owned(),
+                        name: conv.name.clone(),
+                        by: by.to_owned(),
+                        created_at: at,
+                    });
+                    deliveries.extend(append_events(&mut tx, std::slice::from_ref(user), body, at).await?);
+                }
+                tx.commit().await?;
+                Ok(deliveries)
+            }
+
+            async fn invitations(&self, user: &str) -> StoreResult<Vec<Invitation>> {
+                let rows = sqlx::query(
+                    "SELECT id, conversation_id, user_id, invited_by, role, created_at FROM invitations \
+                     WHERE user_id = $1 ORDER BY created_at, id",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(invitation_from_row).collect()
+            }
+
+            async fn take_invitation(&self, id: &str, user: &str) -> StoreResult<Option<Invitation>> {
+                let row = sqlx::query(
+                    "DELETE FROM invitations WHERE id = $1 AND user_id = $2 \
+                     RETURNING id, conversation_id, user_id, invited_by, role, created_at",
+                )
+                .bind(id)
+                .bind(user)
+                .fetch_optional(self.writer())
+                .await?;
+                row.as_ref().map(invitation_from_row).transpose()
             }
         }
     };

@@ -233,4 +233,23 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<bool>;
     /// Whom `blocker` blocked, oldest first.
     async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
+
+    // --- invitations (issue 10) ---------------------------------------------------------
+    /// The "who may add me" setting of each of `users` that exists.
+    async fn group_adds(&self, users: &[String]) -> StoreResult<Vec<(String, GroupAdds)>>;
+    async fn set_group_adds(&self, user: &str, policy: GroupAdds) -> StoreResult<bool>;
+    /// Invites `users` (each with the role they would get) to `conversation`: one
+    /// `invitation` inbox event each, returned for live delivery. Users already invited
+    /// there are left as they are.
+    async fn invite(
+        &self,
+        conversation: &str,
+        users: &[(String, Role)],
+        by: &str,
+        at: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// The user's pending invitations, oldest first.
+    async fn invitations(&self, user: &str) -> StoreResult<Vec<Invitation>>;
+    /// Removes and returns the user's invitation `id` (to accept or decline it).
+    async fn take_invitation(&self, id: &str, user: &str) -> StoreResult<Option<Invitation>>;
 }

@@ -19,7 +19,8 @@ use tidings_core::protocol::limits::{
     MAX_PAGE,
 };
 use tidings_store::{
-    now_ms, ActivityPage, Conversation, ConversationSummary, Departure, Member, NewConversation,
+    now_ms, ActivityPage, Conversation, ConversationSummary, Departure, GroupAdds, Member,
+    NewConversation,
 };
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -107,6 +108,11 @@ pub struct ConversationBody {
 }
 
 impl ConversationBody {
+    /// For other modules (invitations): with members as `viewer` may see them.
+    pub(crate) fn of(c: Conversation, members: Vec<Member>, viewer: &str) -> Self {
+        Self::with_members(c, members, viewer)
+    }
+
     /// With its members as `viewer` may see them.
     fn with_members(c: Conversation, members: Vec<Member>, viewer: &str) -> Self {
         let kind = c.kind;
@@ -229,7 +235,7 @@ pub struct RoomList {
     pub rooms: Vec<RoomItem>,
 }
 
-fn rank(role: Role) -> u8 {
+pub(crate) fn rank(role: Role) -> u8 {
     match role {
         Role::Owner => 3,
         Role::Admin => 2,
@@ -273,6 +279,39 @@ pub async fn membership(
         .await?
         .ok_or_else(not_found)?;
     Ok((conversation, member))
+}
+
+/// Splits `users` whom `adder` wants in a group or room by each one's "who may add me"
+/// setting: those added at once, and those who get an invitation instead. Users who
+/// blocked `adder` are in neither: they hear nothing from them.
+async fn consent(
+    state: &AppState,
+    adder: &str,
+    users: Vec<String>,
+) -> ApiResult<(Vec<String>, Vec<String>)> {
+    if users.is_empty() {
+        return Ok((users, Vec::new()));
+    }
+    let policies: std::collections::HashMap<String, GroupAdds> =
+        state.store.group_adds(&users).await?.into_iter().collect();
+    let index = state.store.membership();
+    let (mut added, mut invited) = (Vec::new(), Vec::new());
+    for user in users {
+        if index.has_blocked(&user, adder) {
+            continue;
+        }
+        let allowed = match policies.get(&user).copied().unwrap_or(GroupAdds::Everyone) {
+            GroupAdds::Everyone => true,
+            GroupAdds::Contacts => index.share_conversation(adder, &user),
+            GroupAdds::Nobody => false,
+        };
+        if allowed {
+            added.push(user);
+        } else {
+            invited.push(user);
+        }
+    }
+    Ok((added, invited))
 }
 
 /// Valid, existing user ids other than `me`, deduplicated.
@@ -327,6 +366,11 @@ pub async fn create(
     } else {
         Role::Owner
     };
+    let (others, invited) = if req.kind == ConversationKind::Direct {
+        (others, Vec::new())
+    } else {
+        consent(&state, &auth.user_id, others).await?
+    };
     let mut members = vec![(auth.user_id.clone(), creator_role)];
     members.extend(others.into_iter().map(|u| (u, Role::Member)));
     rate_limit(&state.limits.conversations, &auth.user_id)?;
@@ -343,6 +387,14 @@ pub async fn create(
         })
         .await?;
     state.sink.deliver(&created.deliveries);
+    let invited: Vec<(String, Role)> = invited.into_iter().map(|u| (u, Role::Member)).collect();
+    if created.created && !invited.is_empty() {
+        let deliveries = state
+            .store
+            .invite(&created.conversation.id, &invited, &auth.user_id, now_ms())
+            .await?;
+        state.sink.deliver(&deliveries);
+    }
     let members = state.store.members(&created.conversation.id).await?;
     let status = if created.created {
         StatusCode::CREATED
@@ -499,6 +551,15 @@ pub async fn add_members(
     }
     let users = other_users(&state, &auth.user_id, req.user_ids).await?;
     rate_limit(&state.limits.member_adds, &auth.user_id)?;
+    let (users, invited) = consent(&state, &auth.user_id, users).await?;
+    if !invited.is_empty() {
+        let invited: Vec<(String, Role)> = invited.into_iter().map(|u| (u, role)).collect();
+        let deliveries = state
+            .store
+            .invite(&id, &invited, &auth.user_id, now_ms())
+            .await?;
+        state.sink.deliver(&deliveries);
+    }
     let current = state.store.members(&id).await?.len();
     if current + users.len() > MAX_GROUP_MEMBERS {
         return Err(ApiError::invalid(format!(

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tidings_auth::password;
 use tidings_core::protocol::ids::is_server_id;
 use tidings_core::protocol::limits::PASSWORD_MAX;
-use tidings_store::now_ms;
+use tidings_store::{now_ms, GroupAdds};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
@@ -139,6 +139,9 @@ pub struct MeResponse {
     pub created_at: i64,
     /// Presence shows online/offline only, never when this user was last seen.
     pub hide_last_seen: bool,
+    /// Who may add this user to groups without an invitation.
+    #[schema(value_type = String)]
+    pub group_adds: GroupAdds,
 }
 
 /// Changes to the caller's own profile; absent fields are left as they are.
@@ -149,6 +152,12 @@ pub struct UpdateMe {
     pub display_name: Option<String>,
     #[serde(default)]
     pub hide_last_seen: Option<bool>,
+    /// Who may add you to groups and rooms without asking: `everyone`, `contacts`
+    /// (people who share a direct or private group conversation with you) or `nobody`;
+    /// anyone else sends an invitation.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub group_adds: Option<GroupAdds>,
 }
 
 /// Change the caller's display name or privacy settings.
@@ -164,6 +173,9 @@ pub async fn update_me(
         Some(raw) => Some(crate::display_name::check(Some(raw))?),
         None => None,
     };
+    if let Some(policy) = req.group_adds {
+        state.store.set_group_adds(&auth.user_id, policy).await?;
+    }
     if !state
         .store
         .update_profile(&auth.user_id, display_name, req.hide_last_seen)
@@ -185,12 +197,19 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json
             ApiError::unauthorized("invalid_token", "this account no longer exists")
         })?;
     let hide_last_seen = state.store.hides_last_seen(&user.id).await?;
+    let group_adds = state
+        .store
+        .group_adds(std::slice::from_ref(&user.id))
+        .await?
+        .pop()
+        .map_or(GroupAdds::Everyone, |(_, p)| p);
     Ok(Json(MeResponse {
         id: user.id,
         username: user.username,
         display_name: user.display_name,
         created_at: user.created_at,
         hide_last_seen,
+        group_adds,
     }))
 }
 
