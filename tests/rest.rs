@@ -557,6 +557,9 @@ async fn history_shows_reactions_replies_edits_and_deletions(db: Db) {
     }
     b.expect(&format!("u/{}/in", bob.id), "ack x3", |v| v["re"] == "x3")
         .await;
+    // Positive control: before the edit, sync replays the original text.
+    let replay = sync(&server, &bob, 0).await.to_string();
+    assert!(replay.contains("a long question"), "{replay}");
     a.publish_json(
         &format!("u/{}/out", alice.id),
         &json!({"op": "edit", "id": "e1", "msg": first_id, "body": "lunch?"}),
@@ -564,6 +567,12 @@ async fn history_shows_reactions_replies_edits_and_deletions(db: Db) {
     .await;
     a.expect(&format!("u/{}/in", alice.id), "ack e1", |v| v["re"] == "e1")
         .await;
+    // An edit meant to remove something removes it from replays too.
+    let replay = sync(&server, &bob, 0).await.to_string();
+    assert!(
+        !replay.contains("a long question") && replay.contains("lunch?"),
+        "sync must replay the current text only: {replay}"
+    );
     let (_, page) = get(
         &server,
         &alice,

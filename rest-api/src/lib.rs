@@ -12,6 +12,7 @@ pub mod display_name;
 pub mod error;
 pub mod extract;
 pub mod hashing;
+mod http_metrics;
 pub mod openapi;
 pub mod routes;
 mod state;
@@ -50,6 +51,7 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         )
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_JSON_BYTES))
+        .layer(axum::middleware::from_fn(http_metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state);
     (router, document)

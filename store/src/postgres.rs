@@ -36,13 +36,19 @@ impl PgStore {
     fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    /// PostgreSQL indexes in the writing transaction: nothing is ever pending.
+    async fn before_search(&self) -> crate::StoreResult<()> {
+        Ok(())
+    }
 }
 
 crate::sql_store::impl_sql_store!(
     PgStore,
     sqlx::Postgres,
     backend = Backend::Postgres,
-    lock = "FOR UPDATE"
+    lock = "FOR UPDATE",
+    counter_row = true
 );
 
 /// The tsvector part of a search, with the same meaning as SQLite's: every word must

@@ -1057,7 +1057,75 @@ async fn the_sweeper_takes_only_old_uploads_no_message_carries(store: Arc<dyn St
         .is_empty());
 }
 
+/// Search finds a message as soon as it is stored, and only by its current text, both
+/// while SQLite's indexer still has it queued and after it was indexed.
+async fn search_sees_every_stored_message_by_its_current_text(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let hits = |q: &'static str| {
+        let store = store.clone();
+        let bob = bob.id.clone();
+        async move {
+            store
+                .search_messages(&bob, q, None, 10, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.body)
+                .collect::<Vec<_>>()
+        }
+    };
+    let stored = store
+        .write_batch(&[
+            send(&conv, &alice, "s1", "walrus sighting"),
+            send(&conv, &alice, "s2", "pelican sighting"),
+        ])
+        .await
+        .unwrap();
+    let first = applied(&stored[0]).0.msg.clone().unwrap();
+    let second = applied(&stored[1]).0.msg.clone().unwrap();
+    // Edited and deleted before any search could have indexed them.
+    let edit = |msg: &str, body: &str| WriteOp::Edit {
+        user: alice.id.clone(),
+        msg: msg.into(),
+        body: body.into(),
+        at: now_ms(),
+    };
+    store
+        .write_batch(&[
+            edit(&first, "narwhal sighting"),
+            WriteOp::Delete {
+                user: alice.id.clone(),
+                msg: second.clone(),
+                at: now_ms(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(hits("sighting").await, vec!["narwhal sighting"]);
+    assert!(hits("walrus").await.is_empty(), "no earlier text");
+    assert!(
+        hits("pelican").await.is_empty(),
+        "nothing of a deleted message"
+    );
+    // Now indexed: a later edit replaces the indexed text.
+    store
+        .write_batch(&[edit(&first, "orca sighting")])
+        .await
+        .unwrap();
+    assert_eq!(hits("orca").await, vec!["orca sighting"]);
+    assert!(hits("narwhal").await.is_empty(), "no earlier text");
+    // Positive control: a message stored after all that is found at once.
+    store
+        .write_batch(&[send(&conv, &alice, "s3", "walrus again")])
+        .await
+        .unwrap();
+    assert_eq!(hits("walrus").await, vec!["walrus again"]);
+}
+
 on_both_backends!(
+    search_sees_every_stored_message_by_its_current_text,
     usernames_are_unique_and_searchable,
     refresh_tokens_rotate_once_and_reuse_revokes_the_session,
     direct_conversation_is_one_per_pair,

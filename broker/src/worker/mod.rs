@@ -5,6 +5,12 @@
 //! batch: decode (JSON or CBOR, sniffed), validate, rate-limit, then one
 //! `Store::write_batch` transaction, then acks to senders and events to members.
 //! Every refusal becomes an `error` event naming the command, never a silent drop.
+//!
+//! Two stages, so the database is never idle while events are encoded and queued: the
+//! writer decides and stores batch N+1 while the replier answers batch N. Both keep
+//! arrival order, so each connection's PUBACKs still follow its PUBLISHes; the channel
+//! between them is short, so a slow replier slows the writer instead of piling up
+//! decided batches.
 
 pub mod ops;
 
@@ -23,6 +29,9 @@ use tidings_core::ratelimit::RateLimiter;
 
 /// Most commands in one store transaction.
 pub const MAX_BATCH: usize = 256;
+
+/// Stored batches waiting for the replier.
+const REPLY_QUEUE: usize = 2;
 
 /// Where to send the PUBACK of a QoS 1 command once it is stored.
 #[derive(Clone)]
@@ -69,6 +78,13 @@ pub struct Worker {
     limiter: Arc<Mutex<RateLimiter>>,
 }
 
+/// A batch after its write: the answers in arrival order and what the store said of
+/// each op (`None` for every op when the transaction failed).
+struct Stored {
+    answers: Vec<Answer>,
+    outcomes: Vec<Option<WriteOutcome>>,
+}
+
 pub fn error_code(e: &CodecError) -> ErrorCode {
     match e {
         CodecError::TooLarge(_) => ErrorCode::TooLarge,
@@ -103,12 +119,27 @@ impl Worker {
         }
     }
 
-    /// Runs until every sender (the front door) is gone.
-    pub async fn run(mut self, mut inbound: Receiver<Inbound>) {
+    /// Runs until every sender (the front door) is gone and every stored batch is
+    /// answered.
+    pub async fn run(self, mut inbound: Receiver<Inbound>) {
+        let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Stored>(REPLY_QUEUE);
+        let fanout = self.fanout.clone();
+        let replier = tokio::spawn(async move {
+            while let Some(stored) = stored_rx.recv().await {
+                reply(&fanout, stored);
+            }
+        });
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while inbound.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.process(batch.drain(..)).await;
+            metrics::histogram!("tidings_worker_batch_size").record(batch.len() as f64);
+            metrics::gauge!("tidings_worker_queue_depth").set(inbound.len() as f64);
+            let stored = self.process(batch.drain(..)).await;
+            if stored_tx.send(stored).await.is_err() {
+                break;
+            }
         }
+        drop(stored_tx);
+        let _ = replier.await;
         tracing::info!("persistence worker stopped");
     }
 
@@ -119,7 +150,8 @@ impl Worker {
             .allow(user, now)
     }
 
-    async fn process(&mut self, items: impl Iterator<Item = Inbound>) {
+    /// Decides and stores one batch; the replier answers it.
+    async fn process(&self, items: impl Iterator<Item = Inbound>) -> Stored {
         let now = now_ms();
         let mut answers = Vec::new();
         let mut ops = Vec::new();
@@ -180,56 +212,28 @@ impl Worker {
         let written = if ops.is_empty() {
             Ok(Vec::new())
         } else {
-            self.write(&ops).await
+            let started = std::time::Instant::now();
+            let written = self.write(&ops).await;
+            metrics::histogram!("tidings_store_batch_seconds")
+                .record(started.elapsed().as_secs_f64());
+            written
         };
-        let mut outcomes: Vec<Option<WriteOutcome>> = match written {
-            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+        let outcomes: Vec<Option<WriteOutcome>> = match written {
+            Ok(outcomes) => {
+                let sends = ops
+                    .iter()
+                    .filter(|op| matches!(op, WriteOp::Send(_)))
+                    .count();
+                metrics::counter!("tidings_messages_stored_total").increment(sends as u64);
+                outcomes.into_iter().map(Some).collect()
+            }
             Err(e) => {
                 tracing::error!(error = %e, commands = ops.len(), "could not store a batch");
+                metrics::counter!("tidings_store_batch_failures_total").increment(1);
                 Vec::new()
             }
         };
-        // Answers go out in arrival order, so each connection's PUBACKs are in the order
-        // of its PUBLISHes, as MQTT requires.
-        for answer in answers {
-            let (event, code, deliveries) = match answer.outcome {
-                Pending::AckOnly(code) => {
-                    if let Some(target) = answer.ack {
-                        target.conn.send(Outbound::PubAck {
-                            pkid: target.pkid,
-                            code,
-                        });
-                    }
-                    continue;
-                }
-                Pending::Refused(event, code) => (*event, code, Vec::new()),
-                Pending::Stored { op, command_id } => {
-                    match outcomes.get_mut(op).and_then(Option::take) {
-                        Some(outcome) => stored(command_id, outcome),
-                        None => (
-                            Event::error(
-                                Some(command_id),
-                                ErrorCode::Internal,
-                                "not stored; retry with the same id",
-                            ),
-                            AckCode::Refused,
-                            Vec::new(),
-                        ),
-                    }
-                }
-            };
-            // The sender's answer first, then everyone's events.
-            self.fanout.reply(&answer.user, answer.format, &event);
-            if let Some(target) = answer.ack {
-                target.conn.send(Outbound::PubAck {
-                    pkid: target.pkid,
-                    code,
-                });
-            }
-            if !deliveries.is_empty() {
-                self.fanout.deliver(&deliveries);
-            }
-        }
+        Stored { answers, outcomes }
     }
 
     /// `write_batch` with a few retries: a failed transaction wrote nothing, and a
@@ -251,7 +255,7 @@ impl Worker {
 }
 
 /// The sender's answer to a stored op, and the events it produced.
-fn stored(command_id: String, outcome: WriteOutcome) -> (Event, AckCode, Vec<Delivery>) {
+fn answer_to(command_id: String, outcome: WriteOutcome) -> (Event, AckCode, Vec<Delivery>) {
     let re = Some(command_id);
     match outcome {
         WriteOutcome::Applied { ack, deliveries } => {
@@ -262,4 +266,55 @@ fn stored(command_id: String, outcome: WriteOutcome) -> (Event, AckCode, Vec<Del
             (Event::error(re, code, message), ack_code(code), Vec::new())
         }
     }
+}
+
+/// Answers a stored batch in arrival order, so each connection's PUBACKs are in the
+/// order of its PUBLISHes, as MQTT requires.
+fn reply(fanout: &Fanout, stored: Stored) {
+    let Stored {
+        answers,
+        mut outcomes,
+    } = stored;
+    let mut delivered = 0u64;
+    for answer in answers {
+        let (event, code, deliveries) = match answer.outcome {
+            Pending::AckOnly(code) => {
+                if let Some(target) = answer.ack {
+                    target.conn.send(Outbound::PubAck {
+                        pkid: target.pkid,
+                        code,
+                    });
+                }
+                continue;
+            }
+            Pending::Refused(event, code) => (*event, code, Vec::new()),
+            Pending::Stored { op, command_id } => {
+                match outcomes.get_mut(op).and_then(Option::take) {
+                    Some(outcome) => answer_to(command_id, outcome),
+                    None => (
+                        Event::error(
+                            Some(command_id),
+                            ErrorCode::Internal,
+                            "not stored; retry with the same id",
+                        ),
+                        AckCode::Refused,
+                        Vec::new(),
+                    ),
+                }
+            }
+        };
+        // The sender's answer first, then everyone's events.
+        fanout.reply(&answer.user, answer.format, &event);
+        if let Some(target) = answer.ack {
+            target.conn.send(Outbound::PubAck {
+                pkid: target.pkid,
+                code,
+            });
+        }
+        if !deliveries.is_empty() {
+            delivered += deliveries.len() as u64;
+            fanout.deliver(&deliveries);
+        }
+    }
+    metrics::counter!("tidings_events_delivered_total").increment(delivered);
 }

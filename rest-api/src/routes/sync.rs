@@ -1,5 +1,7 @@
 //! Catch-up: `GET /v1/sync?since={iseq}&limit=` replays the caller's inbox events after
-//! `since`, exactly as they were fanned out over MQTT (same bodies, same `iseq`).
+//! `since`, as they were fanned out over MQTT (same events, same `iseq`), except that
+//! messages appear as they are now: edited text replaces the original, deleted text is
+//! gone.
 //! A client calls it after reconnecting, or when it sees a gap in `iseq`.
 
 use axum::extract::State;
@@ -52,26 +54,33 @@ pub async fn sync(
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = rows.last().map_or(q.since, |e| e.seq);
-    // A message deleted since an event was stored must not come back through sync: the
-    // event is replayed with the message as it is now (body and attachment gone).
+    // Events are replayed with each message as it is now: an edit or a deletion meant
+    // to remove text removes it from replays too (history already reads the rows).
     let message_ids: Vec<String> = rows
         .iter()
         .filter_map(|e| match &e.body {
-            EventBody::Message(m) | EventBody::MessageUpdated(m) if !m.deleted => {
-                Some(m.id.clone())
-            }
+            EventBody::Message(m) | EventBody::MessageUpdated(m) => Some(m.id.clone()),
             _ => None,
         })
         .collect();
-    let deleted: HashMap<String, MessageView> = state
+    let current: HashMap<String, MessageView> = state
         .store
         .messages_by_ids(&message_ids)
         .await?
         .into_iter()
-        .filter(|m| m.deleted)
         .map(|m| (m.id.clone(), m))
         .collect();
-    let redact = |m: MessageView| deleted.get(&m.id).cloned().unwrap_or(m);
+    let redact = |m: MessageView| match current.get(&m.id) {
+        Some(now) => now.clone(),
+        // The row is gone: replay nothing of what it said.
+        None => MessageView {
+            body: String::new(),
+            mentions: Vec::new(),
+            attachment: None,
+            deleted: true,
+            ..m
+        },
+    };
     let events = rows
         .into_iter()
         .map(|e| {
