@@ -36,6 +36,10 @@ pub struct LimitsConfig {
     /// Per-user send budget, MQTT and HTTP together: a burst, refilled at a rate.
     pub send_burst: u32,
     pub send_per_second: u32,
+    /// Conversations created per user, renames/topic changes per conversation, calls
+    /// adding members per user: each a burst refilled per minute.
+    #[serde(flatten)]
+    pub group: tidings_rest::GroupLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +82,9 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
+    /// How often (milliseconds) the server looks for sessions another process revoked
+    /// (the admin CLI, another node), to close their live MQTT connections.
+    pub revocation_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,11 +125,13 @@ impl Default for Config {
                 jwt_secret: None,
                 access_ttl_secs: tidings_core::protocol::limits::ACCESS_TOKEN_TTL_SECS,
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
+                revocation_poll_ms: 1000,
             },
             uploads: tidings_rest::uploads::UploadsConfig::default(),
             limits: LimitsConfig {
                 send_burst: tidings_core::protocol::limits::SEND_BURST,
                 send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
+                group: tidings_rest::GroupLimits::default(),
             },
             log: LogConfig {
                 filter: "info".into(),

@@ -1,15 +1,15 @@
-//! The `tidings` server binary: `tidings serve` (the default), `tidings migrate`,
-//! `tidings user create`.
+//! The `tidings` server binary: `tidings serve` (the default), `tidings migrate`, and
+//! the operator's `tidings user …` and `tidings session …` commands.
 
+mod admin;
 mod config;
 mod http_server;
 mod serve;
 mod telemetry;
 
-use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -36,19 +36,10 @@ enum Command {
     Migrate,
     /// Manage accounts.
     #[command(subcommand)]
-    User(UserCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum UserCommand {
-    /// Create an account (for bootstrapping; users normally register over HTTP).
-    Create {
-        #[arg(long)]
-        username: String,
-        /// The password; omit it to read one line from standard input instead.
-        #[arg(long)]
-        password: Option<String>,
-    },
+    User(admin::UserCommand),
+    /// Manage sessions (device logins).
+    #[command(subcommand)]
+    Session(admin::SessionCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,27 +58,9 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("migrations are up to date");
                 Ok(())
             }
-            Command::User(UserCommand::Create { username, password }) => {
-                let password = match password {
-                    Some(p) => p,
-                    None => {
-                        let mut line = String::new();
-                        std::io::stdin().read_to_string(&mut line)?;
-                        line.trim_end_matches(['\r', '\n']).to_owned()
-                    }
-                };
-                if password.is_empty() {
-                    bail!("no password given");
-                }
-                let store = serve::open_store(&config).await?;
-                let hashing = tidings_rest::hashing::HashPool::new(1);
-                let user = tidings_rest::routes::auth::create_account(
-                    &store, &hashing, &username, &password, None,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
-                println!("{}", user.id);
-                Ok(())
+            Command::User(command) => admin::user(serve::open_store(&config).await?, command).await,
+            Command::Session(command) => {
+                admin::session(serve::open_store(&config).await?, command).await
             }
         }
     })

@@ -114,9 +114,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("starting the MQTT broker")?,
     );
+    tokio::spawn(watch_revocations(
+        store.clone(),
+        std::time::Duration::from_millis(config.auth.revocation_poll_ms.max(50)),
+    ));
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
+    tokio::spawn(tidings_rest::uploads::run_sweeper(
+        store.clone(),
+        blobs.clone(),
+        config.uploads.clone(),
+    ));
     let state = tidings_rest::AppState::new(
         store,
         keys,
@@ -125,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.uploads.clone(),
     )
     .with_send_limiter(sends)
+    .with_group_limits(config.limits.group)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
     .with_trusted_proxies(config.http.trusted_proxies.clone());
 
@@ -168,6 +178,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     served.context("serving HTTP")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// How far back each poll looks, beyond the previous one: the revoking process's
+/// clock may lag ours a little, and a revocation committed just after a poll read
+/// may carry a time just before it. Announcing one twice is harmless.
+const REVOCATION_OVERLAP_MS: i64 = 5_000;
+
+/// Hears of sessions another process revoked (the admin CLI disabling an account,
+/// another node's logout) and announces them through the membership index, so the
+/// broker closes their live connections as it does for revocations made here.
+///
+/// Polling rather than PostgreSQL LISTEN/NOTIFY: SQLite has no notification channel
+/// between processes, and one code path for both backends is one to test. The cost is
+/// one indexed query per interval; the latency is at most the interval (HTTP requests
+/// and MQTT CONNECTs check the session in the database on each call regardless).
+async fn watch_revocations(store: Arc<dyn Store>, every: std::time::Duration) {
+    let index = store.membership();
+    let mut since = tidings_store::now_ms();
+    let mut announced: std::collections::HashMap<String, i64> = Default::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let from = since - REVOCATION_OVERLAP_MS;
+        let revoked = match store.sessions_revoked_since(from).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll for revoked sessions");
+                continue;
+            }
+        };
+        for (session, at) in revoked {
+            since = since.max(at);
+            if announced.insert(session.clone(), at).is_none() {
+                index.session_ended(&session);
+            }
+        }
+        announced.retain(|_, at| *at >= from);
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -366,7 +366,8 @@ async fn bad_commands_get_typed_errors_and_the_connection_stays_up() {
     .await;
     assert_eq!(
         error_of(&mut eve, &s.eve, |v| v["re"] == "nm").await["code"],
-        "not_member"
+        "not_found",
+        "a conversation one is not in looks like one that does not exist"
     );
     eve.publish_json(
         &out,

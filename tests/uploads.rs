@@ -245,9 +245,18 @@ async fn download_ok(
     assert_eq!(got.status, 200, "download {id} as {}", who.username);
     assert_eq!(got.bytes, expected, "byte-identical download");
     assert_eq!(got.redirected, setup == Setup::PostgresS3);
+    // Raster images a browser renders itself are shown in place; anything else is a
+    // download.
+    let inline = ["image/jpeg", "image/png", "image/gif", "image/webp"]
+        .contains(&got.header("content-type"));
+    let expected_disposition = if inline {
+        "inline; filename=\""
+    } else {
+        "attachment; filename=\""
+    };
     assert!(
         got.header("content-disposition")
-            .starts_with("attachment; filename=\""),
+            .starts_with(expected_disposition),
         "{:?}",
         got.headers
     );
@@ -655,6 +664,334 @@ async fn refusals(setup: Setup) {
     expect_error(res, 401, "unauthorized").await;
 }
 
+/// Per-user quotas: files per hour (429 with Retry-After), bytes per day (413 for an
+/// upload larger than what is left, declared or streamed; 429 once nothing is left).
+async fn quotas(setup: Setup) {
+    let server = Server::start_with(options(
+        setup,
+        &[
+            ("TIDINGS_UPLOADS_MAX_FILES_PER_HOUR", "4"),
+            ("TIDINGS_UPLOADS_MAX_BYTES_PER_DAY", "3000"),
+        ],
+    ))
+    .await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    let res = upload(&server, &alice, video(1500), "video/mp4", None).await;
+    expect_error(res, 413, "upload_quota").await;
+    // Without a Content-Length only the count stops it, with the same answer.
+    let (status, body) = chunked_upload(&server, &alice, "video/mp4", &video(500), 3).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("upload_quota")),
+        "{body}"
+    );
+    // Exactly what is left fits; then nothing is left.
+    upload_ok(
+        &server,
+        &alice,
+        &video(1000),
+        "video/mp4",
+        None,
+        "video/mp4",
+    )
+    .await;
+    let res = upload(&server, &alice, video(100), "video/mp4", None).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "retry in {retry} s");
+    expect_error(res, 429, "upload_quota").await;
+
+    // Files per hour, whatever their size.
+    for _ in 0..4 {
+        upload_ok(
+            &server,
+            &bob,
+            &pdf(),
+            "application/pdf",
+            None,
+            "application/pdf",
+        )
+        .await;
+    }
+    let res = upload(&server, &bob, pdf(), "application/pdf", None).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, 429, "upload_quota").await;
+    // Positive control: quotas are per user.
+    upload_ok(
+        &server,
+        &carol,
+        &pdf(),
+        "application/pdf",
+        None,
+        "application/pdf",
+    )
+    .await;
+    staging_is_empty(&server);
+}
+
+/// An upload no message carries is deleted, row and bytes, after the grace period;
+/// one a message carries stays.
+async fn sweeper(setup: Setup) {
+    let opts = options(
+        setup,
+        &[
+            ("TIDINGS_UPLOADS_UNATTACHED_GRACE_SECS", "3"),
+            ("TIDINGS_UPLOADS_SWEEP_INTERVAL_SECS", "1"),
+        ],
+    );
+    let bucket = opts
+        .env
+        .iter()
+        .find(|(k, _)| k == "TIDINGS_UPLOADS_S3_BUCKET")
+        .map(|(_, v)| v.clone());
+    let server = Server::start_with(opts).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let conv = conversation(&server, &alice, "direct", &[&bob]).await;
+    let unsent = upload_ok(&server, &alice, &png(), "image/png", None, "image/png").await;
+    let unsent = unsent["id"].as_str().unwrap().to_owned();
+    let sent = upload_ok(
+        &server,
+        &alice,
+        &pdf(),
+        "application/pdf",
+        None,
+        "application/pdf",
+    )
+    .await;
+    let sent = sent["id"].as_str().unwrap().to_owned();
+    let res = client()
+        .post(server.url(&format!("/v1/conversations/{conv}/messages")))
+        .bearer_auth(&alice.access)
+        .json(&json!({"client_msg_id": "with-file", "body": "", "attachment": sent}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 201);
+
+    // Where the bytes are, as the storage itself answers.
+    let stored = |id: String| {
+        let (server, alice, bucket) = (&server, &alice, bucket.clone());
+        async move {
+            match bucket {
+                None => server
+                    .data_path(&format!("uploads/{}/{id}", alice.id))
+                    .exists(),
+                Some(bucket) => {
+                    // Listing the bucket (moto allows it unsigned; objects are private).
+                    let key = format!("{}/{id}", alice.id);
+                    let url = format!("{}/{bucket}?prefix={key}", s3_endpoint());
+                    let listing = client().get(url).send().await.expect("S3 list");
+                    assert_eq!(listing.status(), 200);
+                    let xml = listing.text().await.expect("listing");
+                    xml.contains(&format!("<Key>{key}</Key>"))
+                }
+            }
+        }
+    };
+    assert!(
+        stored(unsent.clone()).await && stored(sent.clone()).await,
+        "both stored at first"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while download(&server, &alice, &unsent).await.status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsent upload was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!stored(unsent).await, "its bytes are gone too");
+    assert!(stored(sent.clone()).await, "the sent one's bytes stay");
+    download_ok(&server, setup, &bob, &sent, &pdf()).await;
+    assert!(
+        server.logs().contains("deleted uploads no message carries"),
+        "{}",
+        server.logs()
+    );
+}
+
+/// A raw GET of an attachment with extra headers, not following redirects.
+async fn get_with(
+    server: &Server,
+    who: &Account,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let mut req = no_redirects
+        .get(server.url(&format!("/v1/attachments/{id}")))
+        .bearer_auth(&who.access);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("download")
+}
+
+/// Range (206/416), If-None-Match (304), If-Range, inline images with nosniff and a
+/// sandboxing CSP, and image dimensions read at upload.
+async fn ranges_conditional_gets_and_images(setup: Setup) {
+    let server = Server::start_with(options(setup, &[])).await;
+    let alice = register(&server, "alice").await;
+    let image = upload_ok(
+        &server,
+        &alice,
+        &png(),
+        "image/png",
+        Some("dot.png"),
+        "image/png",
+    )
+    .await;
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(1), Some(1)),
+        "{image}"
+    );
+    let clip = video(100_000);
+    let movie = upload_ok(
+        &server,
+        &alice,
+        &clip,
+        "video/mp4",
+        Some("clip.mp4"),
+        "video/mp4",
+    )
+    .await;
+    assert!(
+        movie.get("width").is_none(),
+        "only images get dimensions: {movie}"
+    );
+    let (image, movie) = (image["id"].as_str().unwrap(), movie["id"].as_str().unwrap());
+
+    // Conditional GET: answered before any storage is touched, on either backend.
+    let first = download(&server, &alice, movie).await;
+    let etag = format!("\"{}\"", sha256_hex(&clip));
+    let res = get_with(&server, &alice, movie, &[("if-none-match", &etag)]).await;
+    assert_eq!(res.status(), 304);
+    assert_eq!(res.headers()["etag"], etag.as_str());
+    assert!(res.bytes().await.unwrap().is_empty());
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("if-none-match", "\"something-else\"")],
+    )
+    .await;
+    assert_ne!(res.status(), 304, "a different ETag is not a match");
+
+    if setup == Setup::PostgresS3 {
+        // Ranges are the object store's, on the redirected request.
+        let res = get_with(&server, &alice, movie, &[]).await;
+        assert_eq!(res.status(), 302);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let part = client()
+            .get(&location)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().await.unwrap().to_vec(), clip[10..20].to_vec());
+        let shown = download(&server, &alice, image).await;
+        assert!(
+            shown.header("content-disposition").starts_with("inline;"),
+            "{:?}",
+            shown.headers
+        );
+        assert!(first
+            .header("content-disposition")
+            .starts_with("attachment;"));
+        return;
+    }
+
+    assert_eq!(first.header("accept-ranges"), "bytes");
+    assert_eq!(first.header("etag"), etag);
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=10-19")]).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.headers()["content-range"], "bytes 10-19/100000");
+    assert_eq!(res.headers()["content-length"], "10");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), clip[10..20].to_vec());
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=-5")]).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(
+        res.bytes().await.unwrap().to_vec(),
+        clip[clip.len() - 5..].to_vec()
+    );
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=99990-")]).await;
+    assert_eq!(res.headers()["content-range"], "bytes 99990-99999/100000");
+    assert_eq!(res.bytes().await.unwrap().len(), 10);
+    let res = get_with(&server, &alice, movie, &[("range", "bytes=100000-")]).await;
+    assert_eq!(res.headers()["content-range"], "bytes */100000");
+    expect_error(res, 416, "range_not_satisfiable").await;
+    // If-Range with another version's tag: the whole file, not a piece of the wrong one.
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("range", "bytes=0-9"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), clip.len());
+    let res = get_with(
+        &server,
+        &alice,
+        movie,
+        &[("range", "bytes=0-9"), ("if-range", &etag)],
+    )
+    .await;
+    assert_eq!(res.status(), 206);
+
+    // An image is shown in place, but still never sniffed and never active.
+    let shown = download(&server, &alice, image).await;
+    assert!(
+        shown
+            .header("content-disposition")
+            .starts_with("inline; filename=\"dot.png\""),
+        "{:?}",
+        shown.headers
+    );
+    assert_eq!(shown.header("x-content-type-options"), "nosniff");
+    let csp = shown.header("content-security-policy");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("sandbox"),
+        "{csp}"
+    );
+    assert!(first
+        .header("content-disposition")
+        .starts_with("attachment; filename=\"clip.mp4\""));
+    assert!(first.header("content-security-policy").contains("sandbox"));
+}
+
 macro_rules! on_both_setups {
     ($($name:ident),* $(,)?) => {
         mod sqlite_local {
@@ -666,4 +1003,10 @@ macro_rules! on_both_setups {
     };
 }
 
-on_both_setups!(share_through_a_message, refusals);
+on_both_setups!(
+    share_through_a_message,
+    refusals,
+    quotas,
+    sweeper,
+    ranges_conditional_gets_and_images
+);

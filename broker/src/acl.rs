@@ -20,7 +20,7 @@ pub fn may_subscribe(user: &str, filter: &str, index: &MembershipIndex) -> bool 
     let levels: Vec<&str> = filter.split('/').collect();
     match levels.as_slice() {
         ["u", owner, "in"] | ["u", owner, "in", "c"] => *owner == user,
-        ["u", owner, "p"] => is_server_id(owner) && index.share_conversation(user, owner),
+        ["u", owner, "p"] => is_server_id(owner) && index.may_see_presence(user, owner),
         ["c", conv, "m"] => is_server_id(conv) && index.is_member(conv, user),
         ["c", conv, "t", who] => {
             is_server_id(conv)
@@ -39,7 +39,8 @@ pub enum Grant {
     Own,
     /// A conversation's topics: while the user is a member.
     Member(String),
-    /// Another user's presence: while the two share a conversation.
+    /// Another user's presence: while the two share a private conversation and the
+    /// subscriber has not blocked them.
     Presence(String),
 }
 
@@ -59,7 +60,7 @@ impl Grant {
         match self {
             Grant::Own => true,
             Grant::Member(conv) => index.is_member(conv, user),
-            Grant::Presence(other) => index.share_conversation(user, other),
+            Grant::Presence(other) => index.may_see_presence(user, other),
         }
     }
 }

@@ -360,6 +360,9 @@ impl Hub {
             return 0;
         };
         let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
+        // Typing (`c/{cid}/t/{who}`) from someone followers may have blocked: found once
+        // per route, so other topics cost nothing per subscriber.
+        let typist = typing_sender(topic).filter(|who| self.index.is_blocked_by_anyone(who));
         let mut sent = 0;
         let exact = exact.map_or(&[][..], Vec::as_slice);
         let wild = wild.map_or(&[][..], Vec::as_slice);
@@ -369,6 +372,9 @@ impl Hub {
                 continue;
             }
             if !sub.grant.holds(&sub.conn.user, &self.index) {
+                continue;
+            }
+            if typist.is_some_and(|who| self.index.has_blocked(&sub.conn.user, who)) {
                 continue;
             }
             let out = Outbound::Publish {
@@ -465,6 +471,13 @@ fn retained_for(t: &Table, key: &Key) -> Option<Bytes> {
         Key::Exact(topic) => t.retained.get(topic).cloned(),
         Key::Wild(_) => None,
     }
+}
+
+/// The typist of a typing topic `c/{cid}/t/{who}`.
+fn typing_sender(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("c/")?;
+    let (_, rest) = rest.split_once('/')?;
+    rest.strip_prefix("t/").filter(|who| !who.contains('/'))
 }
 
 #[cfg(test)]

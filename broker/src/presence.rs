@@ -122,13 +122,18 @@ pub async fn run(
                 if let Err(e) = store.set_last_seen(&user, at).await {
                     tracing::warn!(error = %e, %user, "could not record last seen");
                 }
+                // When the setting cannot be read, err on the side of hiding.
+                let hidden = store.hides_last_seen(&user).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, %user, "could not read the last-seen setting");
+                    true
+                });
                 publish(
                     &hub,
                     &user,
                     Presence {
                         v: 1,
                         online: false,
-                        last_seen: Some(at),
+                        last_seen: (!hidden).then_some(at),
                     },
                 );
             }

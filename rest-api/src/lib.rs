@@ -8,6 +8,7 @@
 //! configured proxies.
 
 pub mod client_addr;
+pub mod display_name;
 pub mod error;
 pub mod extract;
 pub mod hashing;
@@ -17,7 +18,7 @@ pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::{rate_limit, AppState, ReadinessProbe};
+pub use state::{rate_limit, AppState, GroupLimits, ReadinessProbe};
 
 use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         .merge(routes::auth::router())
         .merge(routes::me::router())
         .merge(routes::conversations::router())
+        .merge(routes::invitations::router())
         .merge(routes::messages::router())
         .merge(routes::sync::router())
         .merge(routes::search::router())

@@ -230,10 +230,7 @@ impl Planner {
             return WriteOutcome::rejected(ErrorCode::NotFound, "no such conversation");
         }
         if !self.is_member(&m.conv, &m.sender) {
-            return WriteOutcome::rejected(
-                ErrorCode::NotMember,
-                "you are not a member of this conversation",
-            );
+            return WriteOutcome::rejected(ErrorCode::NotFound, "no such conversation");
         }
         if let Some(r) = &m.reply_to {
             if self.snap.messages.get(r).is_none_or(|t| t.conv != m.conv) {
@@ -429,10 +426,7 @@ impl Planner {
             .and_then(|ms| ms.iter_mut().find(|(u, _)| u == user))
             .map(|(_, m)| m)
         else {
-            return WriteOutcome::rejected(
-                ErrorCode::NotMember,
-                "you are not a member of this conversation",
-            );
+            return WriteOutcome::rejected(ErrorCode::NotFound, "no such conversation");
         };
         let ack = AckView {
             conv: Some(conv.to_owned()),

@@ -41,6 +41,12 @@ impl std::fmt::Debug for MembershipIndex {
 struct Inner {
     by_conv: HashMap<String, HashSet<String>>,
     by_user: HashMap<String, HashSet<String>>,
+    /// Public rooms: sharing one shows nothing of a person (presence, last seen).
+    rooms: HashSet<String>,
+    /// Direct conversations (where a block stops sends).
+    directs: HashSet<String>,
+    /// Blocked user -> who blocked them.
+    blocked_by: HashMap<String, HashSet<String>>,
 }
 
 impl MembershipIndex {
@@ -69,8 +75,9 @@ impl MembershipIndex {
             .is_some_and(|m| m.contains(user))
     }
 
-    /// True when `a` and `b` are the same user or are both members of some conversation
-    /// (who may see whose presence).
+    /// True when `a` and `b` are the same user or are both members of some direct or
+    /// private group conversation (who may see whose presence). A public room does not
+    /// count: anyone can join one, so it would show anyone's presence to anyone.
     pub fn share_conversation(&self, a: &str, b: &str) -> bool {
         if a == b {
             return true;
@@ -83,10 +90,75 @@ impl MembershipIndex {
                 } else {
                     (cb, ca)
                 };
-                small.iter().any(|c| large.contains(c))
+                small
+                    .iter()
+                    .any(|c| large.contains(c) && !inner.rooms.contains(c))
             }
             _ => false,
         }
+    }
+
+    /// Records that `conv` is a public room (at load, and when one is created).
+    pub fn mark_room(&self, conv: &str) {
+        self.write().rooms.insert(conv.to_owned());
+    }
+
+    /// Records that `conv` is a direct conversation (at load, and when one is created).
+    pub fn mark_direct(&self, conv: &str) {
+        self.write().directs.insert(conv.to_owned());
+    }
+
+    /// May `viewer` see `owner`'s presence: they share a private conversation and
+    /// `viewer` has not blocked `owner`.
+    pub fn may_see_presence(&self, viewer: &str, owner: &str) -> bool {
+        self.share_conversation(viewer, owner) && !self.has_blocked(viewer, owner)
+    }
+
+    pub fn block(&self, blocker: &str, blocked: &str) {
+        self.write()
+            .blocked_by
+            .entry(blocked.to_owned())
+            .or_default()
+            .insert(blocker.to_owned());
+    }
+
+    pub fn unblock(&self, blocker: &str, blocked: &str) {
+        let mut inner = self.write();
+        if let Some(set) = inner.blocked_by.get_mut(blocked) {
+            set.remove(blocker);
+            if set.is_empty() {
+                inner.blocked_by.remove(blocked);
+            }
+        }
+    }
+
+    /// Has `blocker` blocked `blocked`?
+    pub fn has_blocked(&self, blocker: &str, blocked: &str) -> bool {
+        self.read()
+            .blocked_by
+            .get(blocked)
+            .is_some_and(|s| s.contains(blocker))
+    }
+
+    /// Has anyone blocked `user`? (A cheap first test before looking closer.)
+    pub fn is_blocked_by_anyone(&self, user: &str) -> bool {
+        self.read().blocked_by.contains_key(user)
+    }
+
+    /// When `conv` is a direct conversation whose other member blocked `sender`: that
+    /// member.
+    pub fn direct_blocker(&self, conv: &str, sender: &str) -> Option<String> {
+        let inner = self.read();
+        if !inner.directs.contains(conv) {
+            return None;
+        }
+        let blockers = inner.blocked_by.get(sender)?;
+        inner
+            .by_conv
+            .get(conv)?
+            .iter()
+            .find(|m| *m != sender && blockers.contains(*m))
+            .cloned()
     }
 
     pub fn add(&self, conv: &str, user: &str) {
@@ -163,6 +235,31 @@ mod tests {
         assert!(index.share_conversation("a", "b"));
         assert!(!index.share_conversation("a", "c"));
         assert!(index.share_conversation("c", "c"));
+        index.add("room", "a");
+        index.add("room", "c");
+        index.mark_room("room");
+        assert!(
+            !index.share_conversation("a", "c"),
+            "a public room shows nobody's presence"
+        );
+        index.add("c2", "a");
+        assert!(index.share_conversation("a", "c"), "a private one does");
+        index.block("a", "c");
+        assert!(!index.may_see_presence("a", "c"), "a blocked c");
+        assert!(index.may_see_presence("c", "a"), "a block is one way");
+        index.add("dm", "a");
+        index.add("dm", "c");
+        assert_eq!(
+            index.direct_blocker("dm", "c"),
+            None,
+            "not marked direct yet"
+        );
+        index.mark_direct("dm");
+        assert_eq!(index.direct_blocker("dm", "c"), Some("a".into()));
+        assert_eq!(index.direct_blocker("dm", "a"), None);
+        index.unblock("a", "c");
+        assert!(index.may_see_presence("a", "c"));
+        assert!(!index.is_blocked_by_anyone("c"));
         index.remove("c1", "b");
         assert!(!index.share_conversation("a", "b"));
         assert!(!index.is_member("c1", "b"));

@@ -32,6 +32,30 @@ pub struct NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// An operator disabled the account: the password may be right, but no session opens.
+    pub disabled: bool,
+}
+
+/// An account as an operator sees it (`tidings user list|show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub user: User,
+    pub disabled_at: Option<i64>,
+    /// Deleted accounts keep their row (their messages still name them) with the
+    /// profile erased: username `deleted-{id}`, no display name, no credentials.
+    pub deleted_at: Option<i64>,
+    /// Sessions not revoked.
+    pub active_sessions: u64,
+}
+
+impl AccountRecord {
+    pub fn status(&self) -> &'static str {
+        match (self.deleted_at, self.disabled_at) {
+            (Some(_), _) => "deleted",
+            (None, Some(_)) => "disabled",
+            (None, None) => "active",
+        }
+    }
 }
 
 /// A login on one device; refresh tokens rotate within it.
@@ -146,6 +170,9 @@ pub struct Attachment {
     pub sha256: String,
     pub filename: Option<String>,
     pub created_at: i64,
+    /// Pixel dimensions, for images whose header could be read at upload.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
 }
 
 /// A message to store. `id` is assigned by the caller (a fresh ULID); if the
@@ -294,4 +321,57 @@ pub enum SeqPage {
     Before { before: Option<u64>, limit: u32 },
     /// The oldest `limit` messages with seq > `after`, oldest first.
     After { after: u64, limit: u32 },
+}
+
+/// What one user uploaded recently, for upload quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UploadUsage {
+    /// Bytes uploaded since the day window's start.
+    pub bytes: u64,
+    /// Files uploaded since the hour window's start.
+    pub files: u64,
+    /// When the oldest upload in the hour window was made (when a file slot frees up).
+    pub oldest_file_at: Option<i64>,
+    /// When the oldest upload in the day window was made (when bytes free up).
+    pub oldest_byte_at: Option<i64>,
+}
+
+/// Who may add a user to groups and rooms without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAdds {
+    Everyone,
+    /// People who share a direct or private group conversation with the user.
+    Contacts,
+    Nobody,
+}
+
+impl GroupAdds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupAdds::Everyone => "everyone",
+            GroupAdds::Contacts => "contacts",
+            GroupAdds::Nobody => "nobody",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "everyone" => GroupAdds::Everyone,
+            "contacts" => GroupAdds::Contacts,
+            "nobody" => GroupAdds::Nobody,
+            _ => return None,
+        })
+    }
+}
+
+/// A pending invitation to a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: String,
+    pub conversation_id: String,
+    pub user_id: String,
+    pub invited_by: String,
+    pub role: Role,
+    pub created_at: i64,
 }

@@ -25,6 +25,7 @@ impl PgStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&pool).await?,
         ));
+        load_index_extras(&pool, &index).await?;
         Ok(PgStore { pool, index })
     }
 

@@ -69,6 +69,27 @@ macro_rules! impl_sql_store {
                 .collect()
         }
 
+        /// Seeds the membership index with what it knows besides memberships: which
+        /// conversations are rooms and direct ones, and who blocked whom.
+        async fn load_index_extras(pool: &sqlx::Pool<$db>, index: &crate::MembershipIndex) -> StoreResult<()> {
+            let rows = sqlx::query("SELECT id, kind FROM conversations WHERE kind <> 'group'")
+                .fetch_all(pool)
+                .await?;
+            for r in &rows {
+                let (id, kind): (String, String) = (r.try_get("id")?, r.try_get("kind")?);
+                match kind.as_str() {
+                    "room" => index.mark_room(&id),
+                    _ => index.mark_direct(&id),
+                }
+            }
+            let rows = sqlx::query("SELECT blocker_id, blocked_id FROM blocks").fetch_all(pool).await?;
+            for r in &rows {
+                let (blocker, blocked): (String, String) = (r.try_get("blocker_id")?, r.try_get("blocked_id")?);
+                index.block(&blocker, &blocked);
+            }
+            Ok(())
+        }
+
         fn user_from_row(row: &DbRow) -> StoreResult<User> {
             Ok(User {
                 id: row.try_get("id")?,
@@ -497,6 +518,47 @@ macro_rules! impl_sql_store {
         }
 
         const USER_COLUMNS: &str = "id, username, display_name, created_at, last_seen_at";
+        const ACCOUNT_SELECT: &str = "SELECT u.id, u.username, u.display_name, u.created_at, u.last_seen_at, \
+             u.disabled_at, u.deleted_at, (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
+             AND s.revoked_at IS NULL) AS active_sessions FROM users u";
+
+        fn dimension(v: Option<i64>) -> Option<u32> {
+            v.and_then(|v| u32::try_from(v).ok())
+        }
+
+        fn invitation_from_row(row: &DbRow) -> StoreResult<Invitation> {
+            let role: String = row.try_get("role")?;
+            Ok(Invitation {
+                id: row.try_get("id")?,
+                conversation_id: row.try_get("conversation_id")?,
+                user_id: row.try_get("user_id")?,
+                invited_by: row.try_get("invited_by")?,
+                role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("invitation role {role:?}")))?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn account_from_row(row: &DbRow) -> StoreResult<AccountRecord> {
+            Ok(AccountRecord {
+                user: user_from_row(row)?,
+                disabled_at: row.try_get("disabled_at")?,
+                deleted_at: row.try_get("deleted_at")?,
+                active_sessions: to_u64(row.try_get("active_sessions")?),
+            })
+        }
+
+        /// Revokes every live session of `user` in `tx`; the caller announces the ids
+        /// after the commit.
+        async fn revoke_sessions_of(tx: &mut Tx<'_>, user: &str, at: i64) -> StoreResult<Vec<String>> {
+            let rows = sqlx::query(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+            )
+            .bind(user)
+            .bind(at)
+            .fetch_all(&mut **tx)
+            .await?;
+            rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        }
         const CONVERSATION_COLUMNS: &str =
             "id, kind, name, topic, created_by, created_at, last_seq, last_activity_at";
         const MEMBER_COLUMNS: &str =
@@ -551,13 +613,16 @@ macro_rules! impl_sql_store {
             }
 
             async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>> {
-                let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1");
+                let sql = format!(
+                    "SELECT {USER_COLUMNS}, password_hash, disabled_at FROM users WHERE username = $1 AND deleted_at IS NULL"
+                );
                 let row = sqlx::query(&sql).bind(username).fetch_optional(self.reader()).await?;
                 match row {
                     None => Ok(None),
                     Some(row) => Ok(Some(Credentials {
                         user: user_from_row(&row)?,
                         password_hash: row.try_get("password_hash")?,
+                        disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
                     })),
                 }
             }
@@ -573,8 +638,8 @@ macro_rules! impl_sql_store {
                     .collect();
                 let pattern = format!("{escaped}%");
                 let sql = format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE username LIKE $1 ESCAPE '\\' \
-                     OR lower(display_name) LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2"
+                    "SELECT {USER_COLUMNS} FROM users WHERE deleted_at IS NULL AND (username LIKE $1 ESCAPE '\\' \
+                     OR lower(display_name) LIKE $1 ESCAPE '\\') ORDER BY username LIMIT $2"
                 );
                 let rows = sqlx::query(&sql)
                     .bind(pattern)
@@ -682,7 +747,12 @@ macro_rules! impl_sql_store {
             }
 
             async fn session_active(&self, session_id: &str) -> StoreResult<bool> {
-                let row = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL")
+                // A disabled or deleted account's sessions are all revoked when it is
+                // disabled, but a login racing the disable could open one after that.
+                let row = sqlx::query(
+                    "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 \
+                     AND s.revoked_at IS NULL AND u.disabled_at IS NULL AND u.deleted_at IS NULL",
+                )
                     .bind(session_id)
                     .fetch_optional(self.reader())
                     .await?;
@@ -753,6 +823,11 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                match conversation.kind {
+                    ConversationKind::Room => self.index.mark_room(&conversation.id),
+                    ConversationKind::Direct => self.index.mark_direct(&conversation.id),
+                    ConversationKind::Group => {}
+                }
                 for user in &recipients {
                     self.index.add(&conversation.id, user);
                 }
@@ -1007,7 +1082,7 @@ macro_rules! impl_sql_store {
             async fn existing_users(&self, ids: &[String]) -> StoreResult<Vec<String>> {
                 let mut found = Vec::new();
                 for chunk in ids.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM users WHERE id");
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM users WHERE deleted_at IS NULL AND id");
                     push_in(&mut qb, chunk.iter().cloned());
                     for row in qb.build().fetch_all(self.reader()).await? {
                         found.push(row.try_get("id")?);
@@ -1140,7 +1215,7 @@ macro_rules! impl_sql_store {
 
             async fn attachment(&self, id: &str) -> StoreResult<Option<Attachment>> {
                 let row = sqlx::query(
-                    "SELECT id, uploader_id, storage_key, mime, size, sha256, filename, created_at \
+                    "SELECT id, uploader_id, storage_key, mime, size, sha256, filename, created_at, width, height \
                      FROM attachments WHERE id = $1",
                 )
                 .bind(id)
@@ -1157,6 +1232,8 @@ macro_rules! impl_sql_store {
                         sha256: r.try_get("sha256")?,
                         filename: r.try_get("filename")?,
                         created_at: r.try_get("created_at")?,
+                        width: dimension(r.try_get("width")?),
+                        height: dimension(r.try_get("height")?),
                     })),
                 }
             }
@@ -1177,8 +1254,8 @@ macro_rules! impl_sql_store {
 
             async fn insert_attachment(&self, a: &Attachment) -> StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO attachments (id, uploader_id, storage_key, mime, size, sha256, filename, created_at, width, height) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&a.id)
                 .bind(&a.uploader_id)
@@ -1188,9 +1265,362 @@ macro_rules! impl_sql_store {
                 .bind(&a.sha256)
                 .bind(&a.filename)
                 .bind(a.created_at)
+                .bind(a.width.map(i64::from))
+                .bind(a.height.map(i64::from))
                 .execute(self.writer())
                 .await?;
                 Ok(())
+            }
+
+            // --- administration (issue 10) -------------------------------------------
+
+            async fn find_account(&self, key: &str) -> StoreResult<Option<AccountRecord>> {
+                let sql = format!("{ACCOUNT_SELECT} WHERE u.id = $1 OR (u.username = $2 AND u.deleted_at IS NULL)");
+                let row = sqlx::query(&sql)
+                    .bind(key)
+                    .bind(key.trim().to_lowercase())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(account_from_row).transpose()
+            }
+
+            async fn list_accounts(&self, after: Option<&str>, limit: u32) -> StoreResult<Vec<AccountRecord>> {
+                let sql = format!("{ACCOUNT_SELECT} WHERE u.id > $1 ORDER BY u.id LIMIT $2");
+                let rows = sqlx::query(&sql)
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(account_from_row).collect()
+            }
+
+            async fn set_disabled(&self, user: &str, disabled: bool, at: i64) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE users SET disabled_at = CASE WHEN $2 THEN COALESCE(disabled_at, $3) ELSE NULL END \
+                     WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(disabled)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let ended = if disabled { revoke_sessions_of(&mut tx, user, at).await? } else { vec![] };
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(true)
+            }
+
+            async fn set_password_hash(&self, user: &str, hash: &str, at: i64) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(true)
+            }
+
+            async fn user_sessions(&self, user: &str) -> StoreResult<Vec<Session>> {
+                let rows = sqlx::query(
+                    "SELECT id, user_id, device_id, created_at, revoked_at FROM sessions \
+                     WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(session_from_row).collect()
+            }
+
+            async fn revoke_user_sessions(&self, user: &str, at: i64) -> StoreResult<Vec<String>> {
+                let mut tx = self.writer().begin().await?;
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                Ok(ended)
+            }
+
+            async fn sessions_revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>> {
+                let rows = sqlx::query("SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1 ORDER BY revoked_at")
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("revoked_at")?))).collect()
+            }
+
+            async fn delete_account(&self, user: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                let mut tx = self.writer().begin().await?;
+                // The tombstone username is 34 characters with capitals (ids are upper-case
+                // ULIDs): never one a person can register, so nobody inherits the name.
+                let done = sqlx::query(
+                    "UPDATE users SET username = 'deleted-' || id, display_name = NULL, password_hash = '', \
+                     last_seen_at = NULL, disabled_at = NULL, deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("user".into()));
+                }
+                let ended = revoke_sessions_of(&mut tx, user, at).await?;
+                sqlx::query("DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)")
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user).execute(&mut *tx).await?;
+                let rows = sqlx::query("SELECT conversation_id FROM members WHERE user_id = $1 AND left_at IS NULL ORDER BY conversation_id")
+                    .bind(user)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let convs: Vec<String> = rows.iter().map(|r| r.try_get("conversation_id")).collect::<Result<_, _>>()?;
+                tx.commit().await?;
+                for session in &ended {
+                    self.index.session_ended(session);
+                }
+                // Each departure is its own transaction, as when the user leaves by hand;
+                // a crash half-way leaves an account that is gone but still listed in some
+                // conversations, which running the deletion again cannot finish (the
+                // account is already deleted), so a failure here is logged, not returned.
+                let mut deliveries = Vec::new();
+                for conv in convs {
+                    match self.remove_member(&conv, user, Departure::Left, user, at).await {
+                        Ok(d) => deliveries.extend(d),
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => tracing::error!(error = %e, conv, user, "a deleted account did not leave a conversation"),
+                    }
+                }
+                Ok(deliveries)
+            }
+
+            // --- upload quotas and the sweeper (issue 10) ----------------------------
+
+            async fn upload_usage(&self, user: &str, bytes_since: i64, files_since: i64) -> StoreResult<UploadUsage> {
+                let row = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN size ELSE 0 END), 0) AS BIGINT) AS bytes, \
+                            CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) AS files, \
+                            MIN(CASE WHEN created_at >= $3 THEN created_at END) AS oldest_file, \
+                            MIN(CASE WHEN created_at >= $2 THEN created_at END) AS oldest_byte \
+                     FROM attachments WHERE uploader_id = $1 AND created_at >= $4",
+                )
+                .bind(user)
+                .bind(bytes_since)
+                .bind(files_since)
+                .bind(bytes_since.min(files_since))
+                .fetch_one(self.reader())
+                .await?;
+                Ok(UploadUsage {
+                    bytes: to_u64(row.try_get("bytes")?),
+                    files: to_u64(row.try_get("files")?),
+                    oldest_file_at: row.try_get("oldest_file")?,
+                    oldest_byte_at: row.try_get("oldest_byte")?,
+                })
+            }
+
+            async fn sweep_unattached(&self, created_before: i64, limit: u32) -> StoreResult<Vec<Attachment>> {
+                const UNCARRIED: &str = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.attachment_id = a.id)";
+                let sql = format!(
+                    "SELECT a.id, a.uploader_id, a.storage_key, a.mime, a.size, a.sha256, a.filename, a.created_at \
+                     FROM attachments a WHERE a.created_at < $1 AND {UNCARRIED} ORDER BY a.created_at LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(created_before)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let delete = format!("DELETE FROM attachments AS a WHERE a.id = $1 AND {UNCARRIED}");
+                let mut swept = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let a = Attachment {
+                        id: r.try_get("id")?,
+                        uploader_id: r.try_get("uploader_id")?,
+                        storage_key: r.try_get("storage_key")?,
+                        mime: r.try_get("mime")?,
+                        size: to_u64(r.try_get("size")?),
+                        sha256: r.try_get("sha256")?,
+                        filename: r.try_get("filename")?,
+                        created_at: r.try_get("created_at")?,
+                        width: None,
+                        height: None,
+                    };
+                    let done = sqlx::query(&delete).bind(&a.id).execute(self.writer()).await?;
+                    if done.rows_affected() > 0 {
+                        swept.push(a);
+                    }
+                }
+                Ok(swept)
+            }
+
+            // --- privacy settings (issue 10) ------------------------------------------
+
+            async fn hides_last_seen(&self, user: &str) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT hide_last_seen FROM users WHERE id = $1")
+                    .bind(user)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(match row {
+                    Some(r) => r.try_get("hide_last_seen")?,
+                    None => false,
+                })
+            }
+
+            async fn update_profile(
+                &self,
+                user: &str,
+                display_name: Option<Option<String>>,
+                hide_last_seen: Option<bool>,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE users SET display_name = CASE WHEN $2 THEN $3 ELSE display_name END, \
+                     hide_last_seen = COALESCE($4, hide_last_seen) WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(user)
+                .bind(display_name.is_some())
+                .bind(display_name.flatten())
+                .bind(hide_last_seen)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            // --- blocking (issue 10) --------------------------------------------------
+
+            async fn set_block(&self, blocker: &str, blocked: &str, on: bool, at: i64) -> StoreResult<bool> {
+                let done = if on {
+                    sqlx::query(
+                        "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (blocker_id, blocked_id) DO NOTHING",
+                    )
+                    .bind(blocker)
+                    .bind(blocked)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?
+                } else {
+                    sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+                        .bind(blocker)
+                        .bind(blocked)
+                        .execute(self.writer())
+                        .await?
+                };
+                if on {
+                    self.index.block(blocker, blocked);
+                } else {
+                    self.index.unblock(blocker, blocked);
+                }
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT blocked_id FROM blocks WHERE blocker_id = $1 ORDER BY created_at, blocked_id",
+                )
+                .bind(blocker)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("blocked_id")?)).collect()
+            }
+
+            // --- invitations (issue 10) -----------------------------------------------
+
+            async fn group_adds(&self, users: &[String]) -> StoreResult<Vec<(String, GroupAdds)>> {
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks(CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id, group_adds FROM users WHERE id");
+                    push_in(&mut qb, chunk.iter().cloned());
+                    for row in qb.build().fetch_all(self.reader()).await? {
+                        let policy: String = row.try_get("group_adds")?;
+                        let policy = GroupAdds::parse(&policy)
+                            .ok_or_else(|| StoreError::Corrupt(format!("group_adds {policy:?}")))?;
+                        out.push((row.try_get("id")?, policy));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn set_group_adds(&self, user: &str, policy: GroupAdds) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET group_adds = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .bind(policy.as_str())
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn invite(&self, conversation: &str, users: &[(String, Role)], by: &str, at: i64) -> StoreResult<Vec<Delivery>> {
+                let mut tx = self.writer().begin().await?;
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1");
+                let Some(row) = sqlx::query(&sql).bind(conversation).fetch_optional(&mut *tx).await? else {
+                    return Err(StoreError::NotFound("conversation".into()));
+                };
+                let conv = conversation_from_row(&row)?;
+                let mut deliveries = Vec::new();
+                for (user, role) in users {
+                    let id = tidings_core::protocol::ids::new_id();
+                    let row = sqlx::query(
+                        "INSERT INTO invitations (id, conversation_id, user_id, invited_by, role, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING id",
+                    )
+                    .bind(&id)
+                    .bind(conversation)
+                    .bind(user)
+                    .bind(by)
+                    .bind(role.as_str())
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if row.is_none() {
+                        continue;
+                    }
+                    let body = EventBody::Invitation(tidings_core::protocol::event::InvitationView {
+                        id,
+                        conv: conversation.to_owned(),
+                        name: conv.name.clone(),
+                        by: by.to_owned(),
+                        created_at: at,
+                    });
+                    deliveries.extend(append_events(&mut tx, std::slice::from_ref(user), body, at).await?);
+                }
+                tx.commit().await?;
+                Ok(deliveries)
+            }
+
+            async fn invitations(&self, user: &str) -> StoreResult<Vec<Invitation>> {
+                let rows = sqlx::query(
+                    "SELECT id, conversation_id, user_id, invited_by, role, created_at FROM invitations \
+                     WHERE user_id = $1 ORDER BY created_at, id",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(invitation_from_row).collect()
+            }
+
+            async fn take_invitation(&self, id: &str, user: &str) -> StoreResult<Option<Invitation>> {
+                let row = sqlx::query(
+                    "DELETE FROM invitations WHERE id = $1 AND user_id = $2 \
+                     RETURNING id, conversation_id, user_id, invited_by, role, created_at",
+                )
+                .bind(id)
+                .bind(user)
+                .fetch_optional(self.writer())
+                .await?;
+                row.as_ref().map(invitation_from_row).transpose()
             }
         }
     };

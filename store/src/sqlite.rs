@@ -89,6 +89,7 @@ impl SqliteStore {
         let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
             load_memberships(&reader).await?,
         ));
+        load_index_extras(&reader, &index).await?;
         Ok(SqliteStore {
             writer,
             reader,

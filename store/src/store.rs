@@ -166,4 +166,90 @@ pub trait Store: Send + Sync + 'static {
     /// May `user` download the attachment? Its uploader may, and so may every current
     /// member of a conversation in which a (not deleted) message carries it.
     async fn attachment_readable_by(&self, attachment: &str, user: &str) -> StoreResult<bool>;
+
+    // --- administration (issue 10) ---------------------------------------------------
+    /// An account by id or by username (deleted ones included, by id).
+    async fn find_account(&self, id_or_username: &str) -> StoreResult<Option<AccountRecord>>;
+    /// Accounts by id, after `after` when paging.
+    async fn list_accounts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<AccountRecord>>;
+    /// Disables (revoking every session, announced like a logout) or re-enables an
+    /// account. `false` when there is no such live (not deleted) account.
+    async fn set_disabled(&self, user: &str, disabled: bool, at: i64) -> StoreResult<bool>;
+    /// Replaces the password hash and revokes every session. `false` when there is no
+    /// such live account.
+    async fn set_password_hash(&self, user: &str, hash: &str, at: i64) -> StoreResult<bool>;
+    /// The user's sessions, newest first.
+    async fn user_sessions(&self, user: &str) -> StoreResult<Vec<Session>>;
+    /// Revokes every live session of the user; returns their ids (each announced).
+    async fn revoke_user_sessions(&self, user: &str, at: i64) -> StoreResult<Vec<String>>;
+    /// Sessions revoked at or after `since` (ms), by any process: how a server hears of
+    /// revocations the admin CLI or another node made.
+    async fn sessions_revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Deletes an account: sessions revoked (announced), profile and credentials
+    /// erased, devices dropped, every membership ended (the others hear a `left`
+    /// event, returned for live delivery). Messages stay, from a deleted user.
+    /// `NotFound` when there is no such live account.
+    async fn delete_account(&self, user: &str, at: i64) -> StoreResult<Vec<Delivery>>;
+
+    // --- upload quotas and the sweeper (issue 10) ------------------------------------
+    /// `user`'s uploads: bytes since `bytes_since`, files since `files_since` (ms).
+    async fn upload_usage(
+        &self,
+        user: &str,
+        bytes_since: i64,
+        files_since: i64,
+    ) -> StoreResult<UploadUsage>;
+    /// Deletes up to `limit` attachment rows created before `created_before` that no
+    /// message carries (never sent, or their message was deleted), and returns them so
+    /// their bytes can be removed. The "no message carries it" check is part of each
+    /// DELETE, so an attachment a send takes meanwhile is never removed.
+    async fn sweep_unattached(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Attachment>>;
+
+    // --- privacy settings (issue 10) --------------------------------------------------
+    /// Whether the user hides when they were last seen (presence shows online/offline
+    /// only).
+    async fn hides_last_seen(&self, user: &str) -> StoreResult<bool>;
+    /// Changes the user's own profile and privacy settings (`None` leaves one as it
+    /// is); `false` when there is no such live account.
+    async fn update_profile(
+        &self,
+        user: &str,
+        display_name: Option<Option<String>>,
+        hide_last_seen: Option<bool>,
+    ) -> StoreResult<bool>;
+
+    // --- blocking (issue 10) ------------------------------------------------------------
+    /// Blocks (`on`) or unblocks `blocked` for `blocker`; the membership index hears of
+    /// it after the commit. `false` when nothing changed.
+    async fn set_block(&self, blocker: &str, blocked: &str, on: bool, at: i64)
+        -> StoreResult<bool>;
+    /// Whom `blocker` blocked, oldest first.
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
+
+    // --- invitations (issue 10) ---------------------------------------------------------
+    /// The "who may add me" setting of each of `users` that exists.
+    async fn group_adds(&self, users: &[String]) -> StoreResult<Vec<(String, GroupAdds)>>;
+    async fn set_group_adds(&self, user: &str, policy: GroupAdds) -> StoreResult<bool>;
+    /// Invites `users` (each with the role they would get) to `conversation`: one
+    /// `invitation` inbox event each, returned for live delivery. Users already invited
+    /// there are left as they are.
+    async fn invite(
+        &self,
+        conversation: &str,
+        users: &[(String, Role)],
+        by: &str,
+        at: i64,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// The user's pending invitations, oldest first.
+    async fn invitations(&self, user: &str) -> StoreResult<Vec<Invitation>>;
+    /// Removes and returns the user's invitation `id` (to accept or decline it).
+    async fn take_invitation(&self, id: &str, user: &str) -> StoreResult<Option<Invitation>>;
 }

@@ -405,11 +405,13 @@ async fn outsiders_and_unknown_conversations_are_refused(store: Arc<dyn Store>) 
         ])
         .await
         .unwrap();
-    assert_eq!(rejected(&outcomes[0]), ErrorCode::NotMember);
+    // An outsider is told exactly what a send to a conversation that does not exist
+    // is told: conversation ids reveal nothing.
+    assert_eq!(outcomes[0], outcomes[1]);
     assert_eq!(rejected(&outcomes[1]), ErrorCode::NotFound);
     let (ack, _) = applied(&outcomes[2]);
     assert_eq!(ack.seq, Some(1), "refused sends take no seq");
-    assert_eq!(rejected(&outcomes[3]), ErrorCode::NotMember);
+    assert_eq!(rejected(&outcomes[3]), ErrorCode::NotFound);
     let msg = ack.msg.clone().unwrap();
     let outcomes = store
         .write_batch(&[
@@ -631,6 +633,8 @@ async fn replies_mentions_and_attachments_are_checked(store: Arc<dyn Store>) {
         sha256: "00".into(),
         filename: Some("cat.png".into()),
         created_at: now_ms(),
+        width: None,
+        height: None,
     };
     store.insert_attachment(&photo).await.unwrap();
     assert_eq!(
@@ -745,6 +749,314 @@ async fn large_fan_out_batches_stay_within_bind_limits(store: Arc<dyn Store>) {
     assert_eq!(inbox.len(), 61);
 }
 
+async fn open_session(store: &Arc<dyn Store>, user: &User, hash: &str) -> Session {
+    let now = now_ms();
+    let session = Session {
+        id: new_id(),
+        user_id: user.id.clone(),
+        device_id: None,
+        created_at: now,
+        revoked_at: None,
+    };
+    store
+        .create_session(
+            &session,
+            &NewRefreshToken {
+                token_hash: hash.into(),
+                created_at: now,
+                expires_at: now + 60_000,
+            },
+        )
+        .await
+        .expect("create session");
+    session
+}
+
+/// Collects every session-ended announcement of the store's index.
+fn announced_sessions(store: &Arc<dyn Store>) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    store.membership().watch(move |r| {
+        if let Revocation::SessionEnded { session } = r {
+            sink.lock().unwrap().push(session.clone());
+        }
+    });
+    seen
+}
+
+async fn disabling_an_account_revokes_and_announces_its_sessions(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let s1 = open_session(&store, &alice, "a1").await;
+    let s2 = open_session(&store, &alice, "a2").await;
+    let sb = open_session(&store, &bob, "b1").await;
+    let seen = announced_sessions(&store);
+    let before = now_ms();
+
+    assert!(store.set_disabled(&alice.id, true, now_ms()).await.unwrap());
+    assert!(!store.session_active(&s1.id).await.unwrap());
+    assert!(!store.session_active(&s2.id).await.unwrap());
+    assert!(
+        store.session_active(&sb.id).await.unwrap(),
+        "others keep theirs"
+    );
+    let mut announced = seen.lock().unwrap().clone();
+    announced.sort();
+    let mut expected = vec![s1.id.clone(), s2.id.clone()];
+    expected.sort();
+    assert_eq!(announced, expected);
+    let polled: Vec<String> = store
+        .sessions_revoked_since(before)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(polled.contains(&s1.id) && polled.contains(&s2.id) && !polled.contains(&sb.id));
+    assert_eq!(
+        store
+            .rotate_refresh_token(
+                "a1",
+                &NewRefreshToken {
+                    token_hash: "a3".into(),
+                    created_at: before,
+                    expires_at: before + 60_000
+                },
+                now_ms()
+            )
+            .await
+            .unwrap(),
+        Rotation::Invalid,
+        "a disabled account cannot refresh"
+    );
+
+    let creds = store.credentials("alice").await.unwrap().unwrap();
+    assert!(creds.disabled);
+    assert!(!store.credentials("bob").await.unwrap().unwrap().disabled);
+    let record = store.find_account("alice").await.unwrap().unwrap();
+    assert_eq!(record.status(), "disabled");
+    assert_eq!(record.active_sessions, 0);
+    assert_eq!(store.find_account(&alice.id).await.unwrap(), Some(record));
+
+    // A session a racing login opened after the disable is dead all the same.
+    let late = open_session(&store, &alice, "a4").await;
+    assert!(!store.session_active(&late.id).await.unwrap());
+
+    assert!(store
+        .set_disabled(&alice.id, false, now_ms())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.find_account("alice").await.unwrap().unwrap().status(),
+        "active"
+    );
+    assert!(
+        !store.session_active(&s1.id).await.unwrap(),
+        "enabling revives no session"
+    );
+    assert!(store.session_active(&late.id).await.unwrap());
+    assert!(!store
+        .set_disabled("no-such-user", true, now_ms())
+        .await
+        .unwrap());
+
+    let listed = store.list_accounts(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let page = store
+        .list_accounts(Some(&listed[0].user.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].user.id, listed[1].user.id);
+}
+
+async fn a_password_reset_revokes_every_session(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let s1 = open_session(&store, &alice, "a1").await;
+    assert!(store
+        .set_password_hash(&alice.id, "new-hash", now_ms())
+        .await
+        .unwrap());
+    assert!(!store.session_active(&s1.id).await.unwrap());
+    assert_eq!(
+        store
+            .credentials("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new-hash"
+    );
+    let s2 = open_session(&store, &alice, "a2").await;
+    let ended = store
+        .revoke_user_sessions(&alice.id, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(ended, vec![s2.id.clone()]);
+    let sessions = store.user_sessions(&alice.id).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions.iter().all(|s| s.revoked_at.is_some()));
+}
+
+async fn deleting_an_account_erases_the_profile_and_leaves_conversations(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let out = store
+        .write_batch(&[send(&conv, &bob, "c1", "hello from bob")])
+        .await
+        .unwrap();
+    let (ack, _) = applied(&out[0]);
+    let message_id = ack.msg.clone().expect("message id");
+    let session = open_session(&store, &bob, "b1").await;
+    let seen = announced_sessions(&store);
+
+    let deliveries = store.delete_account(&bob.id, now_ms()).await.unwrap();
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d.user == alice.id
+                && matches!(&*d.body, EventBody::Member(m) if m.user == bob.id)),
+        "alice hears that bob left: {deliveries:?}"
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![session.id.clone()]);
+    assert!(!store.session_active(&session.id).await.unwrap());
+    assert!(store.member(&conv.id, &bob.id).await.unwrap().is_none());
+    assert!(!store.membership().is_member(&conv.id, &bob.id));
+    assert!(store.credentials("bob").await.unwrap().is_none());
+    assert!(store.search_users("bob", 10).await.unwrap().is_empty());
+    assert!(store
+        .existing_users(std::slice::from_ref(&bob.id))
+        .await
+        .unwrap()
+        .is_empty());
+    let record = store.find_account(&bob.id).await.unwrap().unwrap();
+    assert_eq!(record.status(), "deleted");
+    assert_eq!(record.user.username, format!("deleted-{}", bob.id));
+    assert_eq!(record.user.display_name, None);
+    assert!(store.find_account("bob").await.unwrap().is_none());
+    let kept = store.message(&message_id).await.unwrap().unwrap();
+    assert_eq!(
+        kept.sender, bob.id,
+        "messages stay, from the deleted account"
+    );
+    assert!(matches!(
+        store.delete_account(&bob.id, now_ms()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!store.set_disabled(&bob.id, true, now_ms()).await.unwrap());
+    // The name is free again (and the new account is someone else).
+    let bob2 = user(&store, "bob").await;
+    assert_ne!(bob2.id, bob.id);
+}
+
+async fn upload(store: &Arc<dyn Store>, who: &User, size: u64, at: i64) -> Attachment {
+    let id = new_id();
+    let a = Attachment {
+        id: id.clone(),
+        uploader_id: who.id.clone(),
+        storage_key: format!("{}/{id}", who.id),
+        mime: "image/png".into(),
+        size,
+        sha256: "00".into(),
+        filename: None,
+        created_at: at,
+        width: Some(640),
+        height: Some(480),
+    };
+    store
+        .insert_attachment(&a)
+        .await
+        .expect("insert attachment");
+    a
+}
+
+async fn upload_usage_counts_bytes_and_files_in_their_windows(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let now = now_ms();
+    let hour = 3_600_000;
+    upload(&store, &alice, 100, now - 30 * hour).await; // outside both windows
+    let day_old = upload(&store, &alice, 200, now - 2 * hour).await; // the day only
+    let recent = upload(&store, &alice, 300, now - 1000).await;
+    upload(&store, &alice, 400, now).await;
+    upload(&store, &bob, 5000, now).await;
+    let usage = store
+        .upload_usage(&alice.id, now - 24 * hour, now - hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage,
+        UploadUsage {
+            bytes: 900,
+            files: 2,
+            oldest_file_at: Some(recent.created_at),
+            oldest_byte_at: Some(day_old.created_at),
+        }
+    );
+    let nobody = user(&store, "carol").await;
+    assert_eq!(
+        store
+            .upload_usage(&nobody.id, now - 24 * hour, now - hour)
+            .await
+            .unwrap(),
+        UploadUsage::default()
+    );
+}
+
+async fn the_sweeper_takes_only_old_uploads_no_message_carries(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let now = now_ms();
+    let old_unsent = upload(&store, &alice, 10, now - 100_000).await;
+    let old_sent = upload(&store, &alice, 10, now - 100_000).await;
+    let old_sent_then_deleted = upload(&store, &alice, 10, now - 100_000).await;
+    let fresh_unsent = upload(&store, &alice, 10, now).await;
+    let with = |client: &str, a: &Attachment| {
+        let WriteOp::Send(mut m) = send(&conv, &alice, client, "") else {
+            unreachable!()
+        };
+        m.attachment = Some(a.id.clone());
+        WriteOp::Send(m)
+    };
+    let out = store
+        .write_batch(&[with("s1", &old_sent), with("s2", &old_sent_then_deleted)])
+        .await
+        .unwrap();
+    let deleted_msg = applied(&out[1]).0.msg.clone().unwrap();
+    let out = store
+        .write_batch(&[WriteOp::Delete {
+            user: alice.id.clone(),
+            msg: deleted_msg,
+            at: now,
+        }])
+        .await
+        .unwrap();
+    applied(&out[0]);
+
+    let swept = store.sweep_unattached(now - 50_000, 100).await.unwrap();
+    let mut ids: Vec<&str> = swept.iter().map(|a| a.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![old_unsent.id.as_str(), old_sent_then_deleted.id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(store.attachment(&old_unsent.id).await.unwrap().is_none());
+    assert!(
+        store.attachment(&old_sent.id).await.unwrap().is_some(),
+        "carried: kept"
+    );
+    assert!(
+        store.attachment(&fresh_unsent.id).await.unwrap().is_some(),
+        "in its grace period"
+    );
+    assert!(store
+        .sweep_unattached(now - 50_000, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// Search finds a message as soon as it is stored, and only by its current text, both
 /// while SQLite's indexer still has it queued and after it was indexed.
 async fn search_sees_every_stored_message_by_its_current_text(store: Arc<dyn Store>) {
@@ -825,4 +1137,9 @@ on_both_backends!(
     markers_only_move_forward,
     replies_mentions_and_attachments_are_checked,
     large_fan_out_batches_stay_within_bind_limits,
+    disabling_an_account_revokes_and_announces_its_sessions,
+    a_password_reset_revokes_every_session,
+    deleting_an_account_erases_the_profile_and_leaves_conversations,
+    upload_usage_counts_bytes_and_files_in_their_windows,
+    the_sweeper_takes_only_old_uploads_no_message_carries,
 );

@@ -5,8 +5,11 @@
 //! Anything else closes the connection.
 
 use tidings_core::protocol::limits::MAX_TYPING_BYTES;
-use tidings_core::protocol::{ErrorCode, Event, WireFormat};
+use tidings_core::protocol::{ErrorCode, Event, Op, WireFormat};
 use tidings_store::now_ms;
+
+/// What a blocked user hears when sending into a direct conversation with the blocker.
+pub const BLOCKED_MESSAGE: &str = "this user does not accept your messages";
 
 /// How long a command waits for room in a full worker queue before it is refused.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -37,7 +40,35 @@ impl Session<'_> {
         Ok(None)
     }
 
+    /// A `send` into a direct conversation whose other member blocked the sender is
+    /// refused here, before the worker: only users someone blocked pay for the decode.
+    async fn blocked_send(&mut self, p: &Publish) -> Result<bool, FrameError> {
+        let index = self.shared.hub.index();
+        if !index.is_blocked_by_anyone(&self.conn.user) {
+            return Ok(false);
+        }
+        let format = WireFormat::sniff(&p.payload);
+        let Ok(cmd) = format.codec().decode_command(&p.payload) else {
+            return Ok(false); // the worker answers what is wrong with it
+        };
+        let Op::Send { conv, .. } = &cmd.op else {
+            return Ok(false);
+        };
+        if index.direct_blocker(conv, &self.conn.user).is_none() {
+            return Ok(false);
+        }
+        let event = Event::error(Some(cmd.id.clone()), ErrorCode::Forbidden, BLOCKED_MESSAGE);
+        self.shared.fanout.reply(&self.conn.user, format, &event);
+        if p.qos == 1 {
+            self.ack_in_order(p.pkid, AckCode::NotAuthorized).await?;
+        }
+        Ok(true)
+    }
+
     async fn command(&mut self, p: Publish) -> Result<(), FrameError> {
+        if self.blocked_send(&p).await? {
+            return Ok(());
+        }
         let ack = (p.qos == 1).then(|| AckTarget {
             conn: self.conn.clone(),
             pkid: p.pkid,

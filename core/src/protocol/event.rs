@@ -73,6 +73,20 @@ pub enum EventBody {
     Conversation(ConversationView),
     Ack(AckView),
     Error(ErrorView),
+    Invitation(InvitationView),
+}
+
+/// Someone wanted to add you to a group or room, but your "who may add me" setting
+/// asks first: accept with `POST /v1/invitations/{id}/accept`, or decline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvitationView {
+    pub id: String,
+    pub conv: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub by: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -551,7 +551,9 @@ impl Processor {
                 self.emit(ClientEvent::Conversation { conversation: conv });
                 self.subscribe_conversation(&id).await;
             }
-            EventBody::Ack(_) | EventBody::Error(_) => {}
+            // Invitations are answered over HTTP (`GET /v1/invitations`); the SDK has no
+            // call for them yet.
+            EventBody::Ack(_) | EventBody::Error(_) | EventBody::Invitation(_) => {}
         }
     }
 }

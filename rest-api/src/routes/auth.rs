@@ -77,7 +77,7 @@ fn normalize_username(raw: &str) -> ApiResult<String> {
     Ok(name)
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+pub fn check_password(password: &str) -> ApiResult<()> {
     if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&password.len()) {
         return Err(ApiError::invalid(format!(
             "password must be {PASSWORD_MIN}-{PASSWORD_MAX} bytes"
@@ -96,7 +96,7 @@ fn check_device(device: &Option<String>) -> ApiResult<()> {
 }
 
 /// Runs argon2 on the hashing pool, off the async workers.
-async fn hashing<T: Send + 'static>(
+pub(crate) async fn hashing<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
@@ -172,12 +172,7 @@ pub async fn create_account(
 ) -> ApiResult<User> {
     let username = normalize_username(username)?;
     check_password(password)?;
-    let display_name = display_name
-        .map(|d| d.trim().to_owned())
-        .filter(|d| !d.is_empty());
-    if display_name.as_ref().is_some_and(|d| d.len() > 64) {
-        return Err(ApiError::invalid("display_name must be at most 64 bytes"));
-    }
+    let display_name = crate::display_name::check(display_name.as_deref())?;
     let password = password.to_owned();
     let password_hash = hashing
         .run(move || password::hash(&password))
@@ -213,7 +208,7 @@ fn limit_attempts(state: &AppState, client: ClientAddr) -> ApiResult<()> {
 
 /// Create an account and log in.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = CredentialsRequest,
-    responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")))]
+    responses((status = 201, body = TokensResponse), (status = 409, description = "username_taken"), (status = 422, description = "invalid, invalid_display_name"), (status = 429, description = "rate_limited")))]
 pub async fn register(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -235,7 +230,7 @@ pub async fn register(
 
 /// Log in: opens a session for one device.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = CredentialsRequest,
-    responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited")))]
+    responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_credentials"), (status = 403, description = "account_disabled"), (status = 429, description = "rate_limited")))]
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -259,6 +254,12 @@ pub async fn login(
     let password = req.password;
     let matches = hashing(&state, move || password::verify(&password, &hash)).await?;
     match found {
+        // Only told after the password matched, so it reveals nothing to a guesser.
+        Some(creds) if matches && creds.disabled => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account was disabled by an operator",
+        )),
         Some(creds) if matches => Ok(Json(
             open_session(&state, &creds.user, req.device_id).await?,
         )),
@@ -300,6 +301,14 @@ pub async fn refresh(
             ));
         }
     };
+    // Disabling revokes the sessions, but a session opened by a login racing the
+    // disable is only refused here (the check also covers the account's status).
+    if !state.store.session_active(&session.id).await? {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "this session has ended or the account was disabled; log in again",
+        ));
+    }
     let user =
         state.store.user(&session.user_id).await?.ok_or_else(|| {
             ApiError::unauthorized("invalid_token", "this account no longer exists")

@@ -19,14 +19,18 @@ use tidings_core::protocol::limits::{
     MAX_PAGE,
 };
 use tidings_store::{
-    now_ms, ActivityPage, Conversation, ConversationSummary, Departure, Member, NewConversation,
+    now_ms, ActivityPage, Conversation, ConversationSummary, Departure, GroupAdds, Member,
+    NewConversation,
 };
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, AuthUser};
-use crate::state::AppState;
+use crate::state::{rate_limit, AppState};
+
+/// What a blocked user hears when reaching for the blocker (the broker says the same).
+pub const BLOCKED_MESSAGE: &str = "this user does not accept your messages";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,20 +61,33 @@ pub struct CreateConversation {
 pub struct MemberBody {
     pub user_id: String,
     pub role: Role,
-    pub read_seq: u64,
-    pub delivered_seq: u64,
+    /// Read and delivery markers: absent for other members of public rooms, where
+    /// anyone who joins would otherwise learn when each member reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_seq: Option<u64>,
     pub joined_at: i64,
 }
 
-impl From<Member> for MemberBody {
-    fn from(m: Member) -> Self {
+impl MemberBody {
+    /// `m` as `viewer` may see it in a conversation of `kind`.
+    fn seen_by(m: Member, kind: ConversationKind, viewer: &str) -> Self {
+        let markers = kind != ConversationKind::Room || m.user_id == viewer;
         MemberBody {
+            read_seq: markers.then_some(m.read_seq),
+            delivered_seq: markers.then_some(m.delivered_seq),
             user_id: m.user_id,
             role: m.role,
-            read_seq: m.read_seq,
-            delivered_seq: m.delivered_seq,
             joined_at: m.joined_at,
         }
+    }
+
+    fn list(members: Vec<Member>, kind: ConversationKind, viewer: &str) -> Vec<Self> {
+        members
+            .into_iter()
+            .map(|m| Self::seen_by(m, kind, viewer))
+            .collect()
     }
 }
 
@@ -91,7 +108,20 @@ pub struct ConversationBody {
 }
 
 impl ConversationBody {
-    fn new(c: Conversation, members: Option<Vec<Member>>) -> Self {
+    /// For other modules (invitations): with members as `viewer` may see them.
+    pub(crate) fn of(c: Conversation, members: Vec<Member>, viewer: &str) -> Self {
+        Self::with_members(c, members, viewer)
+    }
+
+    /// With its members as `viewer` may see them.
+    fn with_members(c: Conversation, members: Vec<Member>, viewer: &str) -> Self {
+        let kind = c.kind;
+        let mut body = Self::new(c, None);
+        body.members = Some(MemberBody::list(members, kind, viewer));
+        body
+    }
+
+    fn new(c: Conversation, members: Option<Vec<MemberBody>>) -> Self {
         ConversationBody {
             id: c.id,
             kind: c.kind,
@@ -101,7 +131,7 @@ impl ConversationBody {
             created_at: c.created_at,
             last_seq: c.last_seq,
             last_activity_at: c.last_activity_at,
-            members: members.map(|ms| ms.into_iter().map(MemberBody::from).collect()),
+            members,
         }
     }
 }
@@ -205,7 +235,7 @@ pub struct RoomList {
     pub rooms: Vec<RoomItem>,
 }
 
-fn rank(role: Role) -> u8 {
+pub(crate) fn rank(role: Role) -> u8 {
     match role {
         Role::Owner => 3,
         Role::Admin => 2,
@@ -251,6 +281,39 @@ pub async fn membership(
     Ok((conversation, member))
 }
 
+/// Splits `users` whom `adder` wants in a group or room by each one's "who may add me"
+/// setting: those added at once, and those who get an invitation instead. Users who
+/// blocked `adder` are in neither: they hear nothing from them.
+async fn consent(
+    state: &AppState,
+    adder: &str,
+    users: Vec<String>,
+) -> ApiResult<(Vec<String>, Vec<String>)> {
+    if users.is_empty() {
+        return Ok((users, Vec::new()));
+    }
+    let policies: std::collections::HashMap<String, GroupAdds> =
+        state.store.group_adds(&users).await?.into_iter().collect();
+    let index = state.store.membership();
+    let (mut added, mut invited) = (Vec::new(), Vec::new());
+    for user in users {
+        if index.has_blocked(&user, adder) {
+            continue;
+        }
+        let allowed = match policies.get(&user).copied().unwrap_or(GroupAdds::Everyone) {
+            GroupAdds::Everyone => true,
+            GroupAdds::Contacts => index.share_conversation(adder, &user),
+            GroupAdds::Nobody => false,
+        };
+        if allowed {
+            added.push(user);
+        } else {
+            invited.push(user);
+        }
+    }
+    Ok((added, invited))
+}
+
 /// Valid, existing user ids other than `me`, deduplicated.
 async fn other_users(state: &AppState, me: &str, ids: Vec<String>) -> ApiResult<Vec<String>> {
     let mut others: Vec<String> = Vec::new();
@@ -276,7 +339,7 @@ async fn other_users(state: &AppState, me: &str, ids: Vec<String>) -> ApiResult<
 
 /// Create a conversation. A direct one that exists for the pair is returned (200).
 #[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = CreateConversation,
-    responses((status = 201, body = ConversationBody), (status = 200, description = "the existing direct conversation", body = ConversationBody), (status = 422, description = "invalid")),
+    responses((status = 201, body = ConversationBody), (status = 200, description = "the existing direct conversation", body = ConversationBody), (status = 422, description = "invalid"), (status = 429, description = "rate_limited")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -291,13 +354,26 @@ pub async fn create(
             "a direct conversation has exactly one other member",
         ));
     }
+    if req.kind == ConversationKind::Direct
+        && others
+            .iter()
+            .any(|o| state.store.membership().has_blocked(o, &auth.user_id))
+    {
+        return Err(ApiError::forbidden(BLOCKED_MESSAGE));
+    }
     let creator_role = if req.kind == ConversationKind::Direct {
         Role::Member
     } else {
         Role::Owner
     };
+    let (others, invited) = if req.kind == ConversationKind::Direct {
+        (others, Vec::new())
+    } else {
+        consent(&state, &auth.user_id, others).await?
+    };
     let mut members = vec![(auth.user_id.clone(), creator_role)];
     members.extend(others.into_iter().map(|u| (u, Role::Member)));
+    rate_limit(&state.limits.conversations, &auth.user_id)?;
     let created = state
         .store
         .create_conversation(NewConversation {
@@ -311,6 +387,14 @@ pub async fn create(
         })
         .await?;
     state.sink.deliver(&created.deliveries);
+    let invited: Vec<(String, Role)> = invited.into_iter().map(|u| (u, Role::Member)).collect();
+    if created.created && !invited.is_empty() {
+        let deliveries = state
+            .store
+            .invite(&created.conversation.id, &invited, &auth.user_id, now_ms())
+            .await?;
+        state.sink.deliver(&deliveries);
+    }
     let members = state.store.members(&created.conversation.id).await?;
     let status = if created.created {
         StatusCode::CREATED
@@ -319,7 +403,11 @@ pub async fn create(
     };
     Ok((
         status,
-        Json(ConversationBody::new(created.conversation, Some(members))),
+        Json(ConversationBody::with_members(
+            created.conversation,
+            members,
+            &auth.user_id,
+        )),
     ))
 }
 
@@ -380,12 +468,16 @@ pub async fn get_one(
         },
     };
     let members = state.store.members(&id).await?;
-    Ok(Json(ConversationBody::new(conversation, Some(members))))
+    Ok(Json(ConversationBody::with_members(
+        conversation,
+        members,
+        &auth.user_id,
+    )))
 }
 
 /// Rename or set the topic (owners and admins of groups and rooms).
 #[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path)), request_body = UpdateConversation,
-    responses((status = 200, body = ConversationBody), (status = 403, description = "not an owner or admin")), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationBody), (status = 403, description = "not an owner or admin"), (status = 429, description = "rate_limited")), security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -411,6 +503,7 @@ pub async fn update(
         Some(t) => bounded("topic", Some(t), MAX_CONVERSATION_TOPIC_BYTES)?,
         None => conv.topic,
     };
+    rate_limit(&state.limits.renames, &id)?;
     let (updated, deliveries) = state
         .store
         .update_conversation(&id, name, topic, now_ms())
@@ -427,21 +520,17 @@ pub async fn members(
     auth: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<MemberBody>>> {
-    membership(&state, &id, &auth.user_id).await?;
-    Ok(Json(
-        state
-            .store
-            .members(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    let (conv, _) = membership(&state, &id, &auth.user_id).await?;
+    Ok(Json(MemberBody::list(
+        state.store.members(&id).await?,
+        conv.kind,
+        &auth.user_id,
+    )))
 }
 
 /// Add members (owners and admins; owners alone may add admins or owners).
 #[utoipa::path(post, path = "/v1/conversations/{id}/members", tag = "conversations", params(("id" = String, Path)), request_body = AddMembers,
-    responses((status = 200, body = [MemberBody]), (status = 403, description = "not allowed")), security(("bearer" = [])))]
+    responses((status = 200, body = [MemberBody]), (status = 403, description = "not allowed"), (status = 429, description = "rate_limited")), security(("bearer" = [])))]
 pub async fn add_members(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -461,6 +550,16 @@ pub async fn add_members(
         ));
     }
     let users = other_users(&state, &auth.user_id, req.user_ids).await?;
+    rate_limit(&state.limits.member_adds, &auth.user_id)?;
+    let (users, invited) = consent(&state, &auth.user_id, users).await?;
+    if !invited.is_empty() {
+        let invited: Vec<(String, Role)> = invited.into_iter().map(|u| (u, role)).collect();
+        let deliveries = state
+            .store
+            .invite(&id, &invited, &auth.user_id, now_ms())
+            .await?;
+        state.sink.deliver(&deliveries);
+    }
     let current = state.store.members(&id).await?.len();
     if current + users.len() > MAX_GROUP_MEMBERS {
         return Err(ApiError::invalid(format!(
@@ -473,15 +572,11 @@ pub async fn add_members(
         .add_members(&id, &users, &auth.user_id, now_ms())
         .await?;
     state.sink.deliver(&deliveries);
-    Ok(Json(
-        state
-            .store
-            .members(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    Ok(Json(MemberBody::list(
+        state.store.members(&id).await?,
+        conv.kind,
+        &auth.user_id,
+    )))
 }
 
 /// Remove a member: allowed to anyone who outranks them (owners may remove owners).
@@ -560,7 +655,7 @@ pub async fn set_role(
         .member(&id, &user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such member"))?;
-    Ok(Json(updated.into()))
+    Ok(Json(MemberBody::seen_by(updated, conv.kind, &auth.user_id)))
 }
 
 async fn owners(state: &AppState, conv: &str) -> ApiResult<usize> {

@@ -158,7 +158,8 @@ pub async fn history(
 /// client id was already used for it.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path)), request_body = SendMessage,
     responses((status = 201, body = MessageView), (status = 200, description = "already stored", body = MessageView),
-        (status = 403, description = "not a member"), (status = 413, description = "too large"), (status = 429, description = "rate limited")),
+        (status = 403, description = "the other member of this direct conversation blocked you"),
+        (status = 404, description = "no such conversation (or not a member: the same answer)"), (status = 413, description = "too large"), (status = 429, description = "rate limited")),
     security(("bearer" = [])))]
 pub async fn send(
     State(state): State<AppState>,
@@ -166,6 +167,17 @@ pub async fn send(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<MessageView>)> {
+    // The same refusal as over MQTT (the broker checks there, before its worker).
+    if state
+        .store
+        .membership()
+        .direct_blocker(&id, &auth.user_id)
+        .is_some()
+    {
+        return Err(ApiError::forbidden(
+            crate::routes::conversations::BLOCKED_MESSAGE,
+        ));
+    }
     let cmd = Command {
         v: 1,
         id: req.client_msg_id,

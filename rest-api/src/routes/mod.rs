@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conversations;
 pub mod health;
+pub mod invitations;
 pub mod me;
 pub mod messages;
 pub mod search;

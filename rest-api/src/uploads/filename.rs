@@ -44,6 +44,15 @@ fn truncate(s: &str, max: usize) -> &str {
 /// a quoted ASCII fallback (quotes, backslashes and non-ASCII replaced) and the exact
 /// name percent-encoded as UTF-8 (RFC 6266 / RFC 8187).
 pub fn content_disposition(name: &str) -> String {
+    disposition("attachment", name)
+}
+
+/// `Content-Disposition: inline`, for the few types a browser may show in place.
+pub fn inline_disposition(name: &str) -> String {
+    disposition("inline", name)
+}
+
+fn disposition(kind: &str, name: &str) -> String {
     let fallback: String = name
         .chars()
         .map(|c| match c {
@@ -59,7 +68,7 @@ pub fn content_disposition(name: &str) -> String {
             encoded.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
 #[cfg(test)]

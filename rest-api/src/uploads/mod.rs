@@ -42,6 +42,15 @@ pub struct UploadsConfig {
     pub dir: Option<PathBuf>,
     /// Largest upload in bytes.
     pub max_bytes: u64,
+    /// Bytes one user may upload in any 24 hours (0: no quota).
+    pub max_bytes_per_day: u64,
+    /// Files one user may upload in any hour (0: no quota).
+    pub max_files_per_hour: u64,
+    /// Seconds an upload may stay unsent (carried by no message) before the sweeper
+    /// deletes it; also how long after its message is deleted a file goes.
+    pub unattached_grace_secs: u64,
+    /// Seconds between two sweeps.
+    pub sweep_interval_secs: u64,
     /// S3: endpoint URL for S3-compatible servers (MinIO, moto, …); AWS when unset.
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
@@ -61,6 +70,10 @@ impl Default for UploadsConfig {
             backend: UploadBackend::Local,
             dir: None,
             max_bytes: tidings_core::protocol::limits::MAX_UPLOAD_BYTES,
+            max_bytes_per_day: 1 << 30,
+            max_files_per_hour: 100,
+            unattached_grace_secs: 24 * 3600,
+            sweep_interval_secs: 3600,
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             s3_bucket: "tidings".into(),
@@ -102,6 +115,56 @@ pub trait BlobStore: Send + Sync {
     async fn fetch(&self, key: &str, serve: &ServeAs) -> anyhow::Result<Fetched>;
     /// Removes the file under `key` (used to undo a put whose row could not be stored).
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+}
+
+/// Attachment rows a sweep deletes at most per round (rounds repeat until one comes
+/// back short), so one sweep never holds a long list in memory.
+const SWEEP_BATCH: u32 = 500;
+
+/// Deletes uploads no message carries once they are older than the grace period:
+/// the row first (atomically checked, so a send racing the sweep keeps its file),
+/// then the bytes. A failure to delete bytes is logged and leaves an orphan file, never
+/// a row without its file. Returns how many were swept.
+pub async fn sweep_once(
+    store: &dyn tidings_store::Store,
+    blobs: &dyn BlobStore,
+    grace: Duration,
+) -> anyhow::Result<usize> {
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let before = tidings_store::now_ms().saturating_sub(grace_ms);
+    let mut swept = 0;
+    loop {
+        let batch = store.sweep_unattached(before, SWEEP_BATCH).await?;
+        for a in &batch {
+            if let Err(e) = blobs.delete(&a.storage_key).await {
+                tracing::warn!(key = %a.storage_key, error = format!("{e:#}"),
+                    "cannot delete the file of a swept upload; it is orphaned");
+            }
+        }
+        swept += batch.len();
+        if batch.len() < SWEEP_BATCH as usize {
+            return Ok(swept);
+        }
+    }
+}
+
+/// Runs [`sweep_once`] every `uploads.sweep_interval_secs`, for the life of the process.
+pub async fn run_sweeper(
+    store: Arc<dyn tidings_store::Store>,
+    blobs: Arc<dyn BlobStore>,
+    config: UploadsConfig,
+) {
+    let grace = Duration::from_secs(config.unattached_grace_secs);
+    let mut tick = tokio::time::interval(Duration::from_secs(config.sweep_interval_secs.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sweep_once(&*store, &*blobs, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(swept = n, "deleted uploads no message carries"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "upload sweep failed"),
+        }
+    }
 }
 
 /// Opens the configured backend.
