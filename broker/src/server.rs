@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tidings_auth::TokenKeys;
 use tidings_core::ratelimit::RateLimiter;
-use tidings_store::{Revocation, Store};
+use tidings_store::{Backend, Revocation, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -65,6 +65,46 @@ impl Realtime {
     }
 }
 
+/// Runs the persistence worker on a thread of its own (a current-thread runtime) and
+/// returns a task that stands for it: aborting that task stops the worker.
+///
+/// Why: a `write_batch` on SQLite is about ten statements, each a hop to sqlx's SQLite
+/// thread and back. On the shared runtime every hop back put the worker at the end of a
+/// run queue full of connection tasks, so at 3k msg/s a batch spent most of its time
+/// waiting to be polled (the store's batch latency was ~95% of wall time while its
+/// thread was busy half of it) and batches could not grow. On its own thread the worker
+/// continues the moment its statement is done. (PostgreSQL keeps the shared runtime:
+/// its connections are sockets registered with the runtime that opened them.)
+fn spawn_writer_thread(
+    worker: Worker,
+    inbound: tokio::sync::mpsc::Receiver<crate::worker::Inbound>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let main = tokio::runtime::Handle::current();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not build the writer's runtime")?;
+    std::thread::Builder::new()
+        .name("tidings-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = worker.run(inbound, main) => {}
+                    _ = stopped => {}
+                }
+            });
+            let _ = done.send(());
+        })
+        .context("could not start the writer thread")?;
+    Ok(tokio::spawn(async move {
+        // Dropped with this task (on abort): that is the worker's stop signal.
+        let _stop = stop;
+        let _ = finished.await;
+    }))
+}
+
 pub async fn start(
     listeners: Listeners,
     limits: MqttLimits,
@@ -99,14 +139,17 @@ pub async fn start(
     let (worker_tx, worker_rx) = tokio::sync::mpsc::channel(limits.worker_queue.max(1));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let mut tasks = vec![
-        tokio::spawn(crate::presence::run(
-            presence_rx,
-            store.clone(),
-            hub.clone(),
-        )),
-        tokio::spawn(Worker::new(store.clone(), fanout.clone(), sends).run(worker_rx)),
-    ];
+    let mut tasks = vec![tokio::spawn(crate::presence::run(
+        presence_rx,
+        store.clone(),
+        hub.clone(),
+    ))];
+    let worker = Worker::new(store.clone(), fanout.clone(), sends);
+    tasks.push(if store.backend() == Backend::Sqlite {
+        spawn_writer_thread(worker, worker_rx)?
+    } else {
+        tokio::spawn(worker.run(worker_rx, tokio::runtime::Handle::current()))
+    });
 
     let shared = Arc::new(Shared {
         hub: hub.clone(),

@@ -120,11 +120,12 @@ impl Worker {
     }
 
     /// Runs until every sender (the front door) is gone and every stored batch is
-    /// answered.
-    pub async fn run(self, mut inbound: Receiver<Inbound>) {
+    /// answered. The replier runs on `replies_on`, so that encoding and routing events
+    /// never wait for the writer (which may have a thread of its own).
+    pub async fn run(self, mut inbound: Receiver<Inbound>, replies_on: tokio::runtime::Handle) {
         let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Stored>(REPLY_QUEUE);
         let fanout = self.fanout.clone();
-        let replier = tokio::spawn(async move {
+        let replier = replies_on.spawn(async move {
             while let Some(stored) = stored_rx.recv().await {
                 reply(&fanout, stored);
             }
