@@ -37,6 +37,10 @@ impl PgStore {
         &self.pool
     }
 
+    async fn write_ops(&self, ops: &[WriteOp]) -> crate::StoreResult<Vec<WriteOutcome>> {
+        generic_write_batch(&self.pool, ops).await
+    }
+
     /// PostgreSQL indexes in the writing transaction: nothing is ever pending.
     async fn before_search(&self) -> crate::StoreResult<()> {
         Ok(())

@@ -3,7 +3,9 @@
 //! both accept; multi-row writes use `UPDATE … FROM (VALUES …)`, which both support
 //! (SQLite since 3.33; sqlx bundles a newer one). Each backend passes:
 //! - `$store`: its type, with `fn reader(&self)` and `fn writer(&self)` pools, an
-//!   `async fn before_search(&self)` (SQLite indexes queued messages there) and an
+//!   `async fn before_search(&self)` (SQLite indexes queued messages there), an
+//!   `async fn write_ops(&self, ops)` behind `write_batch` (PostgreSQL:
+//!   `generic_write_batch`; SQLite: its own, fewer round trips) and an
 //!   `index: Arc<MembershipIndex>` field it keeps current after membership commits;
 //! - `$db`: the sqlx database type;
 //! - `$lock`: the row-lock suffix for read-then-write selects (`FOR UPDATE` on
@@ -286,6 +288,21 @@ macro_rules! impl_sql_store {
 
         /// Reads everything `ops` may touch, locking conversations and inbox counters
         /// (PostgreSQL) in a fixed order: conversations first, then users, each by id.
+        /// `write_batch` as statements both dialects run: snapshot, plan, execute, in
+        /// one transaction. (SQLite has a faster path of its own: `sqlite/fast_batch.rs`.)
+        #[allow(dead_code)]
+        async fn generic_write_batch(pool: &sqlx::Pool<$db>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+            if ops.is_empty() {
+                return Ok(vec![]);
+            }
+            let mut tx = pool.begin().await?;
+            let snap = snapshot(&mut tx, ops).await?;
+            let plan = batch::plan(ops, snap);
+            execute(&mut tx, &plan).await?;
+            tx.commit().await?;
+            Ok(plan.outcomes)
+        }
+
         async fn snapshot(tx: &mut Tx<'_>, ops: &[WriteOp]) -> StoreResult<Snapshot> {
             let mut wanted = Snapshot::wanted(ops);
             let mut snap = Snapshot::default();
@@ -1092,15 +1109,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-                if ops.is_empty() {
-                    return Ok(vec![]);
-                }
-                let mut tx = self.writer().begin().await?;
-                let snap = snapshot(&mut tx, ops).await?;
-                let plan = batch::plan(ops, snap);
-                execute(&mut tx, &plan).await?;
-                tx.commit().await?;
-                Ok(plan.outcomes)
+                self.write_ops(ops).await
             }
 
             async fn message(&self, id: &str) -> StoreResult<Option<MessageView>> {

@@ -6,11 +6,12 @@
 //! upgrade), all writes go through a pool of exactly one connection, and reads through a
 //! separate pool that WAL lets run beside it.
 //!
-//! Checkpoints (copying the WAL back into the database file, and its fsync) run on a
-//! connection of their own, not inside the writer's commits: `perf` showed SQLite's
-//! automatic checkpoint taking a seventh of the writer thread, time during which no
-//! batch could commit. A `PASSIVE` checkpoint never blocks the writer, so on two cores
-//! it runs beside it.
+//! Checkpoints stay inside the writer's commits (SQLite's default, every 1,000 pages).
+//! Moving them to a connection of their own, `PASSIVE` every 500 ms, was tried: the
+//! writer thread lost its checkpoint time, but each checkpoint's fsync stalled the
+//! writer's WAL appends and the pairs bench's p99 went from 30 to 80 ms.
+
+mod fast_batch;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,16 +24,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     index: std::sync::Arc<crate::MembershipIndex>,
-    /// Stops the checkpointer and the search indexer when the store is dropped.
-    _checkpointer: tokio::sync::oneshot::Sender<()>,
+    /// Stops the search indexer when the store is dropped.
+    _indexer: tokio::sync::oneshot::Sender<()>,
 }
-
-/// How often the checkpointer copies committed WAL pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
-/// WAL size (in pages) past which the writer checkpoints by itself: a backstop for when
-/// the checkpointer cannot keep up, so the WAL stays bounded (≈ 64 MB at 4 KiB pages).
-const WRITER_CHECKPOINT_PAGES: &str = "16384";
 
 impl SqliteStore {
     /// Opens `url` (`sqlite://path`), creating the file and its directory if missing,
@@ -64,10 +58,12 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A ping per acquire would be one more round trip per batch; a broken
+            // connection shows as an error of the batch, which the worker retries.
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
-                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
                     // A batch's multi-row statements differ in text with their row
                     // counts (1..=256 rows, several tables): sqlx's default 100-entry
                     // cache kept evicting them, and re-preparing showed as 4.5% of the
@@ -76,12 +72,8 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(maintain_until(checkpointer, writer.clone(), stopped));
+        tokio::spawn(index_until(writer.clone(), stopped));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -94,7 +86,7 @@ impl SqliteStore {
             writer,
             reader,
             index,
-            _checkpointer: stop,
+            _indexer: stop,
         })
     }
 
@@ -106,48 +98,41 @@ impl SqliteStore {
         &self.reader
     }
 
+    async fn write_ops(&self, ops: &[WriteOp]) -> crate::StoreResult<Vec<WriteOutcome>> {
+        fast_batch::write_batch(&self.writer, ops).await
+    }
+
     /// Search sees every stored message: index what is still queued first.
     async fn before_search(&self) -> crate::StoreResult<()> {
         index_pending(&self.writer).await
     }
 }
 
-/// Until `stop` fires or is dropped: checkpoints the WAL every [`CHECKPOINT_EVERY`] on
-/// its own connection, and moves queued messages into the search index every
-/// [`INDEX_EVERY`] through the writer.
-async fn maintain_until(
-    checkpointer: SqlitePool,
-    writer: SqlitePool,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
-    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut index = tokio::time::interval(INDEX_EVERY);
-    index.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Moves queued messages into the search index every [`INDEX_EVERY`], until `stop`
+/// fires or is dropped.
+async fn index_until(writer: SqlitePool, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(INDEX_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = checkpoint.tick() => {
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpointer).await {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; the writer will checkpoint instead");
-                }
-            }
-            _ = index.tick() => {
+            _ = tick.tick() => {
                 if let Err(e) = index_pending(&writer).await {
                     tracing::warn!(error = %e, "could not update the search index; will retry");
                 }
             }
         }
     }
-    checkpointer.close().await;
 }
 
 /// How often queued messages are added to the search index (see migration 0004).
-const INDEX_EVERY: Duration = Duration::from_millis(250);
+const INDEX_EVERY: Duration = Duration::from_millis(100);
 
-/// Messages indexed per transaction: big enough that FTS5 writes few segments, small
-/// enough that a backlog never holds the writer for long.
-const INDEX_CHUNK: i64 = 4096;
+/// Messages indexed per transaction. Each transaction holds the only writer, so it is
+/// kept short (≈ 10 ms): with 4,096 per transaction the worker's batches waited behind
+/// it and the pairs bench's p99 rose from 30 to 80 ms. The writer pool queues fairly,
+/// so the worker's batches run between the indexer's transactions.
+const INDEX_CHUNK: i64 = 128;
 
 /// Moves every queued message into `messages_fts`, in transactions of [`INDEX_CHUNK`].
 async fn index_pending(writer: &SqlitePool) -> crate::StoreResult<()> {
@@ -164,8 +149,10 @@ async fn index_pending(writer: &SqlitePool) -> crate::StoreResult<()> {
             return Ok(());
         };
         sqlx::query(
+            // CROSS JOIN fixes the order: from the queue into messages. With a plain
+            // JOIN SQLite walked every message below the bound, each time.
             "INSERT INTO messages_fts(rowid, body) SELECT m.rowid, m.body FROM fts_pending p \
-             JOIN messages m ON m.rowid = p.message_rowid WHERE p.message_rowid <= $1",
+             CROSS JOIN messages m ON m.rowid = p.message_rowid WHERE p.message_rowid <= $1",
         )
         .bind(bound)
         .execute(&mut *tx)
