@@ -36,10 +36,11 @@ pub struct LimitsConfig {
     /// Per-user send budget, MQTT and HTTP together: a burst, refilled at a rate.
     pub send_burst: u32,
     pub send_per_second: u32,
-    /// Conversations created per user, renames/topic changes per conversation, calls
-    /// adding members per user: each a burst refilled per minute.
+    /// Password/token attempts per client address, conversations created per user,
+    /// renames/topic changes per conversation, calls adding members per user: each a
+    /// burst refilled per minute.
     #[serde(flatten)]
-    pub group: tidings_rest::GroupLimits,
+    pub group: tidings_rest::ApiLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +132,7 @@ impl Default for Config {
             limits: LimitsConfig {
                 send_burst: tidings_core::protocol::limits::SEND_BURST,
                 send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
-                group: tidings_rest::GroupLimits::default(),
+                group: tidings_rest::ApiLimits::default(),
             },
             log: LogConfig {
                 filter: "info".into(),

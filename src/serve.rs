@@ -134,7 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.uploads.clone(),
     )
     .with_send_limiter(sends)
-    .with_group_limits(config.limits.group)
+    .with_api_limits(config.limits.group)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
     .with_trusted_proxies(config.http.trusted_proxies.clone());
 

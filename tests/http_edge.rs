@@ -534,3 +534,28 @@ async fn bad_http_settings_stop_the_start() {
         assert!(stderr.contains(says), "{key}={value}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_login_limit_comes_from_config() {
+    let _serial = SERIAL.lock().await;
+    // A burst of 3 that does not refill within the test.
+    let server = start(&[
+        ("TIDINGS_LIMITS_AUTH_BURST", "3"),
+        ("TIDINGS_LIMITS_AUTH_PER_MINUTE", "1"),
+    ])
+    .await;
+    let alice = register(&server, "alice").await;
+    // Registration took one token; two wrong passwords are answered as wrong (the
+    // control: the limit is not simply "everything refused")…
+    for _ in 0..2 {
+        assert_eq!(
+            login_as(&server, &alice, "wrong password!", None).await,
+            401
+        );
+    }
+    // …and the next attempt is over the configured budget, far below the default 20.
+    assert_eq!(
+        login_as(&server, &alice, "wrong password!", None).await,
+        429
+    );
+}

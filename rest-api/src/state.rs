@@ -53,9 +53,12 @@ pub struct Limits {
     pub member_adds: Mutex<RateLimiter>,
 }
 
-/// Budgets for group operations (see [`Limits`]): a burst, refilled per minute.
+/// Budgets the HTTP API enforces besides sends (see [`Limits`]), each a burst refilled
+/// per minute: password and token attempts per client address, and group operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GroupLimits {
+pub struct ApiLimits {
+    pub auth_burst: u32,
+    pub auth_per_minute: u32,
     pub conversations_burst: u32,
     pub conversations_per_minute: u32,
     pub renames_burst: u32,
@@ -64,12 +67,14 @@ pub struct GroupLimits {
     pub member_adds_per_minute: u32,
 }
 
-impl Default for GroupLimits {
+impl Default for ApiLimits {
     /// Generous for people (twenty new conversations at once, then one every 30 s), far
     /// below what a script does: the issue that set them saw 100 groups in 0.2 s and
     /// 300 renames in 0.5 s.
     fn default() -> Self {
-        GroupLimits {
+        ApiLimits {
+            auth_burst: AUTH_BURST,
+            auth_per_minute: AUTH_PER_MINUTE,
             conversations_burst: 20,
             conversations_per_minute: 2,
             renames_burst: 5,
@@ -89,13 +94,13 @@ impl Limits {
     }
 
     fn with_sends(sends: Arc<Mutex<RateLimiter>>) -> Self {
-        Self::with(sends, GroupLimits::default())
+        Self::with(sends, ApiLimits::default())
     }
 
-    fn with(sends: Arc<Mutex<RateLimiter>>, group: GroupLimits) -> Self {
+    fn with(sends: Arc<Mutex<RateLimiter>>, group: ApiLimits) -> Self {
         let bucket = |burst, per_minute| Mutex::new(RateLimiter::per_minute(burst, per_minute));
         Limits {
-            auth: Mutex::new(RateLimiter::per_minute(AUTH_BURST, AUTH_PER_MINUTE)),
+            auth: bucket(group.auth_burst, group.auth_per_minute),
             sends,
             conversations: bucket(group.conversations_burst, group.conversations_per_minute),
             renames: bucket(group.renames_burst, group.renames_per_minute),
@@ -140,8 +145,9 @@ impl AppState {
         self
     }
 
-    /// Uses these budgets for group operations. Called while building the state.
-    pub fn with_group_limits(mut self, group: GroupLimits) -> Self {
+    /// Uses these budgets for logins and group operations. Called while building the
+    /// state, before any request took a token.
+    pub fn with_api_limits(mut self, group: ApiLimits) -> Self {
         self.limits = Arc::new(Limits::with(self.limits.sends.clone(), group));
         self
     }
