@@ -13,7 +13,7 @@
 //! publish from a client (retained messages would outlive the sender's rights).
 
 use tidings_core::protocol::ids::is_server_id;
-use tidings_store::MembershipIndex;
+use tidings_store::{DeviceGrant, MembershipIndex};
 
 /// May `user` subscribe to `filter`?
 pub fn may_subscribe(user: &str, filter: &str, index: &MembershipIndex) -> bool {
@@ -81,6 +81,27 @@ pub fn may_publish(
         ["u", owner, "out"] => *owner == user,
         ["c", conv, "t", who] => *who == user && is_server_id(conv) && index.is_member(conv, user),
         _ => false,
+    }
+}
+
+/// What a device credential's grant adds to the ACL: a send-only credential reads
+/// nothing, and one limited to some conversations follows only their topics.
+pub fn device_may_subscribe(grant: &DeviceGrant, filter: &str) -> bool {
+    if !grant.can_receive {
+        return false;
+    }
+    match filter.split('/').collect::<Vec<_>>().as_slice() {
+        ["c", conv, ..] => grant.covers(conv),
+        _ => true,
+    }
+}
+
+/// A receive-only credential publishes nothing but queries (on its outbox, checked per
+/// command by the worker); typing needs the right to send into that conversation.
+pub fn device_may_publish(grant: &DeviceGrant, topic: &str) -> bool {
+    match topic.split('/').collect::<Vec<_>>().as_slice() {
+        ["c", conv, ..] => grant.can_send && grant.covers(conv),
+        _ => true,
     }
 }
 

@@ -1,10 +1,12 @@
-//! MQTT CONNECT authentication: username = user id, password = access JWT, client id =
-//! `{user id}:{device id}`. The token must verify (signature, issuer, expiry), name the
-//! same user, and belong to a session that was not revoked. Every refusal maps to a
-//! CONNACK code, so a device can tell a bad token from a network failure.
+//! MQTT CONNECT authentication: username = user id, password = an access JWT or a
+//! device credential's secret, client id = `{user id}:{device id}`. A token must verify
+//! (signature, issuer, expiry), name the same user, and belong to a session that was
+//! not revoked; a device secret must be a live credential of that user. Every refusal
+//! maps to a CONNACK code, so a device can tell a bad password from a network failure.
 
-use tidings_auth::TokenKeys;
+use tidings_auth::{device, TokenKeys};
 use tidings_core::protocol::ids::{is_client_id, is_server_id};
+use tidings_store::DeviceGrant;
 use tidings_store::Store;
 
 use crate::connection::Refusal as ConnAckRefusal;
@@ -59,6 +61,7 @@ pub struct Identity {
     pub user: String,
     pub device: String,
     pub session: String,
+    pub grant: DeviceGrant,
 }
 
 pub async fn check(
@@ -75,6 +78,25 @@ pub async fn check(
     if user != username {
         return Err(Refusal::OtherUser);
     }
+    if device::is_secret(password) {
+        return match store
+            .device_credential_by_secret(&device::secret_hash(password))
+            .await
+        {
+            Ok(Some(c)) if c.user_id == user => Ok(Identity {
+                user: c.user_id,
+                device: device.to_owned(),
+                session: c.id,
+                grant: c.grant,
+            }),
+            Ok(Some(_)) => Err(Refusal::OtherUser),
+            Ok(None) => Err(Refusal::SessionEnded),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a device credential at CONNECT");
+                Err(Refusal::Store)
+            }
+        };
+    }
     let claims = keys.verify_access(password).map_err(Refusal::Token)?;
     if claims.sub != user {
         return Err(Refusal::OtherUser);
@@ -84,6 +106,7 @@ pub async fn check(
             user: claims.sub,
             device: device.to_owned(),
             session: claims.sid,
+            grant: DeviceGrant::default(),
         }),
         Ok(false) => Err(Refusal::SessionEnded),
         Err(e) => {

@@ -10,11 +10,33 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tidings_core::protocol::compact::{Context, Handles};
 use tidings_core::protocol::event::{Event, EventBody};
 use tidings_core::protocol::{topics, CborCodec, Codec, WireFormat};
-use tidings_store::{Delivery, EventSink};
+use tidings_store::{Delivery, EventSink, MembershipIndex};
 
-use crate::hub::Hub;
+use crate::hub::{ConnHandle, Hub, Outbound};
+
+/// One user's conversation handles, read from the membership index.
+pub struct UserHandles<'a> {
+    index: &'a MembershipIndex,
+    user: &'a str,
+}
+
+impl<'a> UserHandles<'a> {
+    pub fn new(index: &'a MembershipIndex, user: &'a str) -> Self {
+        UserHandles { index, user }
+    }
+}
+
+impl Handles for UserHandles<'_> {
+    fn handle(&self, conv: &str) -> Option<u32> {
+        self.index.handle(self.user, conv)
+    }
+    fn conv(&self, handle: u32) -> Option<String> {
+        self.index.conv_of_handle(self.user, handle)
+    }
+}
 
 /// `{"v":1,"iseq":N,` + the body's JSON without its opening brace.
 pub fn json_delivery(iseq: u64, body_json: &[u8]) -> Vec<u8> {
@@ -40,41 +62,78 @@ impl Fanout {
         &self.hub
     }
 
-    /// Publishes each delivery on its user's inbox, in JSON for `u/{uid}/in` and CBOR
-    /// for `u/{uid}/in/c`, for whichever of the two someone follows.
+    /// Publishes each delivery on its user's inbox, in JSON for `u/{uid}/in`, CBOR for
+    /// `u/{uid}/in/c` and the compact profile for `u/{uid}/in/k` (the `i` of compact
+    /// connections), for whichever of them someone follows. A device credential limited
+    /// to some conversations gets only theirs, and one that asked for no echo does not
+    /// get its user's own messages back.
     pub fn deliver_all(&self, deliveries: &[Delivery]) {
         let mut cached: Option<(*const EventBody, Vec<u8>)> = None;
         for d in deliveries {
-            self.hub.route_with(&topics::inbox(&d.user), || {
-                let ptr = Arc::as_ptr(&d.body);
-                if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
-                    cached = encoded(serde_json::to_vec(&*d.body), "an event").map(|j| (ptr, j));
-                }
-                let (_, json) = cached.as_ref()?;
-                Some(Bytes::from(json_delivery(d.seq, json)))
-            });
-            self.hub.route_with(&compact_inbox(&d.user), || {
-                let event = Event {
-                    v: 1,
-                    seq: Some(d.seq),
-                    re: None,
-                    body: (*d.body).clone(),
-                };
-                encoded(CborCodec.encode_event(&event), "an event as CBOR").map(Bytes::from)
-            });
+            let conv = d.body.conv();
+            let own = d.body.is_own_message(&d.user);
+            let admit =
+                |c: &ConnHandle| conv.is_none_or(|cv| c.grant.covers(cv)) && (c.grant.echo || !own);
+            self.hub.route_where(
+                &topics::inbox(&d.user),
+                || {
+                    let ptr = Arc::as_ptr(&d.body);
+                    if cached.as_ref().is_none_or(|(p, _)| *p != ptr) {
+                        cached =
+                            encoded(serde_json::to_vec(&*d.body), "an event").map(|j| (ptr, j));
+                    }
+                    let (_, json) = cached.as_ref()?;
+                    Some(Bytes::from(json_delivery(d.seq, json)))
+                },
+                admit,
+            );
+            let event = || Event {
+                v: 1,
+                seq: Some(d.seq),
+                re: None,
+                body: (*d.body).clone(),
+            };
+            self.hub.route_where(
+                &cbor_inbox(&d.user),
+                || encoded(CborCodec.encode_event(&event()), "an event as CBOR").map(Bytes::from),
+                admit,
+            );
+            self.hub.route_where(
+                &compact_inbox(&d.user),
+                || {
+                    let handles = UserHandles::new(self.hub.index(), &d.user);
+                    let ctx = Context {
+                        user: &d.user,
+                        handles: &handles,
+                    };
+                    encoded(ctx.encode_event(&event()), "a compact event").map(Bytes::from)
+                },
+                admit,
+            );
         }
     }
 
     /// Answers a device's command (`ack`/`error`) in the codec it spoke: JSON on
     /// `u/{me}/in`, CBOR on `u/{me}/in/c`.
     pub fn reply(&self, user: &str, format: WireFormat, event: &Event) {
-        let topic = match format {
-            WireFormat::Json => topics::inbox(user),
-            WireFormat::Cbor => compact_inbox(user),
-        };
-        self.hub.route_with(&topic, || {
+        self.hub.route_with(&inbox_topic(user, format), || {
             encoded(format.codec().encode_event(event), "a reply").map(Bytes::from)
         });
+    }
+
+    /// Answers a compact connection's command on its own `i`, and nowhere else.
+    pub fn reply_compact(&self, to: &ConnHandle, event: &Event) {
+        let handles = UserHandles::new(self.hub.index(), &to.user);
+        let ctx = Context {
+            user: &to.user,
+            handles: &handles,
+        };
+        if let Some(payload) = encoded(ctx.encode_event(event), "a compact reply") {
+            to.send(Outbound::Publish {
+                topic: compact_inbox_alias(),
+                payload: payload.into(),
+            });
+        }
     }
 
     /// Copies message-shaped events to `c/{cid}/m` for clients following one
@@ -97,7 +156,10 @@ impl Fanout {
 
 /// The encoded bytes, or `None` after logging why not (an event we built ourselves that
 /// does not encode is a bug, not a client's fault).
-fn encoded<E: std::fmt::Display>(result: Result<Vec<u8>, E>, what: &str) -> Option<Vec<u8>> {
+pub(crate) fn encoded<E: std::fmt::Display>(
+    result: Result<Vec<u8>, E>,
+    what: &str,
+) -> Option<Vec<u8>> {
     result
         .map_err(|e| tracing::error!(error = %e, "could not encode {what}"))
         .ok()
@@ -114,9 +176,32 @@ impl EventSink for Fanout {
     }
 }
 
-/// `u/{uid}/in/c`: the inbox in the compact codec.
-pub fn compact_inbox(user: &str) -> String {
+/// `u/{uid}/in/c`: the inbox in CBOR (string keys, the same fields as JSON).
+pub fn cbor_inbox(user: &str) -> String {
     format!("{}/c", topics::inbox(user))
+}
+
+/// `u/{uid}/in/k`: the inbox in the compact profile. Nobody subscribes to it by name
+/// (the ACL refuses it): a connection subscribes to `i` and the front door files that
+/// under this topic, delivering as `i`.
+pub fn compact_inbox(user: &str) -> String {
+    format!("{}/k", topics::inbox(user))
+}
+
+/// The compact profile's per-connection topics.
+pub const COMPACT_INBOX: &str = "i";
+pub const COMPACT_OUTBOX: &str = "o";
+
+pub fn compact_inbox_alias() -> Bytes {
+    Bytes::from_static(COMPACT_INBOX.as_bytes())
+}
+
+/// The inbox topic a device reading `format` follows.
+pub fn inbox_topic(user: &str, format: WireFormat) -> String {
+    match format {
+        WireFormat::Json => topics::inbox(user),
+        WireFormat::Cbor => cbor_inbox(user),
+    }
 }
 
 #[cfg(test)]

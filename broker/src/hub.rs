@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use tidings_store::MembershipIndex;
+use tidings_store::{DeviceGrant, MembershipIndex};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
@@ -43,6 +43,8 @@ pub struct ConnHandle {
     pub client_id: String,
     /// The session its token belongs to: logging that session out closes it.
     pub session: String,
+    /// What its credential allows (everything, for a login's access token).
+    pub grant: DeviceGrant,
     tx: mpsc::Sender<Outbound>,
     close: watch::Sender<Option<CloseReason>>,
     closed: AtomicBool,
@@ -55,6 +57,7 @@ impl ConnHandle {
         device: String,
         client_id: String,
         session: String,
+        grant: DeviceGrant,
         queue: usize,
     ) -> (
         Arc<ConnHandle>,
@@ -69,6 +72,7 @@ impl ConnHandle {
             device,
             client_id,
             session,
+            grant,
             tx,
             close,
             closed: AtomicBool::new(false),
@@ -109,6 +113,9 @@ impl ConnHandle {
 struct Subscriber {
     conn: Arc<ConnHandle>,
     grant: Grant,
+    /// The topic name the connection subscribed with, when it differs from the routed
+    /// one: the compact profile's `i` stands for the user's `u/{uid}/in/k`.
+    publish_as: Option<Bytes>,
 }
 
 /// A subscription's key in the table: a concrete topic, or a wildcard filter stored
@@ -307,6 +314,17 @@ impl Hub {
     /// Adds a subscription (the ACL already granted it) and returns the retained
     /// message it should see at once, if any.
     pub fn subscribe(&self, conn: &Arc<ConnHandle>, filter: &str, grant: Grant) -> Option<Bytes> {
+        self.subscribe_as(conn, filter, grant, None)
+    }
+
+    /// Like [`subscribe`](Hub::subscribe), delivering under the topic name `publish_as`.
+    pub fn subscribe_as(
+        &self,
+        conn: &Arc<ConnHandle>,
+        filter: &str,
+        grant: Grant,
+        publish_as: Option<Bytes>,
+    ) -> Option<Bytes> {
         let key = Key::of(filter);
         let mut t = self.write();
         let Some(entry) = t.conns.get_mut(&conn.id) else {
@@ -319,6 +337,7 @@ impl Hub {
         t.list(&key).push(Subscriber {
             conn: conn.clone(),
             grant,
+            publish_as,
         });
         let retained = retained_for(&t, &key);
         self.publish_stats(&t);
@@ -345,6 +364,18 @@ impl Hub {
     /// send) when someone follows the topic, in the same lookup: callers never encode
     /// an event nobody reads, and never look a topic up twice.
     pub fn route_with(&self, topic: &str, payload: impl FnOnce() -> Option<Bytes>) -> usize {
+        self.route_where(topic, payload, |_| true)
+    }
+
+    /// Like [`route_with`](Hub::route_with), to the followers `admit` lets through as
+    /// well: a device credential limited to some conversations, or one that asked not
+    /// to get its own messages back.
+    pub fn route_where(
+        &self,
+        topic: &str,
+        payload: impl FnOnce() -> Option<Bytes>,
+        admit: impl Fn(&ConnHandle) -> bool,
+    ) -> usize {
         let t = self.read();
         let exact = t.exact.get(topic);
         let wild = topic
@@ -377,8 +408,14 @@ impl Hub {
             if typist.is_some_and(|who| self.index.has_blocked(&sub.conn.user, who)) {
                 continue;
             }
+            if !admit(&sub.conn) {
+                continue;
+            }
             let out = Outbound::Publish {
-                topic: topic_bytes.clone(),
+                topic: sub
+                    .publish_as
+                    .clone()
+                    .unwrap_or_else(|| topic_bytes.clone()),
                 payload: payload.clone(),
             };
             if sub.conn.send(out) {
@@ -498,6 +535,7 @@ mod tests {
             device.to_owned(),
             format!("{user}:{device}"),
             "session".into(),
+            DeviceGrant::default(),
             64,
         );
         hub.register(conn.clone(), 10).expect("register");

@@ -23,6 +23,7 @@ pub mod sink;
 mod sql_store;
 mod sqlite;
 mod store;
+pub mod sync;
 
 pub use error::{StoreError, StoreResult};
 pub use membership::{MembershipIndex, Revocation};

@@ -47,6 +47,14 @@ struct Inner {
     directs: HashSet<String>,
     /// Blocked user -> who blocked them.
     blocked_by: HashMap<String, HashSet<String>>,
+    /// Each user's short conversation handles (the compact MQTT profile), both ways.
+    handles: HashMap<String, Handles>,
+}
+
+#[derive(Debug, Default)]
+struct Handles {
+    conv_of: HashMap<u32, String>,
+    handle_of: HashMap<String, u32>,
 }
 
 impl MembershipIndex {
@@ -175,6 +183,25 @@ impl MembershipIndex {
             .insert(conv.to_owned());
     }
 
+    /// Records `user`'s handle for `conv` (at load, and when they join). A handle
+    /// outlives the membership, so it never comes to mean another conversation.
+    pub fn set_handle(&self, user: &str, conv: &str, handle: u32) {
+        let mut inner = self.write();
+        let h = inner.handles.entry(user.to_owned()).or_default();
+        h.conv_of.insert(handle, conv.to_owned());
+        h.handle_of.insert(conv.to_owned(), handle);
+    }
+
+    /// `user`'s handle for `conv`.
+    pub fn handle(&self, user: &str, conv: &str) -> Option<u32> {
+        self.read().handles.get(user)?.handle_of.get(conv).copied()
+    }
+
+    /// The conversation `user` calls `handle`.
+    pub fn conv_of_handle(&self, user: &str, handle: u32) -> Option<String> {
+        self.read().handles.get(user)?.conv_of.get(&handle).cloned()
+    }
+
     pub fn remove(&self, conv: &str, user: &str) {
         {
             let mut inner = self.write();
@@ -238,6 +265,11 @@ mod tests {
         index.add("room", "a");
         index.add("room", "c");
         index.mark_room("room");
+        index.set_handle("a", "c1", 1);
+        index.set_handle("a", "room", 2);
+        assert_eq!(index.handle("a", "room"), Some(2));
+        assert_eq!(index.conv_of_handle("a", 1).as_deref(), Some("c1"));
+        assert_eq!(index.conv_of_handle("b", 1), None);
         assert!(
             !index.share_conversation("a", "c"),
             "a public room shows nobody's presence"

@@ -68,6 +68,57 @@ pub struct Session {
     pub revoked_at: Option<i64>,
 }
 
+/// What a device credential lets its holder do. The default is everything its user may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceGrant {
+    /// Limited to these conversations; `None` = all of the user's.
+    pub conversations: Option<Vec<String>>,
+    pub can_send: bool,
+    pub can_receive: bool,
+    /// Send `ack` events for its commands (the PUBACK already means "stored").
+    pub acks: bool,
+    /// Deliver its user's own messages back to it.
+    pub echo: bool,
+}
+
+impl Default for DeviceGrant {
+    fn default() -> Self {
+        DeviceGrant {
+            conversations: None,
+            can_send: true,
+            can_receive: true,
+            acks: true,
+            echo: true,
+        }
+    }
+}
+
+impl DeviceGrant {
+    /// Whether events and commands of `conv` are within the credential's reach.
+    pub fn covers(&self, conv: &str) -> bool {
+        self.conversations
+            .as_ref()
+            .is_none_or(|cs| cs.iter().any(|c| c == conv))
+    }
+
+    /// Everything its user may do: no conversation list, both directions.
+    pub fn is_full(&self) -> bool {
+        self.conversations.is_none() && self.can_send && self.can_receive
+    }
+}
+
+/// A long-lived credential for a device or bot: a session with a secret instead of
+/// refresh tokens. Only the secret's SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredential {
+    /// Also the id of its session: ending that session revokes the credential.
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub grant: DeviceGrant,
+    pub created_at: i64,
+}
+
 /// A refresh token to store: only its hash, never the token.
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {

@@ -84,12 +84,53 @@ macro_rules! impl_sql_store {
                     _ => index.mark_direct(&id),
                 }
             }
+            let rows = sqlx::query("SELECT user_id, conversation_id, handle FROM members WHERE handle IS NOT NULL")
+                .fetch_all(pool)
+                .await?;
+            for r in &rows {
+                let (user, handle) = handle_from_row(r)?;
+                index.set_handle(&user, &r.try_get::<String, _>("conversation_id")?, handle);
+            }
             let rows = sqlx::query("SELECT blocker_id, blocked_id FROM blocks").fetch_all(pool).await?;
             for r in &rows {
                 let (blocker, blocked): (String, String) = (r.try_get("blocker_id")?, r.try_get("blocked_id")?);
                 index.block(&blocker, &blocked);
             }
             Ok(())
+        }
+
+        /// `(user_id, handle)` of a membership row.
+        fn handle_from_row(row: &DbRow) -> StoreResult<(String, u32)> {
+            let handle: i64 = row.try_get("handle")?;
+            let handle = u32::try_from(handle).map_err(|_| StoreError::Corrupt(format!("handle {handle}")))?;
+            Ok((row.try_get("user_id")?, handle))
+        }
+
+        /// The next handle of the user bound right after it (closed by the caller).
+        const NEXT_HANDLE: &str = "(SELECT COALESCE(MAX(handle), 0) + 1 FROM members WHERE user_id = ";
+
+        const DEVICE_CREDENTIAL_COLUMNS: &str =
+            "s.id, s.user_id, s.name, s.created_at, s.conversations, s.can_send, s.can_receive, s.acks, s.echo";
+
+        fn device_credential_from_row(row: &DbRow) -> StoreResult<DeviceCredential> {
+            let conversations: Option<String> = row.try_get("conversations")?;
+            let conversations = match conversations {
+                Some(json) => Some(serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("credential conversations: {e}")))?),
+                None => None,
+            };
+            Ok(DeviceCredential {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                name: row.try_get::<Option<String>, _>("name")?.unwrap_or_default(),
+                created_at: row.try_get("created_at")?,
+                grant: DeviceGrant {
+                    conversations,
+                    can_send: row.try_get("can_send")?,
+                    can_receive: row.try_get("can_receive")?,
+                    acks: row.try_get("acks")?,
+                    echo: row.try_get("echo")?,
+                },
+            })
         }
 
         fn user_from_row(row: &DbRow) -> StoreResult<User> {
@@ -763,6 +804,58 @@ macro_rules! impl_sql_store {
                 Ok(ended)
             }
 
+            async fn create_device_credential(&self, credential: &DeviceCredential, secret_hash: &str) -> StoreResult<()> {
+                let g = &credential.grant;
+                let conversations = match &g.conversations {
+                    Some(cs) => Some(serde_json::to_string(cs).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                    None => None,
+                };
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, device_id, created_at, name, secret_hash, conversations, can_send, can_receive, acks, echo) \
+                     VALUES ($1, $2, NULL, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&credential.id)
+                .bind(&credential.user_id)
+                .bind(credential.created_at)
+                .bind(&credential.name)
+                .bind(secret_hash)
+                .bind(conversations)
+                .bind(g.can_send)
+                .bind(g.can_receive)
+                .bind(g.acks)
+                .bind(g.echo)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn device_credentials(&self, user: &str) -> StoreResult<Vec<DeviceCredential>> {
+                let sql = format!(
+                    "SELECT {DEVICE_CREDENTIAL_COLUMNS} FROM sessions s WHERE s.user_id = $1 \
+                     AND s.secret_hash IS NOT NULL AND s.revoked_at IS NULL ORDER BY s.created_at DESC, s.id DESC"
+                );
+                let rows = sqlx::query(&sql).bind(user).fetch_all(self.reader()).await?;
+                rows.iter().map(device_credential_from_row).collect()
+            }
+
+            async fn device_credential_by_secret(&self, secret_hash: &str) -> StoreResult<Option<DeviceCredential>> {
+                let sql = format!(
+                    "SELECT {DEVICE_CREDENTIAL_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id \
+                     WHERE s.secret_hash = $1 AND s.revoked_at IS NULL AND u.disabled_at IS NULL AND u.deleted_at IS NULL"
+                );
+                let row = sqlx::query(&sql).bind(secret_hash).fetch_optional(self.reader()).await?;
+                row.as_ref().map(device_credential_from_row).transpose()
+            }
+
+            async fn device_credential(&self, id: &str) -> StoreResult<Option<DeviceCredential>> {
+                let sql = format!(
+                    "SELECT {DEVICE_CREDENTIAL_COLUMNS} FROM sessions s \
+                     WHERE s.id = $1 AND s.secret_hash IS NOT NULL AND s.revoked_at IS NULL"
+                );
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(device_credential_from_row).transpose()
+            }
+
             async fn session_active(&self, session_id: &str) -> StoreResult<bool> {
                 // A disabled or deleted account's sessions are all revoked when it is
                 // disabled, but a login racing the disable could open one after that.
@@ -814,12 +907,20 @@ macro_rules! impl_sql_store {
                         members.push((user.clone(), *role));
                     }
                 }
+                // In user-id order: on PostgreSQL each insert takes that user's handle
+                // lock (migration 0005), and one order everywhere cannot deadlock.
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut handles: Vec<(String, u32)> = Vec::with_capacity(members.len());
                 for chunk in members.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO members (conversation_id, user_id, role, joined_at) ");
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO members (conversation_id, user_id, role, joined_at, handle) ");
                     qb.push_values(chunk, |mut b, (user, role)| {
                         b.push_bind(new.id.clone()).push_bind(user.clone()).push_bind(role.as_str()).push_bind(new.created_at);
+                        b.push(NEXT_HANDLE).push_bind_unseparated(user.clone()).push_unseparated(")");
                     });
-                    qb.build().execute(&mut *tx).await?;
+                    qb.push(" RETURNING user_id, handle");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        handles.push(handle_from_row(&row)?);
+                    }
                 }
                 let conversation = Conversation {
                     id: new.id.clone(),
@@ -847,6 +948,9 @@ macro_rules! impl_sql_store {
                 }
                 for user in &recipients {
                     self.index.add(&conversation.id, user);
+                }
+                for (user, handle) in &handles {
+                    self.index.set_handle(user, &conversation.id, *handle);
                 }
                 Ok(Created { conversation, created: true, deliveries })
             }
@@ -990,15 +1094,20 @@ macro_rules! impl_sql_store {
                 };
                 let conv = conversation_from_row(&row)?;
                 let mut added: Vec<(String, Role)> = Vec::new();
-                for (user, role) in users {
+                let mut handles: Vec<(String, u32)> = Vec::new();
+                // User-id order, for the handle locks (see create_conversation).
+                let mut users = users.to_vec();
+                users.sort_by(|a, b| a.0.cmp(&b.0));
+                for (user, role) in &users {
                     // New members start with the existing history read; a departed member
-                    // coming back is re-admitted, a current one is left alone.
+                    // coming back is re-admitted (keeping their handle), a current one is
+                    // left alone.
                     let row = sqlx::query(
-                        "INSERT INTO members (conversation_id, user_id, role, read_seq, delivered_seq, joined_at) \
-                         VALUES ($1, $2, $3, $4, $4, $5) \
+                        "INSERT INTO members (conversation_id, user_id, role, read_seq, delivered_seq, joined_at, handle) \
+                         VALUES ($1, $2, $3, $4, $4, $5, (SELECT COALESCE(MAX(handle), 0) + 1 FROM members WHERE user_id = $2)) \
                          ON CONFLICT (conversation_id, user_id) DO UPDATE SET left_at = NULL, role = excluded.role, \
                            read_seq = excluded.read_seq, delivered_seq = excluded.delivered_seq, joined_at = excluded.joined_at \
-                         WHERE members.left_at IS NOT NULL RETURNING user_id",
+                         WHERE members.left_at IS NOT NULL RETURNING user_id, handle",
                     )
                     .bind(conversation)
                     .bind(user)
@@ -1007,7 +1116,8 @@ macro_rules! impl_sql_store {
                     .bind(at)
                     .fetch_optional(&mut *tx)
                     .await?;
-                    if row.is_some() {
+                    if let Some(row) = row {
+                        handles.push(handle_from_row(&row)?);
                         added.push((user.clone(), *role));
                     }
                 }
@@ -1024,6 +1134,9 @@ macro_rules! impl_sql_store {
                 tx.commit().await?;
                 for (user, _) in &added {
                     self.index.add(conversation, user);
+                }
+                for (user, handle) in &handles {
+                    self.index.set_handle(user, conversation, *handle);
                 }
                 Ok(deliveries)
             }

@@ -61,6 +61,21 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> StoreResult<Option<Session>>;
     async fn revoke_session(&self, session_id: &str, now: i64) -> StoreResult<bool>;
+    /// Stores a device credential (a session row carrying the secret's hash).
+    async fn create_device_credential(
+        &self,
+        credential: &DeviceCredential,
+        secret_hash: &str,
+    ) -> StoreResult<()>;
+    /// The user's live (not revoked) device credentials, newest first.
+    async fn device_credentials(&self, user: &str) -> StoreResult<Vec<DeviceCredential>>;
+    /// The live credential whose secret hashes to `secret_hash`, if its user is active.
+    async fn device_credential_by_secret(
+        &self,
+        secret_hash: &str,
+    ) -> StoreResult<Option<DeviceCredential>>;
+    /// The live credential `id`, or `None`; used for the grant of a session.
+    async fn device_credential(&self, id: &str) -> StoreResult<Option<DeviceCredential>>;
     /// True when the session exists and is not revoked.
     async fn session_active(&self, session_id: &str) -> StoreResult<bool>;
 

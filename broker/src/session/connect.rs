@@ -97,6 +97,7 @@ pub(super) async fn handshake(
         identity.device.clone(),
         connect.client_id.clone(),
         identity.session.clone(),
+        identity.grant.clone(),
         limits.outbound_queue,
     );
     if let Err(RegisterError::UserCap) = shared

@@ -14,17 +14,25 @@ pub const BLOCKED_MESSAGE: &str = "this user does not accept your messages";
 /// How long a command waits for room in a full worker queue before it is refused.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+use tidings_core::protocol::compact::Context;
+
 use super::{Ending, Session};
-use crate::acl::may_publish;
+use crate::acl::{device_may_publish, may_publish};
 use crate::connection::{AckCode, CloseReason, FrameError, Outgoing, Publish};
+use crate::fanout::{UserHandles, COMPACT_OUTBOX};
 use crate::worker::{AckTarget, Inbound};
 
 impl Session<'_> {
     pub(super) async fn publish(&mut self, p: Publish) -> Result<Option<Ending>, FrameError> {
         let user = self.conn.user.as_str();
+        if p.topic == COMPACT_OUTBOX && p.qos <= 1 && !p.retain {
+            self.command(p, true).await?;
+            return Ok(None);
+        }
         if p.topic.is_empty()
             || !rumqttc::mqttbytes::valid_topic(&p.topic)
             || !may_publish(user, &p.topic, p.qos, p.retain, self.shared.hub.index())
+            || !device_may_publish(&self.conn.grant, &p.topic)
         {
             return Ok(Some(self.violation(
                 "publish to a forbidden topic",
@@ -36,19 +44,29 @@ impl Session<'_> {
             return self.typing(p).await;
         }
         // The ACL admits one other topic: the user's own outbox.
-        self.command(p).await?;
+        self.command(p, false).await?;
         Ok(None)
     }
 
     /// A `send` into a direct conversation whose other member blocked the sender is
     /// refused here, before the worker: only users someone blocked pay for the decode.
-    async fn blocked_send(&mut self, p: &Publish) -> Result<bool, FrameError> {
+    async fn blocked_send(&mut self, p: &Publish, compact: bool) -> Result<bool, FrameError> {
         let index = self.shared.hub.index();
         if !index.is_blocked_by_anyone(&self.conn.user) {
             return Ok(false);
         }
         let format = WireFormat::sniff(&p.payload);
-        let Ok(cmd) = format.codec().decode_command(&p.payload) else {
+        let decoded = if compact {
+            let handles = UserHandles::new(index, &self.conn.user);
+            Context {
+                user: &self.conn.user,
+                handles: &handles,
+            }
+            .decode_command(&p.payload)
+        } else {
+            format.codec().decode_command(&p.payload)
+        };
+        let Ok(cmd) = decoded else {
             return Ok(false); // the worker answers what is wrong with it
         };
         let Op::Send { conv, .. } = &cmd.op else {
@@ -58,25 +76,32 @@ impl Session<'_> {
             return Ok(false);
         }
         let event = Event::error(Some(cmd.id.clone()), ErrorCode::Forbidden, BLOCKED_MESSAGE);
-        self.shared.fanout.reply(&self.conn.user, format, &event);
+        self.reply(compact, format, &event);
         if p.qos == 1 {
             self.ack_in_order(p.pkid, AckCode::NotAuthorized).await?;
         }
         Ok(true)
     }
 
-    async fn command(&mut self, p: Publish) -> Result<(), FrameError> {
-        if self.blocked_send(&p).await? {
+    /// An answer to a command in the form the device reads: on its compact `i`, or on
+    /// the inbox of the codec it wrote in.
+    fn reply(&self, compact: bool, format: WireFormat, event: &Event) {
+        if compact {
+            self.shared.fanout.reply_compact(self.conn, event);
+        } else {
+            self.shared.fanout.reply(&self.conn.user, format, event);
+        }
+    }
+
+    async fn command(&mut self, p: Publish, compact: bool) -> Result<(), FrameError> {
+        if self.blocked_send(&p, compact).await? {
             return Ok(());
         }
-        let ack = (p.qos == 1).then(|| AckTarget {
-            conn: self.conn.clone(),
-            pkid: p.pkid,
-        });
         let inbound = Inbound::Command {
-            user: self.conn.user.clone(),
+            from: self.conn.clone(),
             payload: p.payload,
-            ack,
+            pkid: (p.qos == 1).then_some(p.pkid),
+            compact,
         };
         // A full queue pushes back on this one connection (it is not read meanwhile)
         // for a moment before the command is refused: bursts are absorbed, and a stuck
@@ -84,7 +109,7 @@ impl Session<'_> {
         let Err(refused) = self.shared.worker.send_timeout(inbound, QUEUE_WAIT).await else {
             return Ok(());
         };
-        let Inbound::Command { user, payload, ack } = refused.into_inner() else {
+        let Inbound::Command { payload, pkid, .. } = refused.into_inner() else {
             return Ok(());
         };
         metrics::counter!("tidings_worker_overflow_total").increment(1);
@@ -93,13 +118,11 @@ impl Session<'_> {
             ErrorCode::Unavailable,
             "the server is overloaded; retry with the same id",
         );
-        self.shared
-            .fanout
-            .reply(&user, WireFormat::sniff(&payload), &event);
-        match ack {
-            Some(a) => {
+        self.reply(compact, WireFormat::sniff(&payload), &event);
+        match pkid {
+            Some(pkid) => {
                 self.send_now(Outgoing::PubAck {
-                    pkid: a.pkid,
+                    pkid,
                     code: AckCode::QuotaExceeded,
                 })
                 .await

@@ -4,8 +4,9 @@
 //! QoS 0: deliveries are QoS 0, and what a device missed is recovered by `iseq`.
 
 use super::Session;
-use crate::acl::{may_subscribe, Grant};
+use crate::acl::{device_may_subscribe, may_subscribe, Grant};
 use crate::connection::{FrameError, Outgoing};
+use crate::fanout::{compact_inbox, compact_inbox_alias, COMPACT_INBOX};
 use crate::hub::Outbound;
 
 impl Session<'_> {
@@ -18,8 +19,21 @@ impl Session<'_> {
         let mut granted = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for (filter, _qos) in &filters {
+            if filter == COMPACT_INBOX && self.conn.grant.can_receive {
+                // The compact profile: the user's inbox, delivered as `i`.
+                let topic = compact_inbox(&user);
+                self.shared.hub.subscribe_as(
+                    self.conn,
+                    &topic,
+                    Grant::Own,
+                    Some(compact_inbox_alias()),
+                );
+                granted.push(Some(0));
+                continue;
+            }
             let allowed = rumqttc::mqttbytes::valid_filter(filter)
-                && may_subscribe(&user, filter, self.shared.hub.index());
+                && may_subscribe(&user, filter, self.shared.hub.index())
+                && device_may_subscribe(&self.conn.grant, filter);
             if !allowed {
                 tracing::info!(user = %user, client_id = %self.conn.client_id, filter = %filter, "subscription refused");
                 metrics::counter!("tidings_mqtt_subscriptions_refused_total").increment(1);
@@ -49,7 +63,12 @@ impl Session<'_> {
         filters: Vec<String>,
     ) -> Result<(), FrameError> {
         for filter in &filters {
-            self.shared.hub.unsubscribe(self.conn.id, filter);
+            if filter == COMPACT_INBOX {
+                let topic = compact_inbox(&self.conn.user);
+                self.shared.hub.unsubscribe(self.conn.id, &topic);
+            } else {
+                self.shared.hub.unsubscribe(self.conn.id, filter);
+            }
         }
         self.send_now(Outgoing::UnsubAck {
             pkid,

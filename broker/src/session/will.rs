@@ -31,9 +31,10 @@ pub(super) async fn fire(shared: &Shared, conn: &Arc<ConnHandle>, will: Will) {
     } else {
         // The user's own outbox: the will is a command, stored like any other.
         let inbound = Inbound::Command {
-            user: conn.user.clone(),
+            from: conn.clone(),
             payload: will.payload,
-            ack: None,
+            pkid: None,
+            compact: false,
         };
         let waited = shared
             .worker

@@ -13,17 +13,19 @@
 //! decided batches.
 
 pub mod ops;
+mod query;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tidings_core::protocol::{CodecError, ErrorCode, Event, WireFormat};
+use tidings_core::protocol::compact::{self, Context};
+use tidings_core::protocol::{codec, CodecError, Command, ErrorCode, Event, EventBody, WireFormat};
 use tidings_store::{now_ms, Delivery, EventSink, Store, WriteOp, WriteOutcome};
 use tokio::sync::mpsc::Receiver;
 
 use crate::connection::AckCode;
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, UserHandles};
 use crate::hub::{ConnHandle, Outbound};
 use tidings_core::ratelimit::RateLimiter;
 
@@ -42,22 +44,34 @@ pub struct AckTarget {
 
 /// What the front door hands over, in each connection's PUBLISH order.
 pub enum Inbound {
-    /// A command: the sender is the connection's user (the topic was `u/{user}/out`,
-    /// which the ACL makes unforgeable).
+    /// A command from `from`'s user (the topic was their own `u/{user}/out`, which the
+    /// ACL makes unforgeable, or the compact profile's `o`). `pkid` is set for QoS 1.
     Command {
-        user: String,
+        from: Arc<ConnHandle>,
         payload: Bytes,
-        ack: Option<AckTarget>,
+        pkid: Option<u16>,
+        compact: bool,
     },
     /// A PUBACK for a publish that is not a command (QoS 1 typing): it goes through the
     /// queue only so that it cannot overtake the PUBACKs of earlier commands.
     AckOnly(AckTarget, AckCode),
 }
 
+/// Where a command's answer goes.
+#[derive(Clone, Copy)]
+enum ReplyTo {
+    /// The user's inbox in the codec the command was written in (`u/{me}/in` or
+    /// `u/{me}/in/c`), where all of the user's devices following it see it.
+    Inbox(WireFormat),
+    /// The compact profile: only the connection that sent it, on its `i`, without the
+    /// `ack` if its credential asked for none (errors always go).
+    Compact,
+}
+
 /// One command's answer, sent in arrival order once its batch is decided.
 struct Answer {
-    user: String,
-    format: WireFormat,
+    from: Option<Arc<ConnHandle>>,
+    reply_to: ReplyTo,
     ack: Option<AckTarget>,
     outcome: Pending,
 }
@@ -69,6 +83,8 @@ enum Pending {
     Refused(Box<Event>, AckCode),
     /// The `i`-th op of the batch's write.
     Stored { op: usize, command_id: String },
+    /// A read (`sync`, `conversations`), answered by the replier.
+    Query(Box<Command>),
 }
 
 pub struct Worker {
@@ -91,6 +107,7 @@ pub fn error_code(e: &CodecError) -> ErrorCode {
         CodecError::UnknownOp(_) => ErrorCode::UnknownOp,
         CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
         CodecError::Malformed(_) | CodecError::Encode(_) => ErrorCode::Malformed,
+        CodecError::UnknownHandle(_) => ErrorCode::NotFound,
     }
 }
 
@@ -125,9 +142,10 @@ impl Worker {
     pub async fn run(self, mut inbound: Receiver<Inbound>, replies_on: tokio::runtime::Handle) {
         let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Stored>(REPLY_QUEUE);
         let fanout = self.fanout.clone();
+        let store = self.store.clone();
         let replier = replies_on.spawn(async move {
             while let Some(stored) = stored_rx.recv().await {
-                reply(&fanout, stored);
+                reply(&fanout, store.as_ref(), stored).await;
             }
         });
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -157,56 +175,91 @@ impl Worker {
         let mut answers = Vec::new();
         let mut ops = Vec::new();
         for item in items {
-            let (user, payload, ack) = match item {
-                Inbound::Command { user, payload, ack } => (user, payload, ack),
+            let (from, payload, pkid, compact) = match item {
+                Inbound::Command {
+                    from,
+                    payload,
+                    pkid,
+                    compact,
+                } => (from, payload, pkid, compact),
                 Inbound::AckOnly(target, code) => {
                     answers.push(Answer {
-                        user: String::new(),
-                        format: WireFormat::Json,
+                        from: None,
+                        reply_to: ReplyTo::Inbox(WireFormat::Json),
                         ack: Some(target),
                         outcome: Pending::AckOnly(code),
                     });
                     continue;
                 }
             };
-            let format = WireFormat::sniff(&payload);
-            let outcome = match format.codec().decode_command(&payload) {
+            let (reply_to, decoded) = if compact {
+                let handles = UserHandles::new(self.fanout.hub().index(), &from.user);
+                let ctx = Context {
+                    user: &from.user,
+                    handles: &handles,
+                };
+                (ReplyTo::Compact, ctx.decode_command(&payload))
+            } else {
+                let format = WireFormat::sniff(&payload);
+                (
+                    ReplyTo::Inbox(format),
+                    format.codec().decode_command(&payload),
+                )
+            };
+            let refuse = |id: Option<String>, code: ErrorCode, message: String, ack: AckCode| {
+                Pending::Refused(Box::new(Event::error(id, code, message)), ack)
+            };
+            let outcome = match decoded {
                 Err(e) => {
                     let code = error_code(&e);
-                    Pending::Refused(
-                        Box::new(Event::error(None, code, e.to_string())),
-                        ack_code(code),
-                    )
+                    let id = if compact {
+                        compact::command_id(&payload)
+                    } else {
+                        codec::command_id(&payload)
+                    };
+                    refuse(id, code, e.to_string(), ack_code(code))
                 }
                 Ok(cmd) => match cmd.validate() {
-                    Err(invalid) => Pending::Refused(
-                        Box::new(Event::error(Some(cmd.id), invalid.code, invalid.message)),
+                    Err(invalid) => refuse(
+                        Some(cmd.id),
+                        invalid.code,
+                        invalid.message,
                         ack_code(invalid.code),
                     ),
-                    Ok(()) if ops::is_rate_limited(&cmd.op) && !self.allowed(&user, now) => {
-                        Pending::Refused(
-                            Box::new(Event::error(
+                    Ok(()) => match ops::grant_refusal(&from.grant, &cmd.op) {
+                        Some((code, why)) => refuse(Some(cmd.id), code, why.into(), ack_code(code)),
+                        None if cmd.op.is_query() => Pending::Query(Box::new(cmd)),
+                        None if ops::is_rate_limited(&cmd.op) && !self.allowed(&from.user, now) => {
+                            refuse(
                                 Some(cmd.id),
                                 ErrorCode::RateLimited,
-                                "too many messages; retry later with the same id",
-                            )),
-                            AckCode::QuotaExceeded,
-                        )
-                    }
-                    Ok(()) => {
-                        let command_id = cmd.id.clone();
-                        ops.push(ops::write_op(&user, cmd, now));
-                        Pending::Stored {
-                            op: ops.len() - 1,
-                            command_id,
+                                "too many messages; retry later with the same id".into(),
+                                AckCode::QuotaExceeded,
+                            )
                         }
-                    }
+                        None => {
+                            let command_id = cmd.id.clone();
+                            match ops::write_op(&from.user, cmd, now) {
+                                Some(op) => {
+                                    ops.push(op);
+                                    Pending::Stored {
+                                        op: ops.len() - 1,
+                                        command_id,
+                                    }
+                                }
+                                None => Pending::AckOnly(AckCode::Success),
+                            }
+                        }
+                    },
                 },
             };
             answers.push(Answer {
-                user,
-                format,
-                ack,
+                ack: pkid.map(|pkid| AckTarget {
+                    conn: from.clone(),
+                    pkid,
+                }),
+                from: Some(from),
+                reply_to,
                 outcome,
             });
         }
@@ -276,13 +329,14 @@ fn answer_to(command_id: String, outcome: WriteOutcome) -> (Event, AckCode, Vec<
 
 /// Answers a stored batch in arrival order, so each connection's PUBACKs are in the
 /// order of its PUBLISHes, as MQTT requires.
-fn reply(fanout: &Fanout, stored: Stored) {
+async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
     let Stored {
         answers,
         mut outcomes,
     } = stored;
     let mut delivered = 0u64;
     for answer in answers {
+        let format = answer.reply_to_format();
         let (event, code, deliveries) = match answer.outcome {
             Pending::AckOnly(code) => {
                 if let Some(target) = answer.ack {
@@ -308,9 +362,30 @@ fn reply(fanout: &Fanout, stored: Stored) {
                     ),
                 }
             }
+            Pending::Query(cmd) => {
+                let Some(from) = &answer.from else { continue };
+                let event = query::answer(store, fanout.hub().index(), from, *cmd).await;
+                let code = match &event.body {
+                    EventBody::Error(e) => ack_code(e.code),
+                    _ => AckCode::Success,
+                };
+                // A page of someone's inbox is for the device that asked, not for
+                // every device following the inbox.
+                query::send_to(fanout, from, format, &event);
+                (event, code, Vec::new())
+            }
         };
-        // The sender's answer first, then everyone's events.
-        fanout.reply(&answer.user, answer.format, &event);
+        match (answer.reply_to, &answer.from) {
+            (_, None) => {}
+            (_, Some(_))
+                if matches!(event.body, EventBody::Sync(_) | EventBody::Conversations(_)) => {}
+            (ReplyTo::Inbox(format), Some(from)) => fanout.reply(&from.user, format, &event),
+            (ReplyTo::Compact, Some(from)) => {
+                if from.grant.acks || !matches!(event.body, EventBody::Ack(_)) {
+                    fanout.reply_compact(from, &event);
+                }
+            }
+        }
         if let Some(target) = answer.ack {
             target.conn.send(Outbound::PubAck {
                 pkid: target.pkid,
@@ -323,4 +398,14 @@ fn reply(fanout: &Fanout, stored: Stored) {
         }
     }
     metrics::counter!("tidings_events_delivered_total").increment(delivered);
+}
+
+impl Answer {
+    /// The codec the asking device reads.
+    fn reply_to_format(&self) -> Option<WireFormat> {
+        match self.reply_to {
+            ReplyTo::Inbox(format) => Some(format),
+            ReplyTo::Compact => None,
+        }
+    }
 }

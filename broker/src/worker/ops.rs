@@ -3,9 +3,9 @@
 //! planner, so MQTT and REST writes obey exactly the same ones.
 
 use tidings_core::protocol::event::ReceiptKind;
-use tidings_core::protocol::ids::new_id;
-use tidings_core::protocol::{Command, Op};
-use tidings_store::{NewMessage, WriteOp};
+use tidings_core::protocol::ids::id_at;
+use tidings_core::protocol::{Command, ErrorCode, Op};
+use tidings_store::{DeviceGrant, NewMessage, WriteOp};
 
 /// Does this op count against the sender's rate limit? Receipts do not: they are
 /// bounded by the number of messages, and a client must always be able to send them.
@@ -13,9 +13,11 @@ pub fn is_rate_limited(op: &Op) -> bool {
     !matches!(op, Op::Delivered { .. } | Op::Read { .. })
 }
 
-pub fn write_op(user: &str, cmd: Command, now: i64) -> WriteOp {
+/// The store write a command asks for; `None` for the queries (`sync`,
+/// `conversations`), which read instead.
+pub fn write_op(user: &str, cmd: Command, now: i64) -> Option<WriteOp> {
     let user = user.to_owned();
-    match cmd.op {
+    Some(match cmd.op {
         Op::Send {
             conv,
             body,
@@ -23,7 +25,7 @@ pub fn write_op(user: &str, cmd: Command, now: i64) -> WriteOp {
             mentions,
             attachment,
         } => WriteOp::Send(NewMessage {
-            id: new_id(),
+            id: id_at(now),
             conv,
             sender: user,
             client_msg_id: cmd.id,
@@ -68,5 +70,33 @@ pub fn write_op(user: &str, cmd: Command, now: i64) -> WriteOp {
             seq,
             at: now,
         },
+        Op::Sync { .. } | Op::Conversations {} => return None,
+    })
+}
+
+/// Why a device credential may not run `op`, if it may not. A credential limited to
+/// some conversations may only use the ops that name a conversation (send, delivered,
+/// read): the others name a message, whose conversation the front door does not know.
+pub fn grant_refusal(grant: &DeviceGrant, op: &Op) -> Option<(ErrorCode, &'static str)> {
+    if op.is_query() {
+        return (!grant.can_receive).then_some((
+            ErrorCode::Forbidden,
+            "this credential is send-only; it cannot read",
+        ));
+    }
+    if !grant.can_send {
+        return Some((ErrorCode::Forbidden, "this credential is receive-only"));
+    }
+    if grant.conversations.is_none() {
+        return None;
+    }
+    match op {
+        Op::Send { conv, .. } | Op::Delivered { conv, .. } | Op::Read { conv, .. } => {
+            (!grant.covers(conv)).then_some((ErrorCode::NotFound, "no such conversation"))
+        }
+        _ => Some((
+            ErrorCode::Forbidden,
+            "a credential limited to some conversations may only send and mark messages",
+        )),
     }
 }

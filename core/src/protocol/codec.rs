@@ -25,6 +25,9 @@ pub enum CodecError {
     UnsupportedVersion(u8),
     #[error("could not encode: {0}")]
     Encode(String),
+    /// The compact profile named a conversation by a handle the user does not have.
+    #[error("no conversation has handle {0}; send `conversations` for the list")]
+    UnknownHandle(u32),
 }
 
 /// The two wire formats.

@@ -65,10 +65,27 @@ pub enum Op {
         conv: String,
         seq: u64,
     },
+    /// Catch-up without HTTP: my inbox events after `since` (an `iseq`), answered with
+    /// one `sync` event (a page, with `has_more`).
+    Sync {
+        #[serde(default)]
+        since: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// My conversations and their short handles, answered with a `conversations` event.
+    Conversations {},
+}
+
+impl Op {
+    /// Reads answered by the front door from the database, never stored.
+    pub fn is_query(&self) -> bool {
+        matches!(self, Op::Sync { .. } | Op::Conversations {})
+    }
 }
 
 /// The `op` names a device may use, for telling "unknown op" from "malformed".
-pub const OP_NAMES: [&str; 7] = [
+pub const OP_NAMES: [&str; 9] = [
     "send",
     "edit",
     "delete",
@@ -76,6 +93,8 @@ pub const OP_NAMES: [&str; 7] = [
     "unreact",
     "delivered",
     "read",
+    "sync",
+    "conversations",
 ];
 
 /// A reason a well-formed command is still not acceptable, checked without I/O.
@@ -180,6 +199,7 @@ impl Command {
                 Ok(())
             }
             Op::Delivered { conv, .. } | Op::Read { conv, .. } => server_id("conv", conv),
+            Op::Sync { .. } | Op::Conversations {} => Ok(()),
         }
     }
 }

@@ -74,6 +74,60 @@ pub enum EventBody {
     Ack(AckView),
     Error(ErrorView),
     Invitation(InvitationView),
+    /// The answer to a `sync` command: one page of the inbox.
+    Sync(SyncView),
+    /// The answer to a `conversations` command.
+    Conversations(ConversationsView),
+}
+
+/// A page of inbox events after the asked `since`, oldest first, each with its `iseq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SyncView {
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
+    pub events: Vec<Event>,
+    /// The `since` to ask with next.
+    pub next: u64,
+    pub has_more: bool,
+}
+
+/// The caller's current conversations with their per-user handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConversationsView {
+    pub conversations: Vec<ConversationEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConversationEntry {
+    pub id: String,
+    /// A small number naming this conversation for this user in the compact profile.
+    pub handle: u32,
+    pub kind: ConversationKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl EventBody {
+    /// The conversation the event is about, if it is about one.
+    pub fn conv(&self) -> Option<&str> {
+        match self {
+            EventBody::Message(m) | EventBody::MessageUpdated(m) => Some(&m.conv),
+            EventBody::Reaction(r) => Some(&r.conv),
+            EventBody::Receipt(r) => Some(&r.conv),
+            EventBody::Member(m) => Some(&m.conv),
+            EventBody::Conversation(c) => Some(&c.id),
+            EventBody::Invitation(i) => Some(&i.conv),
+            EventBody::Ack(a) => a.conv.as_deref(),
+            EventBody::Error(_) | EventBody::Sync(_) | EventBody::Conversations(_) => None,
+        }
+    }
+
+    /// Whether this is `user`'s own message (new, edited or deleted) coming back to them.
+    pub fn is_own_message(&self, user: &str) -> bool {
+        matches!(self, EventBody::Message(m) | EventBody::MessageUpdated(m) if m.sender == user)
+    }
 }
 
 /// Someone wanted to add you to a group or room, but your "who may add me" setting

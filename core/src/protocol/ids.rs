@@ -24,6 +24,20 @@ pub fn new_id() -> String {
     Ulid::new().to_string()
 }
 
+/// A fresh ULID whose time part is `ms` (Unix milliseconds). Message ids are made this
+/// way so that the id alone tells the message's `created_at`: the compact profile
+/// leaves the timestamp out and loses nothing.
+pub fn id_at(ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    Ulid::from_datetime(at).to_string()
+}
+
+/// The time part of a ULID, in Unix milliseconds.
+pub fn id_time(id: &str) -> Option<i64> {
+    i64::try_from(Ulid::from_string(id).ok()?.timestamp_ms()).ok()
+}
+
 /// True when `s` is a canonical server id (a 26-character ULID).
 pub fn is_server_id(s: &str) -> bool {
     s.len() == 26 && Ulid::from_string(s).is_ok()
@@ -61,5 +75,12 @@ mod tests {
             assert!(!is_client_id(bad), "{bad:?} must be rejected");
         }
         assert!(!is_server_id("not-a-ulid"));
+    }
+
+    #[test]
+    fn ids_made_at_a_time_tell_that_time() {
+        let at = 1_732_226_400_123;
+        assert_eq!(id_time(&id_at(at)), Some(at));
+        assert!(is_server_id(&id_at(at)));
     }
 }

@@ -6,10 +6,12 @@
 //! - [`event`]: what the server publishes on `u/{uid}/in` and `c/{cid}/m`.
 //! - [`ephemeral`]: typing and presence payloads, never stored.
 //! - [`codec`]: JSON and compact CBOR, behind one [`codec::Codec`] trait.
+//! - [`compact`]: the compact profile's codec (integer keys, binary ids, handles).
 //! - [`limits`]: every size, count and rate bound, in one place.
 
 pub mod codec;
 pub mod command;
+pub mod compact;
 pub mod ephemeral;
 pub mod event;
 pub mod ids;

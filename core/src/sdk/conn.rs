@@ -553,7 +553,13 @@ impl Processor {
             }
             // Invitations are answered over HTTP (`GET /v1/invitations`); the SDK has no
             // call for them yet.
-            EventBody::Ack(_) | EventBody::Error(_) | EventBody::Invitation(_) => {}
+            // The SDK catches up over HTTP; `sync`/`conversations` answer commands it
+            // never sends.
+            EventBody::Ack(_)
+            | EventBody::Error(_)
+            | EventBody::Invitation(_)
+            | EventBody::Sync(_)
+            | EventBody::Conversations(_) => {}
         }
     }
 }

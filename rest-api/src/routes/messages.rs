@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidings_core::protocol::event::{EventBody, MessageKind, MessageView};
-use tidings_core::protocol::ids::new_id;
+use tidings_core::protocol::ids::id_at;
 use tidings_core::protocol::limits::{DEFAULT_PAGE, MAX_PAGE};
 use tidings_core::protocol::{Command, Op};
 use tidings_store::{now_ms, NewMessage, SeqPage, WriteOp, WriteOutcome};
@@ -202,8 +202,9 @@ pub async fn send(
     else {
         return Err(ApiError::internal());
     };
+    let now = now_ms();
     let op = WriteOp::Send(NewMessage {
-        id: new_id(),
+        id: id_at(now),
         conv,
         sender: auth.user_id.clone(),
         client_msg_id: cmd.id,
@@ -211,7 +212,7 @@ pub async fn send(
         reply_to,
         mentions,
         attachment,
-        created_at: now_ms(),
+        created_at: now,
     });
     let outcome = state
         .store

@@ -7,11 +7,8 @@
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use tidings_core::protocol::limits::MAX_PAGE;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use tidings_core::protocol::event::{EventBody, MessageView};
 use tidings_core::protocol::Event;
 
 use crate::error::ApiResult;
@@ -46,60 +43,12 @@ pub async fn sync(
     auth: AuthUser,
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> ApiResult<Json<SyncResponse>> {
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let mut rows = state
-        .store
-        .inbox_since(&auth.user_id, q.since, limit + 1)
-        .await?;
-    let has_more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = rows.last().map_or(q.since, |e| e.seq);
-    // Events are replayed with each message as it is now: an edit or a deletion meant
-    // to remove text removes it from replays too (history already reads the rows).
-    let message_ids: Vec<String> = rows
-        .iter()
-        .filter_map(|e| match &e.body {
-            EventBody::Message(m) | EventBody::MessageUpdated(m) => Some(m.id.clone()),
-            _ => None,
-        })
-        .collect();
-    let current: HashMap<String, MessageView> = state
-        .store
-        .messages_by_ids(&message_ids)
-        .await?
-        .into_iter()
-        .map(|m| (m.id.clone(), m))
-        .collect();
-    let redact = |m: MessageView| match current.get(&m.id) {
-        Some(now) => now.clone(),
-        // The row is gone: replay nothing of what it said.
-        None => MessageView {
-            body: String::new(),
-            mentions: Vec::new(),
-            attachment: None,
-            deleted: true,
-            ..m
-        },
-    };
-    let events = rows
-        .into_iter()
-        .map(|e| {
-            let body = match e.body {
-                EventBody::Message(m) => EventBody::Message(redact(m)),
-                EventBody::MessageUpdated(m) => EventBody::MessageUpdated(redact(m)),
-                other => other,
-            };
-            Event {
-                v: 1,
-                seq: Some(e.seq),
-                re: None,
-                body,
-            }
-        })
-        .collect();
+    let page =
+        tidings_store::sync::sync_page(state.store.as_ref(), &auth.user_id, q.since, q.limit)
+            .await?;
     Ok(Json(SyncResponse {
-        events,
-        next,
-        has_more,
+        events: page.events,
+        next: page.next,
+        has_more: page.has_more,
     }))
 }
