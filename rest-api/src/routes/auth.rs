@@ -283,6 +283,7 @@ pub async fn refresh(
             &tokens::refresh_token_hash(&req.refresh_token),
             &refresh_token_record(&state, &new_token),
             now_ms(),
+            0,
         )
         .await?;
     let session = match rotation {
@@ -293,7 +294,8 @@ pub async fn refresh(
                 "unknown, expired or revoked refresh token; log in again",
             ))
         }
-        Rotation::Reused(session) => {
+        // Unreachable with a grace of 0 and a random successor; answered like reuse.
+        Rotation::Reused(session) | Rotation::Replayed(session) => {
             tracing::warn!(session = %session.id, user = %session.user_id, "refresh token reused; session revoked");
             return Err(ApiError::unauthorized(
                 "token_reused",
