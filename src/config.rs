@@ -86,6 +86,10 @@ pub struct AuthConfig {
     /// How often (milliseconds) the server looks for sessions another process revoked
     /// (the admin CLI, another node), to close their live MQTT connections.
     pub revocation_poll_ms: u64,
+    /// Seconds after a refresh token was rotated during which presenting it again (a
+    /// client retrying a refresh whose reply was lost) returns the same new refresh
+    /// token instead of ending the session; 0 ends it on any second use.
+    pub refresh_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +131,7 @@ impl Default for Config {
                 access_ttl_secs: tidings_core::protocol::limits::ACCESS_TOKEN_TTL_SECS,
                 refresh_ttl_secs: tidings_core::protocol::limits::REFRESH_TOKEN_TTL_SECS,
                 revocation_poll_ms: 1000,
+                refresh_grace_secs: tidings_core::protocol::limits::REFRESH_GRACE_SECS,
             },
             uploads: tidings_rest::uploads::UploadsConfig::default(),
             limits: LimitsConfig {
@@ -194,6 +199,9 @@ mod tests {
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:9100");
             assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1884");
             assert_eq!(c.database_url(), "postgres://db/tidings");
+            jail.set_env("TIDINGS_AUTH_REFRESH_GRACE_SECS", "0");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.refresh_grace_secs, 0);
             jail.set_env("TIDINGS_DATA_DIR", "/var/lib/tidings");
             jail.set_env("TIDINGS_MQTT_LISTEN", "0.0.0.0:2883");
             let c = Config::load(None).map_err(|e| e.to_string())?;
@@ -274,6 +282,7 @@ mod tests {
             assert_eq!(c.database_url(), "sqlite://./data/tidings.db");
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1883");
+            assert_eq!(c.auth.refresh_grace_secs, 30);
             Ok(())
         });
     }

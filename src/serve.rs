@@ -135,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .with_send_limiter(sends)
     .with_api_limits(config.limits.group)
+    .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
     .with_trusted_proxies(config.http.trusted_proxies.clone());
 

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::mqtt::Mqtt;
 use common::*;
 use serde_json::{json, Value};
 use tidings_auth::{AccessClaims, TokenKeys};
@@ -101,42 +104,142 @@ async fn register_login_me_refresh_logout_on_postgres() {
     lifecycle(Db::Postgres).await;
 }
 
-#[tokio::test]
-async fn a_replayed_refresh_token_ends_the_session() {
-    let server = Server::start(Db::Sqlite).await;
-    let http = client();
-    let bob = register(&server, "bob").await;
-    let refresh = |t: String| {
-        http.post(server.url("/v1/auth/refresh"))
-            .json(&json!({ "refresh_token": t }))
-            .send()
-    };
-    let res = refresh(bob.refresh.clone()).await.unwrap();
-    let next = account_from(&res.json().await.unwrap(), &bob.password);
-    expect_error(
-        refresh(bob.refresh.clone()).await.unwrap(),
-        401,
-        "token_reused",
-    )
-    .await;
-    // The thief's replay also killed the legitimate successor.
-    expect_error(
-        refresh(next.refresh.clone()).await.unwrap(),
-        401,
-        "invalid_token",
-    )
-    .await;
-    expect_error(
-        http.get(server.url("/v1/me"))
-            .bearer_auth(&next.access)
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "invalid_token",
-    )
-    .await;
+async fn refresh(server: &Server, token: &str) -> reqwest::Response {
+    client()
+        .post(server.url("/v1/auth/refresh"))
+        .json(&json!({ "refresh_token": token }))
+        .send()
+        .await
+        .expect("POST /v1/auth/refresh")
 }
+
+/// New tokens from a refresh that must succeed.
+async fn refreshed(server: &Server, account: &Account) -> Account {
+    let res = refresh(server, &account.refresh).await;
+    assert_eq!(res.status(), 200, "refresh");
+    account_from(&res.json().await.expect("json"), &account.password)
+}
+
+async fn me_status(server: &Server, access: &str) -> u16 {
+    client()
+        .get(server.url("/v1/me"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("GET /v1/me")
+        .status()
+        .as_u16()
+}
+
+fn session_of(access: &str) -> String {
+    let keys = TokenKeys::new(TEST_JWT_SECRET.as_bytes(), 900, 3600).expect("keys");
+    keys.verify_access(access)
+        .expect("a valid access token")
+        .sid
+}
+
+/// A session that lives until the test ends it: its first refresh token, and an MQTT
+/// connection on it so the test can see the session's end close it.
+async fn session_with_connection(server: &Server, name: &str) -> (Account, Mqtt) {
+    let account = register(server, name).await;
+    let mqtt = Mqtt::connect(server, &account, "phone").await;
+    (account, mqtt)
+}
+
+/// The device lost the reply to its refresh and retries with the old token: it gets the
+/// same new refresh token and an access token for the same session, and the session
+/// goes on (the new token rotates as usual afterwards).
+async fn a_retried_refresh_gets_the_same_token_and_keeps_the_session(db: Db) {
+    let server = Server::start(db).await;
+    let (bob, mut mqtt) = session_with_connection(&server, "bob").await;
+    let lost = refreshed(&server, &bob).await;
+    assert_ne!(lost.refresh, bob.refresh, "refresh tokens rotate");
+
+    let retry = refreshed(&server, &bob).await;
+    assert_eq!(retry.refresh, lost.refresh, "the same successor again");
+    assert_eq!(session_of(&retry.access), session_of(&bob.access));
+    assert_eq!(me_status(&server, &retry.access).await, 200);
+    let again = refreshed(&server, &bob).await;
+    assert_eq!(again.refresh, lost.refresh, "a second retry too");
+
+    let next = refreshed(&server, &retry).await;
+    assert_ne!(next.refresh, retry.refresh);
+    assert_eq!(session_of(&next.access), session_of(&bob.access));
+    assert_eq!(me_status(&server, &next.access).await, 200);
+    assert_eq!(
+        me_status(&server, &bob.access).await,
+        200,
+        "the session never ended"
+    );
+    // Panics if the connection closes: the session's live connection stays open.
+    mqtt.drain(Duration::from_millis(500)).await;
+}
+
+/// A replay after the window is reuse: the session ends, and with it the successor,
+/// its access tokens and its live connections.
+async fn a_replay_after_the_grace_window_ends_the_session(db: Db) {
+    let mut opts = Options::new(db);
+    opts.env
+        .push(("TIDINGS_AUTH_REFRESH_GRACE_SECS".into(), "2".into()));
+    let server = Server::start_with(opts).await;
+    let (bob, mut mqtt) = session_with_connection(&server, "bob").await;
+    let next = refreshed(&server, &bob).await;
+    let rotated_at = std::time::Instant::now();
+    // Positive control: inside the configured window the retry is still answered, so
+    // the 401 below comes from the window closing, not from retries being refused.
+    assert_eq!(refreshed(&server, &bob).await.refresh, next.refresh);
+
+    let past_window = rotated_at + Duration::from_millis(2500);
+    tokio::time::sleep(past_window.saturating_duration_since(std::time::Instant::now())).await;
+    expect_error(refresh(&server, &bob.refresh).await, 401, "token_reused").await;
+    mqtt.closed(NOTICED)
+        .await
+        .expect("the ended session's connection closes");
+    expect_error(refresh(&server, &next.refresh).await, 401, "invalid_token").await;
+    assert_eq!(me_status(&server, &next.access).await, 401);
+}
+
+/// Once the successor was used, the device did get its reply and moved on: whoever
+/// presents the old token now is not that device, so the session ends even inside the
+/// window, taking the thief's and the device's tokens with it.
+async fn a_replay_after_the_successor_was_used_ends_the_session(db: Db) {
+    let server = Server::start(db).await;
+    let (bob, mut mqtt) = session_with_connection(&server, "bob").await;
+    let next = refreshed(&server, &bob).await;
+    let after = refreshed(&server, &next).await;
+    expect_error(refresh(&server, &bob.refresh).await, 401, "token_reused").await;
+    mqtt.closed(NOTICED)
+        .await
+        .expect("the ended session's connection closes");
+    expect_error(refresh(&server, &after.refresh).await, 401, "invalid_token").await;
+    expect_error(refresh(&server, &next.refresh).await, 401, "invalid_token").await;
+    assert_eq!(me_status(&server, &after.access).await, 401);
+}
+
+/// With the window off, any second use is reuse, as before there was one.
+async fn with_no_grace_window_an_immediate_replay_ends_the_session(db: Db) {
+    let mut opts = Options::new(db);
+    opts.env
+        .push(("TIDINGS_AUTH_REFRESH_GRACE_SECS".into(), "0".into()));
+    let server = Server::start_with(opts).await;
+    let (bob, mut mqtt) = session_with_connection(&server, "bob").await;
+    let next = refreshed(&server, &bob).await;
+    expect_error(refresh(&server, &bob.refresh).await, 401, "token_reused").await;
+    mqtt.closed(NOTICED)
+        .await
+        .expect("the ended session's connection closes");
+    expect_error(refresh(&server, &next.refresh).await, 401, "invalid_token").await;
+    assert_eq!(me_status(&server, &next.access).await, 401);
+}
+
+const NOTICED: Duration = Duration::from_secs(5);
+
+on_both_databases!(
+    a_retried_refresh_gets_the_same_token_and_keeps_the_session,
+    a_replay_after_the_grace_window_ends_the_session,
+    a_replay_after_the_successor_was_used_ends_the_session,
+    with_no_grace_window_an_immediate_replay_ends_the_session,
+);
 
 #[tokio::test]
 async fn bad_requests_get_typed_errors() {

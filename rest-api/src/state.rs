@@ -1,6 +1,8 @@
 use std::sync::{Arc, Mutex};
 
-use tidings_core::protocol::limits::{AUTH_BURST, AUTH_PER_MINUTE, SEND_BURST, SEND_PER_SECOND};
+use tidings_core::protocol::limits::{
+    AUTH_BURST, AUTH_PER_MINUTE, REFRESH_GRACE_SECS, SEND_BURST, SEND_PER_SECOND,
+};
 use tidings_core::ratelimit::RateLimiter;
 
 use tidings_auth::TokenKeys;
@@ -14,6 +16,9 @@ use crate::uploads::{BlobStore, UploadsConfig};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<TokenKeys>,
+    /// Milliseconds after a refresh token's rotation during which presenting it again
+    /// returns the same successor rather than ending the session; 0: never.
+    pub refresh_grace_ms: i64,
     /// Publishes events the API stores (e.g. a new conversation) to the members'
     /// inboxes live; the broker provides it.
     pub sink: Arc<dyn EventSink>,
@@ -117,6 +122,12 @@ pub fn rate_limit(limiter: &Mutex<RateLimiter>, key: &str) -> Result<(), crate::
         .map_err(crate::error::ApiError::rate_limited)
 }
 
+/// Seconds to the milliseconds the store compares; a huge setting saturates rather than
+/// wrapping into a negative (that is, disabled) window.
+fn grace_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
@@ -128,6 +139,7 @@ impl AppState {
         AppState {
             store,
             keys,
+            refresh_grace_ms: grace_ms(REFRESH_GRACE_SECS),
             sink,
             blobs,
             uploads: Arc::new(uploads),
@@ -149,6 +161,12 @@ impl AppState {
     /// state, before any request took a token.
     pub fn with_api_limits(mut self, group: ApiLimits) -> Self {
         self.limits = Arc::new(Limits::with(self.limits.sends.clone(), group));
+        self
+    }
+
+    /// Sets the refresh-token retry window (`auth.refresh_grace_secs`; 0 turns it off).
+    pub fn with_refresh_grace(mut self, secs: u64) -> Self {
+        self.refresh_grace_ms = grace_ms(secs);
         self
     }
 

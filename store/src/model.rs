@@ -137,6 +137,11 @@ pub enum Rotation {
     /// The token had already been used: someone replayed it, so its whole session
     /// was revoked (refresh-token reuse detection).
     Reused(Session),
+    /// The token was used moments ago (within the grace window) and the successor it
+    /// was rotated to is stored and still unused: most likely the same client retrying
+    /// after losing the reply. Nothing changed; the caller answers with that successor
+    /// again.
+    Replayed(Session),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -540,6 +540,19 @@ macro_rules! impl_sql_store {
             }
         }
 
+        /// Whether `token_hash` is stored for `session` and not used yet.
+        async fn unused_successor(tx: &mut Tx<'_>, session: &str, token_hash: &str) -> StoreResult<bool> {
+            let row = sqlx::query("SELECT used_at FROM refresh_tokens WHERE token_hash = $1 AND session_id = $2")
+                .bind(token_hash)
+                .bind(session)
+                .fetch_optional(&mut **tx)
+                .await?;
+            match row {
+                None => Ok(false),
+                Some(row) => Ok(row.try_get::<Option<i64>, _>("used_at")?.is_none()),
+            }
+        }
+
         async fn insert_refresh_token(tx: &mut Tx<'_>, session: &str, token: &NewRefreshToken) -> StoreResult<()> {
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
@@ -745,15 +758,27 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn rotate_refresh_token(&self, old_hash: &str, new: &NewRefreshToken, now: i64) -> StoreResult<Rotation> {
+            async fn rotate_refresh_token(&self, old_hash: &str, new: &NewRefreshToken, now: i64, grace_ms: i64) -> StoreResult<Rotation> {
                 let mut tx = self.writer().begin().await?;
+                // Locks the old token's row and its session's (PostgreSQL), so a racing
+                // retry waits here and then sees this rotation as committed.
                 let Some((session, expires_at, used_at)) = session_by_token(&mut tx, old_hash).await? else {
                     return Ok(Rotation::Invalid);
                 };
                 if session.revoked_at.is_some() || expires_at <= now {
                     return Ok(Rotation::Invalid);
                 }
-                if used_at.is_some() {
+                if let Some(used_at) = used_at {
+                    // A retry after a lost reply comes soon, and before the client ever
+                    // held the successor; a thief's replay after the client moved on
+                    // finds the successor used. No lock on the successor: rotating it
+                    // also locks the session row we hold, so its state cannot change
+                    // under us.
+                    if now.saturating_sub(used_at) < grace_ms
+                        && unused_successor(&mut tx, &session.id, &new.token_hash).await?
+                    {
+                        return Ok(Rotation::Replayed(session));
+                    }
                     sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1")
                         .bind(&session.id)
                         .bind(now)

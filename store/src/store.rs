@@ -48,11 +48,17 @@ pub trait Store: Send + Sync + 'static {
     // --- sessions and refresh tokens ------------------------------------------------
     async fn create_session(&self, session: &Session, token: &NewRefreshToken) -> StoreResult<()>;
     /// Uses `old_hash` once and stores `new` in its place, all or nothing.
+    ///
+    /// `new` must be derived from the old token alone (the same on every call), because
+    /// a token used less than `grace_ms` ago whose successor `new` is stored and unused
+    /// is a retry, answered [`Rotation::Replayed`] without ending the session. Any other
+    /// second use ends it ([`Rotation::Reused`]); `grace_ms` 0 makes every one do so.
     async fn rotate_refresh_token(
         &self,
         old_hash: &str,
         new: &NewRefreshToken,
         now: i64,
+        grace_ms: i64,
     ) -> StoreResult<Rotation>;
     /// Revokes the session `old_hash` belongs to; returns it if there was one.
     async fn revoke_session_by_token(

@@ -129,14 +129,14 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_session(store: Arc<dyn
 
     assert_eq!(
         store
-            .rotate_refresh_token("t1", &token("t2"), now)
+            .rotate_refresh_token("t1", &token("t2"), now, 0)
             .await
             .unwrap(),
         Rotation::Rotated(session.clone())
     );
     assert!(matches!(
         store
-            .rotate_refresh_token("t1", &token("t3"), now)
+            .rotate_refresh_token("t1", &token("t3"), now, 0)
             .await
             .unwrap(),
         Rotation::Reused(_)
@@ -147,14 +147,14 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_session(store: Arc<dyn
     );
     assert_eq!(
         store
-            .rotate_refresh_token("t2", &token("t4"), now)
+            .rotate_refresh_token("t2", &token("t4"), now, 0)
             .await
             .unwrap(),
         Rotation::Invalid
     );
     assert_eq!(
         store
-            .rotate_refresh_token("unknown", &token("t5"), now)
+            .rotate_refresh_token("unknown", &token("t5"), now, 0)
             .await
             .unwrap(),
         Rotation::Invalid
@@ -177,7 +177,7 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_session(store: Arc<dyn
         .unwrap();
     assert_eq!(
         store
-            .rotate_refresh_token("old", &token("t6"), now)
+            .rotate_refresh_token("old", &token("t6"), now, 0)
             .await
             .unwrap(),
         Rotation::Invalid,
@@ -197,6 +197,111 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_session(store: Arc<dyn
         "already revoked"
     );
     assert!(!store.session_active(&s2.id).await.unwrap());
+}
+
+async fn a_retried_rotation_within_the_grace_window_gets_the_same_successor(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let now = now_ms();
+    const GRACE: i64 = 30_000;
+    let token = |h: &str| NewRefreshToken {
+        token_hash: h.into(),
+        created_at: now,
+        expires_at: now + 3_600_000,
+    };
+    let session = |first: &'static str| {
+        let store = store.clone();
+        let alice = alice.id.clone();
+        async move {
+            let s = Session {
+                id: new_id(),
+                user_id: alice,
+                device_id: None,
+                created_at: now,
+                revoked_at: None,
+            };
+            store.create_session(&s, &token(first)).await.unwrap();
+            s
+        }
+    };
+    let rotate = |old: &'static str, new: &'static str, at: i64| {
+        let store = store.clone();
+        let new = token(new);
+        async move {
+            store
+                .rotate_refresh_token(old, &new, at, GRACE)
+                .await
+                .unwrap()
+        }
+    };
+
+    // A retry (twice, even) inside the window changes nothing and keeps the session.
+    let s1 = session("a1").await;
+    assert_eq!(rotate("a1", "a2", now).await, Rotation::Rotated(s1.clone()));
+    for _ in 0..2 {
+        assert_eq!(
+            rotate("a1", "a2", now + GRACE - 1).await,
+            Rotation::Replayed(s1.clone())
+        );
+    }
+    assert!(store.session_active(&s1.id).await.unwrap());
+    assert_eq!(
+        rotate("a2", "a3", now + 1).await,
+        Rotation::Rotated(s1.clone()),
+        "the successor a retry was given still rotates"
+    );
+
+    // Once the successor was used, the client has moved on: a replay is theft.
+    assert!(matches!(
+        rotate("a1", "a2", now + 2).await,
+        Rotation::Reused(_)
+    ));
+    assert!(!store.session_active(&s1.id).await.unwrap());
+    assert_eq!(rotate("a3", "a4", now + 3).await, Rotation::Invalid);
+
+    // The window is counted from the first use.
+    let s2 = session("b1").await;
+    assert_eq!(rotate("b1", "b2", now).await, Rotation::Rotated(s2.clone()));
+    assert!(matches!(
+        rotate("b1", "b2", now + GRACE).await,
+        Rotation::Reused(_)
+    ));
+    assert!(!store.session_active(&s2.id).await.unwrap());
+
+    // A successor that was never stored (another secret derived it) is no retry.
+    let s3 = session("c1").await;
+    assert_eq!(rotate("c1", "c2", now).await, Rotation::Rotated(s3.clone()));
+    assert!(matches!(
+        rotate("c1", "elsewhere", now + 1).await,
+        Rotation::Reused(_)
+    ));
+    assert!(!store.session_active(&s3.id).await.unwrap());
+
+    // Nor is another session's token, even a live unused one.
+    let s4 = session("d1").await;
+    let s5 = session("e1").await;
+    assert_eq!(rotate("d1", "d2", now).await, Rotation::Rotated(s4.clone()));
+    assert!(matches!(
+        rotate("d1", "e1", now + 1).await,
+        Rotation::Reused(_)
+    ));
+    assert!(store.session_active(&s5.id).await.unwrap());
+
+    // A grace of 0 turns the window off.
+    let s6 = session("f1").await;
+    assert_eq!(
+        store
+            .rotate_refresh_token("f1", &token("f2"), now, 0)
+            .await
+            .unwrap(),
+        Rotation::Rotated(s6.clone())
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("f1", &token("f2"), now, 0)
+            .await
+            .unwrap(),
+        Rotation::Reused(_)
+    ));
 }
 
 async fn direct_conversation_is_one_per_pair(store: Arc<dyn Store>) {
@@ -822,7 +927,8 @@ async fn disabling_an_account_revokes_and_announces_its_sessions(store: Arc<dyn 
                     created_at: before,
                     expires_at: before + 60_000
                 },
-                now_ms()
+                now_ms(),
+                30_000
             )
             .await
             .unwrap(),
@@ -1128,6 +1234,7 @@ on_both_backends!(
     search_sees_every_stored_message_by_its_current_text,
     usernames_are_unique_and_searchable,
     refresh_tokens_rotate_once_and_reuse_revokes_the_session,
+    a_retried_rotation_within_the_grace_window_gets_the_same_successor,
     direct_conversation_is_one_per_pair,
     a_batch_assigns_gap_free_seqs_and_fans_out_to_every_member,
     a_retried_send_is_stored_once,

@@ -50,3 +50,8 @@ pub const AUTH_PER_MINUTE: u32 = 30;
 pub const ACCESS_TOKEN_TTL_SECS: i64 = 15 * 60;
 /// Lifetime of a refresh token, in seconds.
 pub const REFRESH_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
+/// How long after a refresh token was rotated presenting it again returns the same new
+/// token instead of ending the session (while that new token is unused): long enough
+/// for a client to time out and retry a refresh whose reply was lost, short enough that
+/// a stolen token is little use.
+pub const REFRESH_GRACE_SECS: u64 = 30;

@@ -2,7 +2,9 @@
 //!
 //! Every successful register or login opens a session (one per device login) and
 //! returns a short-lived access JWT plus a refresh token. Refreshing rotates the refresh
-//! token; presenting an already-used one is treated as theft and ends the session.
+//! token; presenting an already-used one is treated as theft and ends the session,
+//! except as a retry: within `refresh_grace_ms` of the rotation, and while its successor
+//! is unused, the same successor is returned again (the reply may have been lost).
 
 use std::sync::Arc;
 
@@ -267,7 +269,9 @@ pub async fn login(
     }
 }
 
-/// Trade a refresh token for new tokens (the old refresh token is used up).
+/// Trade a refresh token for new tokens (the old refresh token is used up). Presenting
+/// it again shortly after (`auth.refresh_grace_secs`), before using the new one, returns
+/// the same new refresh token: a retry after a lost reply keeps its session.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = TokensResponse), (status = 401, description = "invalid_token or token_reused")))]
 pub async fn refresh(
@@ -276,17 +280,24 @@ pub async fn refresh(
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
     limit_attempts(&state, client)?;
-    let new_token = tokens::new_refresh_token();
+    // Derived from the presented token, so a retry names the same successor as the
+    // rotation whose reply was lost, and the store can recognise it by its hash.
+    let new_token = state.keys.successor_refresh_token(&req.refresh_token);
     let rotation = state
         .store
         .rotate_refresh_token(
             &tokens::refresh_token_hash(&req.refresh_token),
             &refresh_token_record(&state, &new_token),
             now_ms(),
+            state.refresh_grace_ms,
         )
         .await?;
     let session = match rotation {
         Rotation::Rotated(session) => session,
+        Rotation::Replayed(session) => {
+            tracing::info!(session = %session.id, "refresh token presented again within the grace window; same successor returned");
+            session
+        }
         Rotation::Invalid => {
             return Err(ApiError::unauthorized(
                 "invalid_token",
