@@ -4,9 +4,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::Query;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use serde::de::DeserializeOwned;
-use tidings_auth::TokenError;
+use tidings_auth::{device, TokenError};
+use tidings_store::DeviceGrant;
 
 use crate::error::{is_body_timeout, ApiError};
 use crate::state::AppState;
@@ -47,11 +48,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// The authenticated caller: a valid, unexpired access JWT whose session is not revoked.
+/// The authenticated caller: a valid, unexpired access JWT whose session is not
+/// revoked, or a live device credential's secret.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub user_id: String,
     pub session_id: String,
+    /// Set when the caller is a device or bot using a device credential.
+    pub device: Option<DeviceGrant>,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -64,6 +68,24 @@ impl FromRequestParts<AppState> for AuthUser {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("unauthorized", "send Authorization: Bearer <access token>")
         })?;
+        if device::is_secret(token) {
+            let Some(credential) = state
+                .store
+                .device_credential_by_secret(&device::secret_hash(token))
+                .await?
+            else {
+                return Err(ApiError::unauthorized(
+                    "invalid_token",
+                    "unknown or revoked device credential",
+                ));
+            };
+            device_may(&credential.grant, &parts.method, parts.uri.path())?;
+            return Ok(AuthUser {
+                user_id: credential.user_id,
+                session_id: credential.id,
+                device: Some(credential.grant),
+            });
+        }
         let claims = state.keys.verify_access(token).map_err(|e| match e {
             TokenError::Expired => ApiError::unauthorized("token_expired", e.to_string()),
             _ => ApiError::unauthorized("invalid_token", e.to_string()),
@@ -77,7 +99,48 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(AuthUser {
             user_id: claims.sub,
             session_id: claims.sid,
+            device: None,
         })
+    }
+}
+
+/// What a device credential may do over REST. Account management (the profile,
+/// deleting the account, other credentials) needs a login: a leaked device secret must
+/// not be able to take the account over. A credential limited to some conversations or
+/// to one direction reaches only those conversations' routes, reading with GET if it
+/// may receive and writing otherwise if it may send.
+fn device_may(grant: &DeviceGrant, method: &Method, path: &str) -> Result<(), ApiError> {
+    let account = path.starts_with("/v1/me/devices")
+        || (path == "/v1/me" && method != Method::GET)
+        || path.starts_with("/v1/auth/");
+    if account {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "credential_scope",
+            "a device credential cannot manage the account; log in",
+        ));
+    }
+    if grant.is_full() {
+        return Ok(());
+    }
+    let reading = method == Method::GET || method == Method::HEAD;
+    let direction = if reading {
+        grant.can_receive
+    } else {
+        grant.can_send
+    };
+    let conv = path
+        .strip_prefix("/v1/conversations/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest));
+    match conv {
+        Some(conv) if direction && grant.covers(conv) => Ok(()),
+        // The uniform answer for a conversation one may not see.
+        Some(_) if direction => Err(ApiError::not_found("no such conversation")),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "credential_scope",
+            "this device credential is limited to some conversations or to one direction",
+        )),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         .merge(routes::health::router())
         .merge(routes::auth::router())
         .merge(routes::me::router())
+        .merge(routes::devices::router())
         .merge(routes::conversations::router())
         .merge(routes::invitations::router())
         .merge(routes::messages::router())

@@ -44,16 +44,27 @@ pub struct Server {
     pub mqtt_port: u16,
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Extra environment (configuration) for every start of this server.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with_env(&[])
+    }
+
+    /// Starts with extra configuration, e.g. `("TIDINGS_AUTH_ACCESS_TTL_SECS", "2")`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             child: None,
             http_port: 0,
             mqtt_port: 0,
             dir: tempfile::tempdir().expect("tempdir"),
             logs: Arc::default(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for attempt in 0..5 {
             s.http_port = free_port();
@@ -88,6 +99,7 @@ impl Server {
             .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
             .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
             .env("TIDINGS_DATA_DIR", self.dir.path().join("data"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

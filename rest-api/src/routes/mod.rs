@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod devices;
 pub mod health;
 pub mod invitations;
 pub mod me;
