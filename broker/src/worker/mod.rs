@@ -66,6 +66,9 @@ enum ReplyTo {
     /// The compact profile: only the connection that sent it, on its `i`, without the
     /// `ack` if its credential asked for none (errors always go).
     Compact,
+    /// A payload neither codec could read: the device's codec is unknown, so the error
+    /// goes to both inboxes (each is encoded only if someone follows it).
+    EitherInbox,
 }
 
 /// One command's answer, sent in arrival order once its batch is decided.
@@ -192,7 +195,7 @@ impl Worker {
                     continue;
                 }
             };
-            let (reply_to, decoded) = if compact {
+            let (mut reply_to, decoded) = if compact {
                 let handles = UserHandles::new(self.fanout.hub().index(), &from.user);
                 let ctx = Context {
                     user: &from.user,
@@ -211,6 +214,9 @@ impl Worker {
             };
             let outcome = match decoded {
                 Err(e) => {
+                    if !compact {
+                        reply_to = ReplyTo::EitherInbox;
+                    }
                     let code = error_code(&e);
                     let id = if compact {
                         compact::command_id(&payload)
@@ -380,6 +386,10 @@ async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
             (_, Some(_))
                 if matches!(event.body, EventBody::Sync(_) | EventBody::Conversations(_)) => {}
             (ReplyTo::Inbox(format), Some(from)) => fanout.reply(&from.user, format, &event),
+            (ReplyTo::EitherInbox, Some(from)) => {
+                fanout.reply(&from.user, WireFormat::Json, &event);
+                fanout.reply(&from.user, WireFormat::Cbor, &event);
+            }
             (ReplyTo::Compact, Some(from)) => {
                 if from.grant.acks || !matches!(event.body, EventBody::Ack(_)) {
                     fanout.reply_compact(from, &event);
@@ -405,6 +415,7 @@ impl Answer {
     fn reply_to_format(&self) -> Option<WireFormat> {
         match self.reply_to {
             ReplyTo::Inbox(format) => Some(format),
+            ReplyTo::EitherInbox => Some(WireFormat::Json),
             ReplyTo::Compact => None,
         }
     }
