@@ -12,28 +12,6 @@ use common::mqtt::{ConnectAs, Mqtt};
 use common::*;
 use serde_json::{json, Value};
 
-/// Creates a device credential for `owner`; returns (credential id, an Account whose
-/// `access` is the secret, usable as MQTT password and REST bearer).
-async fn device(server: &Server, owner: &Account, body: Value) -> (String, Account) {
-    let res = client()
-        .post(server.url("/v1/me/devices"))
-        .bearer_auth(&owner.access)
-        .json(&body)
-        .send()
-        .await
-        .expect("create device");
-    assert_eq!(res.status(), 201);
-    let v: Value = res.json().await.expect("json");
-    let secret = v["secret"].as_str().expect("secret").to_owned();
-    (
-        v["id"].as_str().expect("id").to_owned(),
-        Account {
-            access: secret,
-            ..owner.clone()
-        },
-    )
-}
-
 async fn get(server: &Server, who: &Account, path: &str) -> (u16, Value) {
     let res = client()
         .get(server.url(path))
@@ -59,7 +37,7 @@ async fn a_limited_credential_reaches_only_its_conversations(db: Db) {
     let bob = register(&server, "bob").await;
     let allowed = conversation(&server, &alice, "group", &[&bob]).await;
     let other = conversation(&server, &alice, "group", &[&bob]).await;
-    let (_, dev) = device(
+    let (_, dev) = device_credential(
         &server,
         &bob,
         json!({"name": "bot", "conversations": [allowed]}),
@@ -160,13 +138,13 @@ async fn receive_only_and_send_only_credentials_keep_to_their_direction(db: Db) 
     let server = Server::start(db).await;
     let alice = register(&server, "alice").await;
     let conv = conversation(&server, &alice, "group", &[]).await;
-    let (_, reader) = device(
+    let (_, reader) = device_credential(
         &server,
         &alice,
         json!({"name": "display", "mode": "receive_only"}),
     )
     .await;
-    let (_, writer) = device(
+    let (_, writer) = device_credential(
         &server,
         &alice,
         json!({"name": "sensor", "mode": "send_only"}),
@@ -216,7 +194,7 @@ async fn a_full_credential_is_a_bot_on_rest_but_cannot_manage_the_account(db: Db
     let server = Server::start(db).await;
     let alice = register(&server, "alice").await;
     let conv = conversation(&server, &alice, "group", &[]).await;
-    let (id, bot) = device(&server, &alice, json!({"name": "ci bot"})).await;
+    let (id, bot) = device_credential(&server, &alice, json!({"name": "ci bot"})).await;
     let res = client()
         .post(server.url(&format!("/v1/conversations/{conv}/messages")))
         .bearer_auth(&bot.access)

@@ -447,6 +447,28 @@ pub async fn conversation(
     body["id"].as_str().expect("id").to_owned()
 }
 
+/// Creates a device credential for `owner`; returns (credential id, an Account whose
+/// `access` is the secret, usable as MQTT password and REST bearer).
+pub async fn device_credential(server: &Server, owner: &Account, body: Value) -> (String, Account) {
+    let res = client()
+        .post(server.url("/v1/me/devices"))
+        .bearer_auth(&owner.access)
+        .json(&body)
+        .send()
+        .await
+        .expect("create device");
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.expect("json");
+    let secret = v["secret"].as_str().expect("secret").to_owned();
+    (
+        v["id"].as_str().expect("id").to_owned(),
+        Account {
+            access: secret,
+            ..owner.clone()
+        },
+    )
+}
+
 /// `GET /v1/sync?since=` as `account`.
 pub async fn sync(server: &Server, account: &Account, since: u64) -> Value {
     let res = client()
