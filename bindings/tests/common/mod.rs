@@ -173,6 +173,22 @@ impl Server {
         }
     }
 
+    /// Runs the admin CLI (`tidings user …`, `tidings session …`) on this server's data.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(server_bin())
+            .args(args)
+            .env("TIDINGS_DATA_DIR", self.dir.path().join("data"))
+            .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
+            .output()
+            .expect("run the admin CLI");
+        assert!(
+            out.status.success(),
+            "tidings {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();

@@ -62,7 +62,21 @@ impl Dispatcher {
 
 pub(crate) struct Running {
     tx: mpsc::UnboundedSender<Input>,
+    /// The connection loop first, then its helpers (see `conn::spawn`).
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The connection loop returned (it does at `LoggedOut`).
+    fn ended(&self) -> bool {
+        self.tasks.first().is_none_or(|t| t.is_finished())
+    }
+
+    fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -163,12 +177,44 @@ impl Client {
 
     pub async fn login(&self, username: &str, password: &str) -> Result<SessionInfo> {
         self.alive()?;
-        self.inner.api.authenticate(false, username, password).await
+        self.switch_session(self.inner.api.authenticate(false, username, password))
+            .await
     }
 
     pub async fn register(&self, username: &str, password: &str) -> Result<SessionInfo> {
         self.alive()?;
-        self.inner.api.authenticate(true, username, password).await
+        self.switch_session(self.inner.api.authenticate(true, username, password))
+            .await
+    }
+
+    /// Adopts a new session. The connection loop is bound to one user (its client id,
+    /// topics and outbox), so it is stopped before the new tokens are in place: nothing
+    /// may go out under the old identity with the new user's commands, or come in for
+    /// the old user once the local store belongs to the new one. A different user than
+    /// the stored one wipes the local store (`LocalStore::save_session`). The loop is
+    /// started again, as the new user, if it was running.
+    async fn switch_session(
+        &self,
+        adopt: impl std::future::Future<Output = Result<SessionInfo>>,
+    ) -> Result<SessionInfo> {
+        let was_running = self.is_running();
+        self.disconnect();
+        let adopted = adopt.await;
+        let logged_in = self.inner.api.session_info().await.is_some();
+        if was_running && logged_in {
+            self.connect().await?;
+        }
+        adopted
+    }
+
+    /// Whether the connection loop is alive (it ends by itself at `LoggedOut`).
+    fn is_running(&self) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|r| !r.ended())
     }
 
     /// Uses tokens obtained elsewhere (the refresh token keeps the session alive).
@@ -181,16 +227,14 @@ impl Client {
         expires_in_secs: i64,
     ) -> Result<SessionInfo> {
         self.alive()?;
-        self.inner
-            .api
-            .use_tokens(
-                user_id,
-                username,
-                access_token,
-                refresh_token,
-                expires_in_secs,
-            )
-            .await
+        self.switch_session(self.inner.api.use_tokens(
+            user_id,
+            username,
+            access_token,
+            refresh_token,
+            expires_in_secs,
+        ))
+        .await
     }
 
     /// The stored session, if any (a restarted app is logged in without asking).
@@ -198,7 +242,9 @@ impl Client {
         self.inner.api.session_info().await
     }
 
-    /// Ends the session on the server and forgets the tokens (the cache stays).
+    /// Ends the session on the server and wipes what this device kept of the account:
+    /// tokens, outbox, cached conversations and messages, the inbox position. The next
+    /// person to log in on this device starts clean.
     pub async fn logout(&self) -> Result<()> {
         self.disconnect();
         self.inner.api.logout().await
@@ -218,8 +264,14 @@ impl Client {
         self.alive()?;
         let me = self.me().await?;
         let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.is_some() {
-            return Ok(());
+        match running.take() {
+            Some(r) if !r.ended() => {
+                *running = Some(r);
+                return Ok(());
+            }
+            // The loop ended by itself (LoggedOut): clear what is left of it.
+            Some(r) => r.abort(),
+            None => {}
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let tasks = conn::spawn(self.inner.clone(), me, tx.clone(), rx);
@@ -236,9 +288,7 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(r) = running {
-            for t in r.tasks {
-                t.abort();
-            }
+            r.abort();
             if let Some(c) = self
                 .inner
                 .mqtt

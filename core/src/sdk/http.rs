@@ -167,7 +167,7 @@ impl Api {
                 .send()
                 .await;
         }
-        self.local.clear_session()
+        self.local.wipe()
     }
 
     /// A usable access token: refreshed first if it is close to expiry (or `force`).

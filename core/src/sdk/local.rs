@@ -106,13 +106,17 @@ impl LocalStore {
         }
     }
 
-    /// Saves tokens. A different user than the stored one wipes everything first: the
-    /// outbox, the cache and the inbox position belong to the previous user.
+    /// Saves tokens. A different user than the one the local data belongs to wipes
+    /// everything first: the outbox, the cache and the inbox position are theirs. The
+    /// owner is kept apart from the session, so it is still known after a session
+    /// ended on its own (revoked, refresh refused) and someone else logs in.
     pub fn save_session(&self, s: &StoredSession) -> Result<()> {
-        if let Some(old) = self.session()? {
-            if old.user_id != s.user_id {
-                self.wipe()?;
-            }
+        let owner = self.get("owner")?;
+        if owner.as_deref().is_some_and(|o| o != s.user_id) {
+            self.wipe()?;
+        }
+        if owner.as_deref() != Some(s.user_id.as_str()) {
+            self.put("owner", &s.user_id)?;
         }
         self.put("session", &serde_json::to_string(s)?)
     }
@@ -124,7 +128,8 @@ impl LocalStore {
         })
     }
 
-    fn wipe(&self) -> Result<()> {
+    /// Forgets the account: session, outbox, cache and inbox position.
+    pub fn wipe(&self) -> Result<()> {
         self.with(|c| {
             c.execute_batch(
                 "DELETE FROM kv; DELETE FROM outbox; DELETE FROM conversations; DELETE FROM messages;",
@@ -326,6 +331,9 @@ mod tests {
         assert_eq!(s.last_iseq().unwrap(), 7);
         assert!(s.outbox_remove("a").unwrap());
         assert!(!s.outbox_remove("a").unwrap());
+        // The session ended on its own (revoked, refresh refused): the data still
+        // belongs to u1, and u2 logging in must not inherit it.
+        s.clear_session().unwrap();
         s.save_session(&StoredSession {
             user_id: "u2".into(),
             username: "b".into(),

@@ -1,0 +1,221 @@
+//! The SDK's session state machine against a real server: an account switch on one
+//! device never crosses users (not in what is sent, not in what is received or cached),
+//! a session revoked while connected ends in `LoggedOut` without error spam, and
+//! `connect()` after `LoggedOut` connects again.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::Value;
+use tidings_core::sdk::*;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ClientEvent>>);
+
+impl TidingsListener for Recorder {
+    fn on_event(&self, event: ClientEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn all(&self) -> Vec<ClientEvent> {
+        self.0.lock().unwrap().clone()
+    }
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+    async fn wait_for(&self, what: &str, f: impl Fn(&[ClientEvent]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(&self.0.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn state(&self, want: ConnectionState) {
+        self.wait_for(&format!("{want:?}"), |evs| {
+            evs.iter().rev().find_map(|e| match e {
+                ClientEvent::ConnectionState { state } => Some(*state),
+                _ => None,
+            }) == Some(want)
+        })
+        .await;
+    }
+    fn got_message(&self, body: &str) -> bool {
+        has_message(&self.all(), body)
+    }
+}
+
+fn has_message(events: &[ClientEvent], body: &str) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Message { message } if message.body == body))
+}
+
+fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
+    let c = Client::new(
+        ClientConfig::new(
+            server.http(),
+            "127.0.0.1",
+            server.mqtt_port,
+            dir.to_string_lossy(),
+            device,
+        ),
+        tokio::runtime::Handle::current(),
+    )
+    .expect("client");
+    let rec = Arc::new(Recorder::default());
+    c.set_listener(rec.clone());
+    (c, rec)
+}
+
+/// A conversation's messages as its member sees them over HTTP: (sender, body).
+async fn history(server: &Server, token: &str, conv: &str) -> Vec<(String, String)> {
+    let page: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/conversations/{conv}/messages",
+            server.http()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["messages"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|m| {
+            (
+                m["sender"].as_str().unwrap_or("").into(),
+                m["body"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect()
+}
+
+async fn token(server: &Server, user: &str, password: &str) -> String {
+    let res: Value = reqwest::Client::new()
+        .post(format!("{}/v1/auth/login", server.http()))
+        .json(&serde_json::json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_switch_never_crosses_users() {
+    let server = Server::start();
+    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (device, rec) = client(&server, dir.path(), "shared-tablet");
+    let (carol, _) = client(&server, other_dir.path(), "carol-phone");
+    let b = device.register("bob", "bob-password").await.unwrap();
+    let c = carol.register("carol", "carol-password").await.unwrap();
+    let a = device.register("alice", "alice-password").await.unwrap();
+    carol.connect().await.unwrap();
+    device.connect().await.unwrap();
+    rec.state(ConnectionState::Connected).await;
+
+    // Alice's conversation with carol, and a message queued while offline-ish.
+    let with_carol = device
+        .create_conversation("group", Some("alice+carol".into()), vec![c.user_id.clone()])
+        .await
+        .unwrap();
+    device
+        .send_text(&with_carol.id, "from alice", None, vec![])
+        .await
+        .unwrap();
+    rec.wait_for("alice's own message", |evs| has_message(evs, "from alice"))
+        .await;
+
+    // Switch to bob while connected: the loop restarts as bob.
+    device.login("bob", "bob-password").await.unwrap();
+    assert_eq!(device.session().await.unwrap().user_id, b.user_id);
+    rec.state(ConnectionState::Connected).await;
+    assert!(
+        device.cached_conversations().unwrap().is_empty(),
+        "alice's cache survived the switch"
+    );
+    let bobs = device
+        .create_conversation("group", Some("bob's notes".into()), vec![])
+        .await
+        .unwrap();
+    rec.clear();
+    device
+        .send_text(&bobs.id, "from bob", None, vec![])
+        .await
+        .unwrap();
+    rec.wait_for("bob's own message", |evs| has_message(evs, "from bob"))
+        .await;
+
+    // Stored as bob's, in bob's conversation; nothing of bob's reached alice's.
+    let bob_token = token(&server, "bob", "bob-password").await;
+    let alice_token = token(&server, "alice", "alice-password").await;
+    assert_eq!(
+        history(&server, &bob_token, &bobs.id).await,
+        [(b.user_id.clone(), "from bob".into())]
+    );
+    let alices = history(&server, &alice_token, &with_carol.id).await;
+    assert_eq!(alices, [(a.user_id.clone(), "from alice".into())]);
+
+    // And alice's conversation no longer reaches this device: carol writes to alice.
+    carol
+        .send_text(&with_carol.id, "for alice only", None, vec![])
+        .await
+        .unwrap();
+    carol
+        .send_text(&with_carol.id, "for alice only 2", None, vec![])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !rec.got_message("for alice only"),
+        "bob's device got alice's message"
+    );
+    assert!(!rec.got_message("for alice only 2"));
+    device.shutdown();
+    carol.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_ends_in_logged_out_and_connect_works_again() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (device, rec) = client(&server, dir.path(), "phone");
+    let me = device.register("dora", "dora-password").await.unwrap();
+    device.connect().await.unwrap();
+    rec.state(ConnectionState::Connected).await;
+
+    // Revoked by the operator while connected.
+    server.admin(&["session", "revoke", "--user", &me.user_id]);
+    rec.state(ConnectionState::LoggedOut).await;
+    // No error storm afterwards: at most the one `unauthorized` that said why.
+    rec.clear();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let errors: Vec<ClientEvent> = rec
+        .all()
+        .into_iter()
+        .filter(|e| matches!(e, ClientEvent::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "errors after LoggedOut: {errors:#?}");
+    assert_eq!(device.connection_state(), ConnectionState::LoggedOut);
+
+    // Logging in again and connecting works (the old loop is gone).
+    device.login("dora", "dora-password").await.unwrap();
+    device.connect().await.unwrap();
+    rec.state(ConnectionState::Connected).await;
+    device.shutdown();
+}
