@@ -219,3 +219,116 @@ async fn a_revoked_session_ends_in_logged_out_and_connect_works_again() {
     rec.state(ConnectionState::Connected).await;
     device.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_device_starts_at_the_inbox_head_without_replaying_it() {
+    const HISTORY: usize = 5_000;
+    let server = Server::start_with_env(&[
+        ("TIDINGS_LIMITS_SEND_PER_SECOND", "100000"),
+        ("TIDINGS_LIMITS_SEND_BURST", "100000"),
+    ]);
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{}/v1/auth/register", server.http()))
+        .json(&serde_json::json!({"username": "erin", "password": "erin-password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (me, token) = (
+        reg["user"]["id"].as_str().unwrap().to_owned(),
+        reg["access_token"].as_str().unwrap().to_owned(),
+    );
+    let conv: Value = http
+        .post(format!("{}/v1/conversations", server.http()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"kind": "group", "name": "history"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conv = conv["id"].as_str().unwrap().to_owned();
+
+    // 5,000 messages from another device of hers, over raw MQTT.
+    let mut opts = rumqttc::MqttOptions::new(format!("{me}:loader"), "127.0.0.1", server.mqtt_port);
+    opts.set_credentials(&me, &token).set_inflight(200);
+    let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 512);
+    let (stored_tx, stored) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut acked, mut stored_tx) = (0, Some(stored_tx));
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == HISTORY {
+                        if let Some(tx) = stored_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    for i in 0..HISTORY {
+        let cmd = serde_json::json!({"op": "send", "id": format!("h{i}"), "conv": conv, "body": format!("old {i}")});
+        mqtt.publish(
+            format!("u/{me}/out"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&cmd).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(120), stored)
+        .await
+        .expect("stored")
+        .unwrap();
+
+    // A new device: Connected quickly, and not one old message handed over as live.
+    let dir = tempfile::tempdir().unwrap();
+    let (device, rec) = client(&server, dir.path(), "new-phone");
+    device.login("erin", "erin-password").await.unwrap();
+    let started = Instant::now();
+    device.connect().await.unwrap();
+    rec.state(ConnectionState::Connected).await;
+    let took = started.elapsed();
+    println!("fresh device with {HISTORY} inbox events: Connected after {took:?}");
+    assert!(took < Duration::from_secs(2), "Connected after {took:?}");
+    let replayed = rec
+        .all()
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Message { .. }))
+        .count();
+    assert_eq!(replayed, 0, "old messages were replayed as live");
+    // Its conversation list is there (with the newest message), and live traffic flows.
+    let convs = device.conversations().await.unwrap();
+    let listed = convs
+        .iter()
+        .find(|c| c.id == conv)
+        .expect("the conversation is listed");
+    assert_eq!(
+        listed.last_message.as_ref().map(|m| m.body.as_str()),
+        Some("old 4999")
+    );
+    mqtt.publish(
+        format!("u/{me}/out"),
+        rumqttc::QoS::AtMostOnce,
+        false,
+        serde_json::to_vec(
+            &serde_json::json!({"op": "send", "id": "live", "conv": conv, "body": "new one"}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    rec.wait_for("the live message", |evs| has_message(evs, "new one"))
+        .await;
+    device.shutdown();
+}

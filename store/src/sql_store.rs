@@ -1338,6 +1338,15 @@ macro_rules! impl_sql_store {
                 rows.iter().map(message_from_row).collect()
             }
 
+            async fn inbox_head(&self, user: &str) -> StoreResult<u64> {
+                // One seek on the (user_id, seq) primary key.
+                let row = sqlx::query("SELECT MAX(seq) AS head FROM inbox_events WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(row.try_get::<Option<i64>, _>("head")?.map_or(0, to_u64))
+            }
+
             async fn inbox_since(&self, user: &str, since: u64, limit: u32) -> StoreResult<Vec<InboxEvent>> {
                 let rows = sqlx::query(
                     "SELECT seq, payload, created_at FROM inbox_events WHERE user_id = $1 AND seq > $2 \

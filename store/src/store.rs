@@ -177,6 +177,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<MessageView>>;
 
     // --- inbox ---------------------------------------------------------------------------
+    /// The user's newest inbox `iseq` (0 for none): where a new device starts reading.
+    async fn inbox_head(&self, user: &str) -> StoreResult<u64>;
     /// The user's inbox events with seq > `since`, oldest first, at most `limit`.
     async fn inbox_since(&self, user: &str, since: u64, limit: u32)
         -> StoreResult<Vec<InboxEvent>>;

@@ -142,6 +142,9 @@ pub struct MeResponse {
     /// Who may add this user to groups without an invitation.
     #[schema(value_type = String)]
     pub group_adds: GroupAdds,
+    /// The newest inbox `iseq`: a new device starts reading here instead of replaying
+    /// the whole inbox (it fetches recent history per conversation as needed).
+    pub inbox_seq: u64,
 }
 
 /// Changes to the caller's own profile; absent fields are left as they are.
@@ -210,6 +213,7 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json
         created_at: user.created_at,
         hide_last_seen,
         group_adds,
+        inbox_seq: state.store.inbox_head(&auth.user_id).await?,
     }))
 }
 
