@@ -39,7 +39,13 @@ with tempfile.TemporaryDirectory() as d:
     subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-D_Nonnull=", "-D_Nullable=",
                     src, "-o", exe, "-L", lib_dir, "-l" + lib_name,
                     "-Wl,-rpath," + os.path.abspath(lib_dir)], check=True)
-    out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+    # The library the program was linked against, not whichever copy of the same name
+    # comes first on an inherited LD_LIBRARY_PATH (cargo puts stale uplifted ones there).
+    env = dict(os.environ, LD_LIBRARY_PATH=os.path.abspath(lib_dir))
+    r = subprocess.run([exe], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit("the check program failed (%d): %s" % (r.returncode, r.stderr.strip()))
+    out = r.stdout
     print(out.strip())
     if out.split()[0] != str(len(names)):
         sys.exit("unexpected output: " + out)

@@ -332,3 +332,102 @@ async fn a_fresh_device_starts_at_the_inbox_head_without_replaying_it() {
         .await;
     device.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_message_offline_queue_goes_out_in_order_without_rate_limit_failures() {
+    const QUEUED: usize = 200;
+    // The server's default send limit: a burst of 30, then 10 a second.
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (device, rec) = client(&server, dir.path(), "phone");
+    device.register("fay", "fay-password").await.unwrap();
+    let conv = device
+        .create_conversation("group", Some("queue".into()), vec![])
+        .await
+        .unwrap();
+    // Offline: everything goes to the outbox.
+    let mut ids = Vec::new();
+    for i in 0..QUEUED {
+        ids.push(
+            device
+                .send_text(&conv.id, &format!("q{i}"), None, vec![])
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(device.pending().unwrap(), ids, "queued in order");
+    let started = Instant::now();
+    device.connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let sent = rec
+            .all()
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Sent { .. }))
+            .count();
+        if sent >= QUEUED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {sent} of {QUEUED} sent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{QUEUED} queued messages flushed in {:?}",
+        started.elapsed()
+    );
+    let errors: Vec<ClientEvent> = rec
+        .all()
+        .into_iter()
+        .filter(|e| matches!(e, ClientEvent::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "errors while flushing: {errors:#?}");
+    assert!(device.pending().unwrap().is_empty());
+    // Stored in the order they were queued.
+    let token = token(&server, "fay", "fay-password").await;
+    let mut stored = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let url = match before {
+            Some(b) => format!(
+                "{}/v1/conversations/{}/messages?limit=200&before={b}",
+                server.http(),
+                conv.id
+            ),
+            None => format!(
+                "{}/v1/conversations/{}/messages?limit=200",
+                server.http(),
+                conv.id
+            ),
+        };
+        let page: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+        if msgs.is_empty() {
+            break;
+        }
+        for m in &msgs {
+            stored.push((
+                m["seq"].as_u64().unwrap(),
+                m["body"].as_str().unwrap().to_owned(),
+            ));
+        }
+        before = stored.iter().map(|(s, _)| *s).min();
+        if msgs.len() < 200 {
+            break;
+        }
+    }
+    stored.sort();
+    let bodies: Vec<String> = stored.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(
+        bodies,
+        (0..QUEUED).map(|i| format!("q{i}")).collect::<Vec<_>>()
+    );
+    device.shutdown();
+}

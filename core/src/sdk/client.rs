@@ -569,6 +569,19 @@ impl Client {
             .collect())
     }
 
+    /// Tries the queues that were given up on (a `wedged` error) again.
+    pub fn retry_wedged(&self) {
+        self.inner.notify(Input::RetryWedged);
+    }
+
+    /// Removes a command that has not been sent or acknowledged from the outbox; true
+    /// if it was there. A wedged conversation queue moves on to its next command.
+    pub fn abort_pending(&self, client_id: &str) -> Result<bool> {
+        let removed = self.inner.local.outbox_remove(client_id)?;
+        self.inner.notify(Input::RetryWedged);
+        Ok(removed)
+    }
+
     /// The last inbox seq this device has applied.
     pub fn last_inbox_seq(&self) -> Result<u64> {
         self.inner.local.last_iseq()

@@ -31,6 +31,13 @@ const BACKOFF_BASE_MS: u64 = 250;
 const BACKOFF_CAP_MS: u64 = 10_000;
 /// Commands published per flush (the request channel holds 256).
 const FLUSH_BATCH: usize = 200;
+/// The client's own send budget, the server's default (`limits.send_*`): pacing to it
+/// means a long offline queue goes out without meeting the server's limit at all.
+const SEND_BURST: f64 = 30.0;
+const SEND_PER_SECOND: f64 = 10.0;
+/// Retryable refusals (`rate_limited`, `unavailable`, `internal`) of one command before
+/// its conversation's queue is reported wedged (the app may retry or abort it).
+const MAX_ATTEMPTS: u32 = 8;
 
 pub(crate) enum Input {
     /// Subscribed to the inbox on a fresh connection.
@@ -42,6 +49,8 @@ pub(crate) enum Input {
     Tick,
     /// Subscribe typing and presence for a conversation.
     Subscribe(String),
+    /// The app asked to try wedged queues again.
+    RetryWedged,
 }
 
 /// Exponential backoff with full jitter in the upper half: `[d/2, d]`.
@@ -78,6 +87,7 @@ pub(crate) fn spawn(
             online: false,
             need_sync: false,
             sent: HashMap::new(),
+            queue: SendQueue::default(),
         }
         .run(rx),
     );
@@ -233,6 +243,49 @@ struct Processor {
     need_sync: bool,
     /// When each outbox entry was last published on this connection.
     sent: HashMap<String, Instant>,
+    queue: SendQueue,
+}
+
+/// Ordering and retries of the outbox. Commands of one conversation go out one at a
+/// time, in order (the next only once the previous is settled), so a refused and
+/// retried message can never be overtaken by a later one; conversations do not wait
+/// for each other. Sends are paced by a token bucket, and a retryable refusal holds
+/// its conversation back with exponential backoff and jitter.
+#[derive(Default)]
+pub(crate) struct SendQueue {
+    tokens: f64,
+    refilled: Option<Instant>,
+    /// Per queue key: no publish before this instant.
+    retry_at: HashMap<String, Instant>,
+    /// Retryable refusals so far, per command id.
+    attempts: HashMap<String, u32>,
+    /// Queue keys given up on until the app calls `retry_wedged`.
+    pub(crate) wedged: std::collections::HashSet<String>,
+}
+
+impl SendQueue {
+    fn take_token(&mut self, now: Instant) -> bool {
+        let last = *self.refilled.get_or_insert(now - Duration::from_secs(60));
+        let earned = now.duration_since(last).as_secs_f64() * SEND_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(SEND_BURST);
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Commands of one conversation share a queue; those naming only a message (edit,
+/// delete, react) share one of their own.
+fn queue_key(cmd: &crate::protocol::Command) -> String {
+    use crate::protocol::Op;
+    match &cmd.op {
+        Op::Send { conv, .. } | Op::Delivered { conv, .. } | Op::Read { conv, .. } => conv.clone(),
+        _ => String::new(),
+    }
 }
 
 impl Processor {
@@ -257,6 +310,12 @@ impl Processor {
                     }
                 }
                 Input::Subscribe(conv) => self.subscribe_conversation(&conv).await,
+                Input::RetryWedged => {
+                    self.queue.wedged.clear();
+                    self.queue.attempts.clear();
+                    self.queue.retry_at.clear();
+                    self.flush(false);
+                }
             }
         }
     }
@@ -326,8 +385,9 @@ impl Processor {
         }
     }
 
-    /// Publishes outbox entries not sent on this connection (or, with `stale`, sent
-    /// long ago without an answer), oldest first, with their original ids.
+    /// Publishes what is due from the outbox, oldest first, with the original ids: per
+    /// conversation only its first unsettled command (sent again if it went unanswered
+    /// for a while, with `stale`), and only as the pacing and any backoff allow.
     fn flush(&mut self, stale: bool) {
         if !self.online {
             return;
@@ -347,12 +407,30 @@ impl Processor {
         let topic = topics::outbox(&self.me);
         let now = Instant::now();
         let mut published = 0;
+        let mut queues_seen = std::collections::HashSet::new();
         for e in entries {
+            let key = queue_key(&e.command);
+            if !queues_seen.insert(key.clone()) {
+                continue; // an earlier command of this conversation is not settled yet
+            }
+            if self.queue.wedged.contains(&key)
+                || self.queue.retry_at.get(&key).is_some_and(|t| now < *t)
+            {
+                continue;
+            }
             let due = match self.sent.get(&e.id) {
                 None => true,
                 Some(at) => stale && now.duration_since(*at) >= RESEND_AFTER,
             };
             if !due {
+                continue;
+            }
+            // Receipts do not count against the server's send limit.
+            let paced = !matches!(
+                e.command.op,
+                crate::protocol::Op::Delivered { .. } | crate::protocol::Op::Read { .. }
+            );
+            if paced && !self.sent.contains_key(&e.id) && !self.queue.take_token(now) {
                 continue;
             }
             let Ok(payload) = JsonCodec.encode_command(&e.command) else {
@@ -370,6 +448,32 @@ impl Processor {
                 return;
             }
         }
+    }
+
+    /// A retryable refusal of command `re`: its conversation waits (backoff with
+    /// jitter), then the same command goes again; past `MAX_ATTEMPTS` the queue is
+    /// wedged and the app is told. Returns whether it was given up on.
+    fn retry_later(&mut self, re: &str) -> bool {
+        self.sent.remove(re);
+        let Some(entry) = self
+            .inner
+            .local
+            .outbox()
+            .ok()
+            .and_then(|all| all.into_iter().find(|e| e.id == re))
+        else {
+            return false;
+        };
+        let key = queue_key(&entry.command);
+        let attempts = self.queue.attempts.entry(re.to_owned()).or_insert(0);
+        *attempts += 1;
+        if *attempts >= MAX_ATTEMPTS {
+            self.queue.wedged.insert(key);
+            return true;
+        }
+        let wait = backoff(*attempts).max(Duration::from_millis(200));
+        self.queue.retry_at.insert(key, Instant::now() + wait);
+        false
     }
 
     async fn sync(&mut self) -> Result<()> {
@@ -473,6 +577,7 @@ impl Processor {
         match body {
             EventBody::Ack(ack) => {
                 self.sent.remove(&re);
+                self.queue.attempts.remove(&re);
                 if self.inner.local.outbox_remove(&re).unwrap_or(false) {
                     self.emit(ClientEvent::Sent {
                         client_id: re,
@@ -481,23 +586,42 @@ impl Processor {
                         seq: ack.seq,
                     });
                 }
+                // Settled: the next command of its conversation may go.
+                self.flush(false);
             }
             EventBody::Error(err) => {
                 let retry = matches!(
                     err.code,
                     ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
                 );
-                if !retry {
-                    self.sent.remove(&re);
-                    if !self.inner.local.outbox_remove(&re).unwrap_or(false) {
-                        return; // not mine (another device) or already settled
+                if retry {
+                    // Not a failure yet: the queue sends it again after a pause. Only a
+                    // command given up on is reported.
+                    if self.retry_later(&re) {
+                        self.emit(ClientEvent::Error {
+                            client_id: Some(re),
+                            code: "wedged".into(),
+                            detail: format!(
+                                "still queued after {MAX_ATTEMPTS} refusals ({}): {}; \
+                                 retry_wedged() or abort_pending()",
+                                err.code.as_str(),
+                                err.message
+                            ),
+                        });
                     }
+                    return;
+                }
+                self.sent.remove(&re);
+                self.queue.attempts.remove(&re);
+                if !self.inner.local.outbox_remove(&re).unwrap_or(false) {
+                    return; // not mine (another device) or already settled
                 }
                 self.emit(ClientEvent::Error {
                     client_id: Some(re),
                     code: err.code.as_str().into(),
                     detail: err.message,
                 });
+                self.flush(false);
             }
             _ => {}
         }
@@ -512,12 +636,14 @@ impl Processor {
                 let _ = local.save_message(&m);
                 if m.sender == self.me && local.outbox_remove(&m.client_msg_id).unwrap_or(false) {
                     self.sent.remove(&m.client_msg_id);
+                    self.queue.attempts.remove(&m.client_msg_id);
                     self.emit(ClientEvent::Sent {
                         client_id: m.client_msg_id.clone(),
                         conversation_id: Some(m.conversation_id.clone()),
                         message_id: Some(m.id.clone()),
                         seq: Some(m.seq),
                     });
+                    self.flush(false);
                 }
                 self.emit(ClientEvent::Message { message: m });
             }

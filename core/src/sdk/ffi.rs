@@ -224,6 +224,14 @@ impl TidingsClient {
         self.client.pending()
     }
 
+    pub fn retry_wedged(&self) {
+        self.client.retry_wedged()
+    }
+
+    pub fn abort_pending(&self, client_id: String) -> Result<bool> {
+        self.client.abort_pending(&client_id)
+    }
+
     pub fn last_inbox_seq(&self) -> Result<u64> {
         self.client.last_inbox_seq()
     }
