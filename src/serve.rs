@@ -137,8 +137,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_api_limits(config.limits.group)
     .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
-    .with_trusted_proxies(config.http.trusted_proxies.clone());
+    .with_trusted_proxies(config.http.trusted_proxies.clone())
+    .with_hooks(config.hooks.clone());
+    let hooks_router = tidings_rest::hooks_router(state.clone());
+    if config.hooks.enabled && config.hooks.listen.is_none() {
+        tracing::warn!(
+            "broker hooks are served on the public HTTP listener; set hooks.listen to an \
+             address only the broker reaches (they answer membership questions about anyone)"
+        );
+    }
 
+    // Bound before the main listener, so the hooks are up once "http listening" is logged.
+    let hooks_listener = match config.hooks.listen.filter(|_| config.hooks.enabled) {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the broker hooks on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "broker hooks listening");
+            Some(listener)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
@@ -166,6 +185,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         served
     };
+    // The hooks' own listener, when configured: stopped by the same signal, and its
+    // failure stops the process like the main listener's.
+    let mut hooks_stop = stop_rx.clone();
+    let hooks = async {
+        let Some((router, listener)) = hooks_router.zip(hooks_listener) else {
+            return Ok(());
+        };
+        let served = crate::http_server::serve(listener, router, &config.http, async move {
+            let _ = hooks_stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        served
+    };
     let mut mqtt_stop = stop_rx;
     let mqtt = async {
         let _ = mqtt_stop.wait_for(|stop| *stop).await;
@@ -175,8 +208,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ))
             .await;
     };
-    let (served, ()) = tokio::join!(http, mqtt);
+    let (served, hooks_served, ()) = tokio::join!(http, hooks, mqtt);
     served.context("serving HTTP")?;
+    hooks_served.context("serving the broker hooks")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

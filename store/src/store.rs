@@ -84,6 +84,13 @@ pub trait Store: Send + Sync + 'static {
     async fn device_credential(&self, id: &str) -> StoreResult<Option<DeviceCredential>>;
     /// True when the session exists and is not revoked.
     async fn session_active(&self, session_id: &str) -> StoreResult<bool>;
+    /// Records that MQTT client `client_id` authenticated (at an external broker's auth
+    /// hook) with `session_id`, replacing what an earlier CONNECT recorded.
+    async fn bind_mqtt_client(&self, client_id: &str, session_id: &str, at: i64)
+        -> StoreResult<()>;
+    /// The live session MQTT client `client_id` last authenticated with, and its grant
+    /// (the full one for a login session); `None` when there is none or it ended.
+    async fn mqtt_client_session(&self, client_id: &str) -> StoreResult<Option<DeviceCredential>>;
 
     // --- conversations and members --------------------------------------------------
     /// Creates a conversation and its members, and stores a `conversation` event in each
