@@ -224,10 +224,13 @@ const REVOCATION_OVERLAP_MS: i64 = 5_000;
 /// another node's logout) and announces them through the membership index, so the
 /// broker closes their live connections as it does for revocations made here.
 ///
-/// Polling rather than PostgreSQL LISTEN/NOTIFY: SQLite has no notification channel
-/// between processes, and one code path for both backends is one to test. The cost is
-/// one indexed query per interval; the latency is at most the interval (HTTP requests
-/// and MQTT CONNECTs check the session in the database on each call regardless).
+/// On SQLite, which has no notification channel between processes, this poll is how
+/// the admin CLI's revocations arrive. On PostgreSQL they arrive at once (the store
+/// LISTENs for the NOTIFY each revocation sends from its transaction); the poll stays
+/// as the backstop for notifications lost while that listening connection was down.
+/// The cost is one indexed query per interval; the latency is at most the interval
+/// (HTTP requests and MQTT CONNECTs check the session in the database on each call
+/// regardless).
 async fn watch_revocations(store: Arc<dyn Store>, every: std::time::Duration) {
     let index = store.membership();
     let mut since = tidings_store::now_ms();

@@ -1,3 +1,6 @@
+-- Several Tidings nodes (issue 12). SQLite is single-node: the membership
+-- notifications of the PostgreSQL migration have no counterpart here.
+--
 -- Which session each MQTT client id last authenticated with, through the auth hook an
 -- external broker calls (issue 12). The broker's later ACL questions carry only the
 -- username and client id, not the password, so this row is how an ACL decision on any
