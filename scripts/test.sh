@@ -6,7 +6,8 @@
 #     OpenAPI validator the tests drive);
 #   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to;
 #   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive;
-#   - mosquitto (apt), the peer the benchmark's smoke test measures against.
+#   - mosquitto (apt), the peer the benchmark's smoke test measures against and the
+#     external broker tests/external_broker.rs runs Tidings behind.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
 # and fail (never skip) without them.
 set -euo pipefail

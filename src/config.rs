@@ -14,7 +14,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 7] = ["http", "mqtt", "auth", "log", "uploads", "limits", "hooks"];
+const SECTIONS: [&str; 8] = [
+    "http", "mqtt", "auth", "log", "uploads", "limits", "hooks", "broker",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -30,6 +32,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Auth/ACL hooks for an external MQTT broker (multi-node mode; off by default).
     pub hooks: tidings_rest::routes::hooks::HooksConfig,
+    /// The embedded MQTT front door (default), or an external clustered broker.
+    pub broker: tidings_broker::BrokerConfig,
 }
 
 /// Limits that span both planes.
@@ -146,6 +150,7 @@ impl Default for Config {
                 format: LogFormat::Text,
             },
             hooks: Default::default(),
+            broker: Default::default(),
         }
     }
 }
@@ -175,6 +180,10 @@ impl Config {
             .context("reading the configuration")?;
         config
             .hooks
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        config
+            .broker
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(config)
@@ -307,6 +316,30 @@ mod tests {
     }
 
     #[test]
+    fn external_broker_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_BROKER_MODE", "external");
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("no addresses accepted");
+            assert!(format!("{err:#}").contains("broker.addrs"), "{err:#}");
+            jail.set_env(
+                "TIDINGS_BROKER_ADDRS",
+                r#"["10.0.0.1:1883", "10.0.0.2:1883"]"#,
+            );
+            jail.set_env("TIDINGS_BROKER_SHARE_GROUP", "workers");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.broker.mode, tidings_broker::BrokerMode::External);
+            assert_eq!(c.broker.addrs.len(), 2);
+            assert_eq!(c.broker.share_group, "workers");
+            jail.set_env("TIDINGS_BROKER_ADDRS", "10.0.0.1:1883, 10.0.0.3:1883");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.broker.addrs, ["10.0.0.1:1883", "10.0.0.3:1883"]);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn defaults_are_the_embedded_setup() {
         figment::Jail::expect_with(|_| {
             let c = Config::load(None).map_err(|e| e.to_string())?;
@@ -315,6 +348,7 @@ mod tests {
             assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1883");
             assert_eq!(c.auth.refresh_grace_secs, 30);
             assert!(!c.hooks.enabled, "no broker hooks unless asked for");
+            assert_eq!(c.broker.mode, tidings_broker::BrokerMode::Embedded);
             Ok(())
         });
     }

@@ -99,8 +99,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.limits.send_per_second,
     )));
 
-    let realtime = Arc::new(
-        tidings_broker::start(
+    let realtime = Arc::new(match config.broker.mode {
+        tidings_broker::BrokerMode::Embedded => tidings_broker::start(
             tidings_broker::Listeners {
                 tcp: config.mqtt.listen,
                 ws: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
@@ -113,7 +113,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("starting the MQTT broker")?,
-    );
+        tidings_broker::BrokerMode::External => tidings_broker::start_external(
+            config.broker.clone(),
+            config.mqtt.limits.clone(),
+            store.clone(),
+            sends.clone(),
+        )
+        .await
+        .context("starting the external-broker worker")?,
+    });
     tokio::spawn(watch_revocations(
         store.clone(),
         std::time::Duration::from_millis(config.auth.revocation_poll_ms.max(50)),

@@ -741,7 +741,8 @@ async fn device_credential_grants_limit_the_hook_acl(db: Db) {
         ),
         "deny"
     );
-    // Receive-only on one conversation: that one yes, another of Alice's no, typing no.
+    // Receive-only on one conversation: that one yes, another of Alice's no, typing no,
+    // and not the inbox, which carries every conversation's events unfiltered.
     assert_eq!(
         result(
             emqx_authz(
@@ -775,6 +776,42 @@ async fn device_credential_grants_limit_the_hook_acl(db: Db) {
             .await
         ),
         "deny"
+    );
+
+    assert_eq!(
+        result(
+            emqx_authz(
+                &server,
+                authz(&panel_id, "subscribe", format!("u/{}/in", alice.id))
+            )
+            .await
+        ),
+        "deny"
+    );
+    assert_eq!(
+        result(
+            emqx_authz(
+                &server,
+                authz(&sensor_id, "subscribe", format!("u/{}/in", alice.id))
+            )
+            .await
+        ),
+        "deny",
+        "send-only reads nothing"
+    );
+    // A full credential reads the inbox.
+    let full = create_device(&server, alice, json!({ "name": "bot" })).await;
+    let bot_id = format!("{}:bot", alice.id);
+    assert_eq!(authn(bot_id.clone(), full).await, "allow");
+    assert_eq!(
+        result(
+            emqx_authz(
+                &server,
+                authz(&bot_id, "subscribe", format!("u/{}/in", alice.id))
+            )
+            .await
+        ),
+        "allow"
     );
 
     // Revoking the credential ends its rights at the next decision.

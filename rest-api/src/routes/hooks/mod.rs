@@ -301,7 +301,9 @@ async fn access(
     let index = state.store.membership();
     let allowed = match action {
         Action::Subscribe => {
-            may_subscribe(user, topic, &index) && device_may_subscribe(&session.grant, topic)
+            may_subscribe(user, topic, &index)
+                && device_may_subscribe(&session.grant, topic)
+                && (session.grant.conversations.is_none() || !is_inbox(topic))
         }
         Action::Publish { qos, retain } => {
             may_publish(user, topic, qos, retain, &index)
@@ -313,6 +315,16 @@ async fn access(
     } else {
         Decision::Deny(DenyReason::Acl)
     }
+}
+
+/// `u/{uid}/in` and its codec variants. Through an external broker a user's inbox
+/// reaches every subscriber unfiltered (the embedded hub filters it per credential), so
+/// a credential limited to some conversations follows their `c/{cid}/...` topics only.
+fn is_inbox(topic: &str) -> bool {
+    matches!(
+        topic.split('/').collect::<Vec<_>>().as_slice(),
+        ["u", _, "in", ..]
+    )
 }
 
 /// Reads a hook's parameters the way brokers send them: a JSON body, a form body, or
