@@ -799,6 +799,18 @@ async fn device_credential_grants_limit_the_hook_acl(db: Db) {
         "deny",
         "send-only reads nothing"
     );
+    // Commands through an external broker cannot be checked against the credential
+    // that sent them, so a receive-only one publishes none.
+    assert_eq!(
+        result(
+            emqx_authz(
+                &server,
+                authz(&panel_id, "publish", format!("u/{}/out", alice.id))
+            )
+            .await
+        ),
+        "deny"
+    );
     // A full credential reads the inbox.
     let full = create_device(&server, alice, json!({ "name": "bot" })).await;
     let bot_id = format!("{}:bot", alice.id);

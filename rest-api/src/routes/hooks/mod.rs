@@ -308,6 +308,8 @@ async fn access(
         Action::Publish { qos, retain } => {
             may_publish(user, topic, qos, retain, &index)
                 && device_may_publish(&session.grant, topic)
+                && (!is_outbox(topic)
+                    || (session.grant.can_send && session.grant.conversations.is_none()))
         }
     };
     if allowed {
@@ -324,6 +326,17 @@ fn is_inbox(topic: &str) -> bool {
     matches!(
         topic.split('/').collect::<Vec<_>>().as_slice(),
         ["u", _, "in", ..]
+    )
+}
+
+/// `u/{uid}/out`. The worker behind an external broker cannot tell which credential
+/// published a command (the embedded front door checks each against the grant), so
+/// only credentials that may send into every conversation of theirs publish commands
+/// there; the others use the REST API, which checks the grant per request.
+fn is_outbox(topic: &str) -> bool {
+    matches!(
+        topic.split('/').collect::<Vec<_>>().as_slice(),
+        ["u", _, "out"]
     )
 }
 
