@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// What a device's `seen` gets when the broker closes its connection.
+const CLOSED: &str = "$closed";
 
 struct Mosquitto {
     child: Child,
@@ -90,6 +92,7 @@ impl Device {
                     Event::Incoming(Packet::SubAck(_)) => {
                         let _ = subscribed_tx.send(());
                     }
+                    Event::Incoming(Packet::Disconnect(_)) => break,
                     Event::Incoming(Packet::Publish(p)) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
                         if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
@@ -99,6 +102,8 @@ impl Device {
                     _ => {}
                 }
             }
+            // The broker closed the connection (a takeover, say): tell the test.
+            let _ = tx.send((CLOSED.into(), Value::Null));
         });
         client
             .subscribe(inbox, QoS::AtLeastOnce)
@@ -125,6 +130,19 @@ impl Device {
             )
             .await
             .expect("publish");
+    }
+
+    /// Waits for the broker to close this device's connection.
+    async fn closed(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.seen.recv()).await {
+                Ok(Some((topic, _))) if topic == CLOSED => return true,
+                Ok(Some(_)) => continue,
+                _ => return false,
+            }
+        }
     }
 
     async fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -261,7 +279,91 @@ async fn commands_through_an_external_broker_are_stored_acked_and_fanned_out(db:
         .await;
 }
 
-on_both_databases!(commands_through_an_external_broker_are_stored_acked_and_fanned_out);
+/// What a broker does at CONNECT: ask the auth hook, which records the client's session.
+async fn broker_asks_authn(server: &Server, client_id: &str, who: &Account) {
+    let res = client()
+        .post(server.url("/v1/hooks/emqx/authn"))
+        .json(&json!({ "clientid": client_id, "username": who.id, "password": who.access }))
+        .send()
+        .await
+        .expect("authn hook");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["result"], "allow", "{body}");
+}
+
+/// A broker checks a subscription once, so a removed member or an ended session must be
+/// disconnected there: Tidings takes over their client ids at the broker (Mosquitto has
+/// no auth hooks, so the test asks the hook itself, as a broker would at CONNECT).
+async fn revocations_disconnect_the_clients_at_the_broker(db: Db) {
+    let broker = start_mosquitto();
+    let mut opts = Options::new(db);
+    opts.env = vec![
+        ("TIDINGS_BROKER_MODE".into(), "external".into()),
+        (
+            "TIDINGS_BROKER_ADDRS".into(),
+            format!("127.0.0.1:{}", broker.port),
+        ),
+        ("TIDINGS_HOOKS_ENABLED".into(), "true".into()),
+    ];
+    let server = Server::start_with(opts).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+    let conv = conversation(&server, &alice, "group", &[&bob, &carol]).await;
+    let connect = |who: &Account, device: &str| {
+        let (server, port) = (&server, broker.port);
+        let (who, client_id) = (who.clone(), format!("{}:{device}", who.id));
+        async move {
+            broker_asks_authn(server, &client_id, &who).await;
+            let inbox = format!("u/{}/in", who.id);
+            Device::connect(port, &client_id, &inbox).await
+        }
+    };
+    let mut alice_dev = connect(&alice, "phone").await;
+    let mut bob_dev = connect(&bob, "phone").await;
+    let carol_tablet = login(&server, &carol, "tablet").await;
+    let mut carol_phone = connect(&carol, "phone").await;
+    let mut carol_tab = connect(&carol_tablet, "tablet").await;
+
+    // Bob is removed: his client is disconnected at the broker.
+    let res = client()
+        .delete(server.url(&format!("/v1/conversations/{conv}/members/{}", bob.id)))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .expect("remove");
+    assert!(res.status().is_success(), "{}", res.status());
+    assert!(
+        bob_dev.closed(Duration::from_secs(5)).await,
+        "a removed member's client stays connected at the broker"
+    );
+
+    // Carol's tablet session logs out: that client goes, her phone stays.
+    let res = client()
+        .post(server.url("/v1/auth/logout"))
+        .bearer_auth(&carol_tablet.access)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(res.status(), 204);
+    assert!(
+        carol_tab.closed(Duration::from_secs(5)).await,
+        "a logged-out session's client stays connected at the broker"
+    );
+    assert!(
+        !carol_phone.closed(Duration::from_millis(500)).await,
+        "another session's client was disconnected"
+    );
+    assert!(
+        !alice_dev.closed(Duration::from_millis(100)).await,
+        "an unaffected user was disconnected"
+    );
+}
+
+on_both_databases!(
+    commands_through_an_external_broker_are_stored_acked_and_fanned_out,
+    revocations_disconnect_the_clients_at_the_broker,
+);
 
 /// Two Tidings nodes on one PostgreSQL database share the commands through the broker's
 /// shared subscription; one is killed with -9 in the middle of a burst. The survivor

@@ -18,6 +18,10 @@
 //! owed on the old connection are dropped with its queue (their packet ids mean
 //! nothing on the new one).
 //!
+//! A broker checks a subscription once, so revocations are also acted on there: the
+//! clients of a removed member or an ended session are disconnected by a session
+//! takeover with their client ids ([`kick_revoked`]), and come back through the hooks.
+//!
 //! Not carried over from the embedded broker: the compact profile (per-connection
 //! topics `i`/`o`), presence, a device credential's command limits (the broker does
 //! not tell which credential published; the hooks refuse the inbox to credentials
@@ -35,7 +39,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tidings_core::protocol::ids::is_server_id;
 use tidings_core::ratelimit::RateLimiter;
-use tidings_store::{Backend, Store};
+use tidings_store::{Backend, Revocation, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::fanout::Fanout;
@@ -73,6 +77,17 @@ pub struct BrokerConfig {
     pub outbound_queue: usize,
     /// External mode: longest wait between reconnection attempts.
     pub max_reconnect_backoff_ms: u64,
+    /// External mode: when a member is removed or a session ends, disconnect that
+    /// user's (that session's) clients at the broker by connecting with their client
+    /// ids (an MQTT session takeover, which every broker honours cluster-wide); they
+    /// reconnect through the hooks, which refuse what they lost. Needs `username` /
+    /// `password` to be the hooks' node identity.
+    pub kick_on_revocation: bool,
+    /// External mode: revocations waiting for their kicks; past it, kicks are dropped
+    /// (counted in `tidings_external_kicks_dropped_total`).
+    pub kick_queue: usize,
+    /// External mode: how long one kick may take (connect, CONNACK, disconnect).
+    pub kick_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +130,9 @@ impl Default for BrokerConfig {
             receive_maximum: 1024,
             outbound_queue: 65_536,
             max_reconnect_backoff_ms: 5_000,
+            kick_on_revocation: true,
+            kick_queue: 1024,
+            kick_timeout_ms: 5_000,
         }
     }
 }
@@ -134,8 +152,11 @@ impl BrokerConfig {
         if self.keep_alive_secs < 5 {
             return Err("broker.keep_alive_secs must be at least 5".into());
         }
-        if self.receive_maximum == 0 || self.outbound_queue == 0 {
-            return Err("broker.receive_maximum and broker.outbound_queue must be > 0".into());
+        if self.receive_maximum == 0 || self.outbound_queue == 0 || self.kick_queue == 0 {
+            return Err(
+                "broker.receive_maximum, broker.outbound_queue and broker.kick_queue must be > 0"
+                    .into(),
+            );
         }
         let group_ok = !self.share_group.is_empty() && !self.share_group.contains(['/', '+', '#']);
         if !group_ok {
@@ -243,6 +264,19 @@ pub(crate) async fn start(
         link.clone(),
         shutdown,
     )));
+    if config.kick_on_revocation {
+        let (kick_tx, kick_rx) = mpsc::channel(config.kick_queue);
+        store.membership().watch(move |revocation| {
+            if kick_tx.try_send(revocation.clone()).is_err() {
+                metrics::counter!("tidings_external_kicks_dropped_total").increment(1);
+            }
+        });
+        tasks.push(tokio::spawn(kick_revoked(
+            kick_rx,
+            store.clone(),
+            config.clone(),
+        )));
+    }
     tracing::info!(addrs = ?config.addrs, group = %config.share_group, %client_id, "external broker mode");
     Ok((link, tasks))
 }
@@ -398,6 +432,80 @@ async fn bridge(
             },
         }
     }
+}
+
+/// Disconnects, at the broker, the clients whose rights a revocation ended: a removed
+/// member's (the broker checked their subscriptions once, at SUBSCRIBE, and would keep
+/// delivering the conversation) and an ended session's. Every node hears every
+/// revocation (PostgreSQL NOTIFY), so each kicks: a second kick of a client that
+/// reconnected only makes it reconnect once more, through the hooks again.
+async fn kick_revoked(
+    mut revocations: mpsc::Receiver<Revocation>,
+    store: Arc<dyn Store>,
+    config: BrokerConfig,
+) {
+    while let Some(revocation) = revocations.recv().await {
+        let clients = match &revocation {
+            Revocation::MemberRemoved { user, .. } => store.mqtt_clients_of_user(user).await,
+            Revocation::SessionEnded { session } => store.mqtt_clients_of_session(session).await,
+        };
+        let clients = match clients {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up whom to disconnect at the broker");
+                continue;
+            }
+        };
+        for client_id in clients {
+            match kick(&config, &client_id).await {
+                Ok(()) => {
+                    metrics::counter!("tidings_external_kicks_total").increment(1);
+                    tracing::info!(%client_id, "disconnected at the broker after a revocation");
+                }
+                Err(e) => {
+                    metrics::counter!("tidings_external_kick_failures_total").increment(1);
+                    tracing::warn!(%client_id, error = %e, "could not disconnect a client at the broker");
+                }
+            }
+        }
+    }
+}
+
+/// Takes over `client_id`'s session at the broker (connect with its id, clean start),
+/// then disconnects; through the first configured address that answers.
+async fn kick(config: &BrokerConfig, client_id: &str) -> anyhow::Result<()> {
+    let mut last = anyhow::anyhow!("no broker address");
+    for attempt in 0..config.addrs.len() {
+        match kick_at(config, attempt, client_id).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn kick_at(config: &BrokerConfig, attempt: usize, client_id: &str) -> anyhow::Result<()> {
+    let mut options = options_for(config, attempt, client_id)?;
+    options.set_manual_acks(false);
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    let deadline = Duration::from_millis(config.kick_timeout_ms.max(100));
+    tokio::time::timeout(deadline, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success {
+                        anyhow::bail!("the broker refused the takeover: {:?}", ack.code);
+                    }
+                    client.try_disconnect()?;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {deadline:?}"))?
 }
 
 /// Resolves once shutdown is asked for (the guard `wait_for` returns is not `Send`, so

@@ -919,6 +919,25 @@ macro_rules! impl_sql_store {
                 row.as_ref().map(device_credential_from_row).transpose()
             }
 
+            async fn mqtt_clients_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT m.client_id FROM mqtt_clients m JOIN sessions s ON s.id = m.session_id \
+                     WHERE s.user_id = $1 ORDER BY m.client_id",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+            }
+
+            async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query("SELECT client_id FROM mqtt_clients WHERE session_id = $1 ORDER BY client_id")
+                    .bind(session)
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+            }
+
             async fn create_conversation(&self, new: NewConversation) -> StoreResult<Created> {
                 let direct_key = new.direct_key();
                 let find_direct = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = $1");
