@@ -331,6 +331,21 @@ async fn poll(
                 tracing::info!(addr = %config.addrs[attempt % config.addrs.len()], "connected to the external broker");
                 events.send(FromBroker::Connected).await
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                // Without its share of the commands this node stores nothing: say so.
+                let refused = ack.return_codes.iter().any(|c| {
+                    !matches!(
+                        c,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    )
+                });
+                if refused {
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused the shared subscription to the commands");
+                } else {
+                    tracing::info!("subscribed to the commands");
+                }
+                Ok(())
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 events.send(FromBroker::Publish(Box::new(publish))).await
             }
