@@ -6,9 +6,12 @@
 #     OpenAPI validator the tests drive);
 #   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to;
 #   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive;
-#   - mosquitto (apt), the peer the benchmark's smoke test measures against.
+#   - mosquitto (apt), the peer the benchmark's smoke test measures against and the
+#     external broker tests/external_broker.rs runs Tidings behind.
+#   - tests/rmqtt-harness, one node of an rmqtt cluster (a crate outside the workspace,
+#     Rust >= 1.94, `protoc` from apt's protobuf-compiler), for tests/multi_node_rmqtt.rs.
 # The PostgreSQL tests read TIDINGS_TEST_PG_URL, the S3 ones TIDINGS_TEST_S3_ENDPOINT,
-# and fail (never skip) without them.
+# the rmqtt test TIDINGS_RMQTT_HARNESS, and fail (never skip) without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -155,7 +158,19 @@ start_s3() {
     return 1
 }
 
+# One rmqtt broker node (tests/rmqtt-harness): outside the workspace because rmqtt 0.24
+# needs Rust 1.94 and ~320 crates the server never uses; its own lock file pins them.
+build_rmqtt_harness() {
+    if ! command -v protoc >/dev/null 2>&1; then
+        apt_install protobuf-compiler
+    fi
+    log "building the rmqtt harness (tests/rmqtt-harness)"
+    (cd tests/rmqtt-harness && cargo build --locked --quiet)
+    export TIDINGS_RMQTT_HARNESS="$ROOT/tests/rmqtt-harness/target/debug/tidings-rmqtt-harness"
+}
+
 start_postgres
+build_rmqtt_harness
 ensure_paho
 ensure_mqtt_clients
 start_s3

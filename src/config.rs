@@ -14,7 +14,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 6] = ["http", "mqtt", "auth", "log", "uploads", "limits"];
+const SECTIONS: [&str; 8] = [
+    "http", "mqtt", "auth", "log", "uploads", "limits", "hooks", "broker",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -28,6 +30,10 @@ pub struct Config {
     pub log: LogConfig,
     pub uploads: tidings_rest::uploads::UploadsConfig,
     pub limits: LimitsConfig,
+    /// Auth/ACL hooks for an external MQTT broker (multi-node mode; off by default).
+    pub hooks: tidings_rest::routes::hooks::HooksConfig,
+    /// The embedded MQTT front door (default), or an external clustered broker.
+    pub broker: tidings_broker::BrokerConfig,
 }
 
 /// Limits that span both planes.
@@ -143,6 +149,8 @@ impl Default for Config {
                 filter: "info".into(),
                 format: LogFormat::Text,
             },
+            hooks: Default::default(),
+            broker: Default::default(),
         }
     }
 }
@@ -166,10 +174,19 @@ impl Config {
                 .map_or_else(|| key.clone(), |_| key.replacen('_', ".", 1))
                 .into()
         });
-        figment
+        let config: Config = figment
             .merge(env)
             .extract()
-            .context("reading the configuration")
+            .context("reading the configuration")?;
+        config
+            .hooks
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        config
+            .broker
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(config)
     }
 
     pub fn database_url(&self) -> String {
@@ -276,6 +293,53 @@ mod tests {
     }
 
     #[test]
+    fn hooks_from_the_environment_and_a_weak_node_secret_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_HOOKS_ENABLED", "true");
+            jail.set_env("TIDINGS_HOOKS_LISTEN", "127.0.0.1:9181");
+            jail.set_env("TIDINGS_HOOKS_NODE_USERNAME", "worker");
+            jail.set_env("TIDINGS_HOOKS_NODE_SECRET", "s".repeat(40));
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.hooks.enabled);
+            assert_eq!(
+                c.hooks.listen.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:9181")
+            );
+            assert_eq!(c.hooks.node_username, "worker");
+            jail.set_env("TIDINGS_HOOKS_NODE_SECRET", "short");
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("weak secret accepted");
+            assert!(format!("{err:#}").contains("node_secret"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn external_broker_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_BROKER_MODE", "external");
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("no addresses accepted");
+            assert!(format!("{err:#}").contains("broker.addrs"), "{err:#}");
+            jail.set_env(
+                "TIDINGS_BROKER_ADDRS",
+                r#"["10.0.0.1:1883", "10.0.0.2:1883"]"#,
+            );
+            jail.set_env("TIDINGS_BROKER_SHARE_GROUP", "workers");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.broker.mode, tidings_broker::BrokerMode::External);
+            assert_eq!(c.broker.addrs.len(), 2);
+            assert_eq!(c.broker.share_group, "workers");
+            jail.set_env("TIDINGS_BROKER_ADDRS", "10.0.0.1:1883, 10.0.0.3:1883");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.broker.addrs, ["10.0.0.1:1883", "10.0.0.3:1883"]);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn defaults_are_the_embedded_setup() {
         figment::Jail::expect_with(|_| {
             let c = Config::load(None).map_err(|e| e.to_string())?;
@@ -283,6 +347,8 @@ mod tests {
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1883");
             assert_eq!(c.auth.refresh_grace_secs, 30);
+            assert!(!c.hooks.enabled, "no broker hooks unless asked for");
+            assert_eq!(c.broker.mode, tidings_broker::BrokerMode::Embedded);
             Ok(())
         });
     }

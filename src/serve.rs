@@ -99,8 +99,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.limits.send_per_second,
     )));
 
-    let realtime = Arc::new(
-        tidings_broker::start(
+    let realtime = Arc::new(match config.broker.mode {
+        tidings_broker::BrokerMode::Embedded => tidings_broker::start(
             tidings_broker::Listeners {
                 tcp: config.mqtt.listen,
                 ws: config.mqtt.ws_enabled.then_some(config.mqtt.ws_listen),
@@ -113,7 +113,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("starting the MQTT broker")?,
-    );
+        tidings_broker::BrokerMode::External => tidings_broker::start_external(
+            config.broker.clone(),
+            config.mqtt.limits.clone(),
+            store.clone(),
+            sends.clone(),
+        )
+        .await
+        .context("starting the external-broker worker")?,
+    });
     tokio::spawn(watch_revocations(
         store.clone(),
         std::time::Duration::from_millis(config.auth.revocation_poll_ms.max(50)),
@@ -137,8 +145,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_api_limits(config.limits.group)
     .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
-    .with_trusted_proxies(config.http.trusted_proxies.clone());
+    .with_trusted_proxies(config.http.trusted_proxies.clone())
+    .with_hooks(config.hooks.clone());
+    let hooks_router = tidings_rest::hooks_router(state.clone());
+    if config.hooks.enabled && config.hooks.listen.is_none() {
+        tracing::warn!(
+            "broker hooks are served on the public HTTP listener; set hooks.listen to an \
+             address only the broker reaches (they answer membership questions about anyone)"
+        );
+    }
 
+    // Bound before the main listener, so the hooks are up once "http listening" is logged.
+    let hooks_listener = match config.hooks.listen.filter(|_| config.hooks.enabled) {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the broker hooks on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "broker hooks listening");
+            Some(listener)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
@@ -166,6 +193,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         served
     };
+    // The hooks' own listener, when configured: stopped by the same signal, and its
+    // failure stops the process like the main listener's.
+    let mut hooks_stop = stop_rx.clone();
+    let hooks = async {
+        let Some((router, listener)) = hooks_router.zip(hooks_listener) else {
+            return Ok(());
+        };
+        let served = crate::http_server::serve(listener, router, &config.http, async move {
+            let _ = hooks_stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        served
+    };
     let mut mqtt_stop = stop_rx;
     let mqtt = async {
         let _ = mqtt_stop.wait_for(|stop| *stop).await;
@@ -175,8 +216,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ))
             .await;
     };
-    let (served, ()) = tokio::join!(http, mqtt);
+    let (served, hooks_served, ()) = tokio::join!(http, hooks, mqtt);
     served.context("serving HTTP")?;
+    hooks_served.context("serving the broker hooks")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -190,10 +232,13 @@ const REVOCATION_OVERLAP_MS: i64 = 5_000;
 /// another node's logout) and announces them through the membership index, so the
 /// broker closes their live connections as it does for revocations made here.
 ///
-/// Polling rather than PostgreSQL LISTEN/NOTIFY: SQLite has no notification channel
-/// between processes, and one code path for both backends is one to test. The cost is
-/// one indexed query per interval; the latency is at most the interval (HTTP requests
-/// and MQTT CONNECTs check the session in the database on each call regardless).
+/// On SQLite, which has no notification channel between processes, this poll is how
+/// the admin CLI's revocations arrive. On PostgreSQL they arrive at once (the store
+/// LISTENs for the NOTIFY each revocation sends from its transaction); the poll stays
+/// as the backstop for notifications lost while that listening connection was down.
+/// The cost is one indexed query per interval; the latency is at most the interval
+/// (HTTP requests and MQTT CONNECTs check the session in the database on each call
+/// regardless).
 async fn watch_revocations(store: Arc<dyn Store>, every: std::time::Duration) {
     let index = store.membership();
     let mut since = tidings_store::now_ms();

@@ -30,6 +30,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("delete", "/v1/me/devices/{id}"),
     ("delete", "/v1/me/blocks/{user_id}"),
     ("get", "/v1/me/unread"),
+    ("get", "/v1/me/devices"),
+    ("post", "/v1/me/devices"),
+    ("delete", "/v1/me/devices/{id}"),
     ("post", "/v1/conversations"),
     ("get", "/v1/conversations"),
     ("get", "/v1/conversations/{id}"),
@@ -52,13 +55,34 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/users"),
     ("post", "/v1/uploads"),
     ("get", "/v1/attachments/{id}"),
+    ("post", "/v1/hooks/emqx/authn"),
+    ("post", "/v1/hooks/emqx/authz"),
+    ("post", "/v1/hooks/vernemq/auth_on_register"),
+    ("post", "/v1/hooks/vernemq/auth_on_subscribe"),
+    ("post", "/v1/hooks/vernemq/auth_on_publish"),
+    ("get", "/v1/hooks/rabbitmq/user"),
+    ("post", "/v1/hooks/rabbitmq/user"),
+    ("get", "/v1/hooks/rabbitmq/vhost"),
+    ("post", "/v1/hooks/rabbitmq/vhost"),
+    ("get", "/v1/hooks/rabbitmq/resource"),
+    ("post", "/v1/hooks/rabbitmq/resource"),
+    ("get", "/v1/hooks/rabbitmq/topic"),
+    ("post", "/v1/hooks/rabbitmq/topic"),
+    ("get", "/v1/hooks/rmqtt/auth"),
+    ("post", "/v1/hooks/rmqtt/auth"),
+    ("get", "/v1/hooks/rmqtt/acl"),
+    ("post", "/v1/hooks/rmqtt/acl"),
 ];
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 #[tokio::test]
 async fn the_document_is_valid_and_matches_the_router() {
-    let server = Server::start(Db::Sqlite).await;
+    // The broker hooks are listed whether or not they are served; served here, so the
+    // check below that every documented operation is routed covers them too.
+    let mut opts = Options::new(Db::Sqlite);
+    opts.env = vec![("TIDINGS_HOOKS_ENABLED".into(), "true".into())];
+    let server = Server::start_with(opts).await;
     let doc: Value = client()
         .get(server.url("/v1/openapi.json"))
         .send()

@@ -5,17 +5,12 @@
 //! maps to a CONNACK code, so a device can tell a bad password from a network failure.
 
 use tidings_auth::{device, TokenKeys};
-use tidings_core::protocol::ids::{is_client_id, is_server_id};
 use tidings_store::DeviceGrant;
 use tidings_store::Store;
 
 use crate::connection::Refusal as ConnAckRefusal;
 
-/// Splits a client id `{user}:{device}`.
-pub fn parse_client_id(client_id: &str) -> Option<(&str, &str)> {
-    let (user, device) = client_id.split_once(':')?;
-    (is_server_id(user) && is_client_id(device)).then_some((user, device))
-}
+pub use tidings_store::acl::parse_client_id;
 
 /// Why a CONNECT was refused, for the log and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

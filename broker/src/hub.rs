@@ -80,6 +80,29 @@ impl ConnHandle {
         (Arc::new(handle), rx, close_rx)
     }
 
+    /// A handle whose packets go into an existing queue: the external-broker bridge
+    /// stands one up per command it takes from the broker, all of a broker connection's
+    /// sharing one queue, so the worker's PUBACKs reach the bridge in arrival order.
+    pub fn sharing(
+        id: ConnId,
+        user: String,
+        client_id: String,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Arc<ConnHandle> {
+        let (close, _) = watch::channel(None);
+        Arc::new(ConnHandle {
+            id,
+            user,
+            device: String::new(),
+            client_id,
+            session: String::new(),
+            grant: DeviceGrant::default(),
+            tx,
+            close,
+            closed: AtomicBool::new(false),
+        })
+    }
+
     /// Asks the connection to close. From this moment nothing more is delivered to it.
     pub fn close(&self, reason: CloseReason) {
         if !self.closed.swap(true, Ordering::AcqRel) {
@@ -208,8 +231,15 @@ pub struct HubStats {
     pub subscription_keys: usize,
 }
 
+/// Where everything routed also goes in external-broker mode: the external broker,
+/// which alone knows who follows what (see `external.rs`).
+pub type Forwarder = Box<dyn Fn(&str, Bytes) + Send + Sync>;
+
 pub struct Hub {
     table: RwLock<Table>,
+    /// Set once in external-broker mode: every routed topic is handed to it, encoded,
+    /// whether or not a local connection follows it (none does in that mode).
+    forwarder: std::sync::OnceLock<Forwarder>,
     index: Arc<MembershipIndex>,
     next_id: AtomicU64,
     /// Work done by `route`: hash lookups plus subscriber entries visited. The test that
@@ -228,6 +258,7 @@ impl Hub {
     pub fn new(index: Arc<MembershipIndex>) -> Self {
         Hub {
             table: RwLock::default(),
+            forwarder: std::sync::OnceLock::new(),
             index,
             next_id: AtomicU64::new(1),
             examined: AtomicU64::new(0),
@@ -236,6 +267,16 @@ impl Hub {
 
     pub fn index(&self) -> &Arc<MembershipIndex> {
         &self.index
+    }
+
+    /// Hands every routed topic and payload to `forwarder` from now on (external-broker
+    /// mode). The per-connection checks of local routing (grants, blocks, a device's
+    /// conversation limit) are the external broker's ACL hooks' job there. Only the
+    /// first call takes effect.
+    pub fn forward_all_to(&self, forwarder: Forwarder) {
+        if self.forwarder.set(forwarder).is_err() {
+            tracing::warn!("the hub already forwards; a second forwarder is ignored");
+        }
     }
 
     // A poisoned lock means a panic mid-update of plain maps; the maps are still
@@ -384,12 +425,19 @@ impl Hub {
         let visited = exact.map_or(0, Vec::len) + wild.map_or(0, Vec::len);
         self.examined
             .fetch_add(2 + visited as u64, Ordering::Relaxed);
-        if visited == 0 {
+        let forwarder = self.forwarder.get();
+        if visited == 0 && forwarder.is_none() {
             return 0;
         }
         let Some(payload) = payload() else {
             return 0;
         };
+        if let Some(forward) = forwarder {
+            forward(topic, payload.clone());
+        }
+        if visited == 0 {
+            return 0;
+        }
         let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
         // Typing (`c/{cid}/t/{who}`) from someone followers may have blocked: found once
         // per route, so other topics cost nothing per subscriber.

@@ -13,11 +13,14 @@
 //! - [`worker`]: the persistence worker: commands to `Store::write_batch`, then PUBACKs,
 //!   acks and fan-out.
 //! - [`fanout`]: encoding events for inboxes and the conversation mirror.
+//! - [`external`]: external-broker mode: the worker takes its share of commands from a
+//!   clustered broker and publishes back to it; no front door of our own.
 
 pub mod acl;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod external;
 pub mod fanout;
 pub mod hub;
 pub mod presence;
@@ -28,4 +31,5 @@ pub mod transport;
 pub mod worker;
 
 pub use config::{Listeners, MqttLimits};
-pub use server::{start, Realtime};
+pub use external::{BrokerConfig, BrokerMode};
+pub use server::{start, start_external, Realtime};

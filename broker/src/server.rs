@@ -31,7 +31,10 @@ use crate::worker::Worker;
 pub struct Realtime {
     pub fanout: Arc<Fanout>,
     pub hub: Arc<Hub>,
-    pub mqtt_addr: SocketAddr,
+    /// The front door's MQTT listener (`None` in external-broker mode).
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The link to the external broker (external-broker mode only).
+    pub external: Option<Arc<crate::external::ExternalLink>>,
     pub ws_addr: Option<SocketAddr>,
     pub v5_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -60,8 +63,14 @@ impl Realtime {
 
     /// A real MQTT CONNECT on loopback: the front door is ready when it answers with a
     /// CONNACK (any code; the probe has no credentials, so it is refused, quietly).
+    /// In external-broker mode: the worker's connection to the broker is up.
     pub async fn probe(&self) -> Result<(), String> {
-        crate::probe::connack(self.mqtt_addr).await
+        match (&self.external, self.mqtt_addr) {
+            (Some(link), _) if link.is_connected() => Ok(()),
+            (Some(_), _) => Err("not connected to the external broker".into()),
+            (None, Some(addr)) => crate::probe::connack(addr).await,
+            (None, None) => Err("no MQTT listener".into()),
+        }
     }
 }
 
@@ -75,7 +84,7 @@ impl Realtime {
 /// thread was busy half of it) and batches could not grow. On its own thread the worker
 /// continues the moment its statement is done. (PostgreSQL keeps the shared runtime:
 /// its connections are sockets registered with the runtime that opened them.)
-fn spawn_writer_thread(
+pub(crate) fn spawn_writer_thread(
     worker: Worker,
     inbound: tokio::sync::mpsc::Receiver<crate::worker::Inbound>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -201,9 +210,44 @@ pub async fn start(
     Ok(Realtime {
         fanout,
         hub,
-        mqtt_addr,
+        mqtt_addr: Some(mqtt_addr),
+        external: None,
         ws_addr,
         v5_addr,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// External-broker mode: the worker and the bridge to the broker, no listeners (see
+/// `external.rs`). The hub has no local connections; it hands everything it routes to
+/// the broker.
+pub async fn start_external(
+    config: crate::external::BrokerConfig,
+    limits: MqttLimits,
+    store: Arc<dyn Store>,
+    sends: Arc<Mutex<RateLimiter>>,
+) -> anyhow::Result<Realtime> {
+    let hub = Arc::new(Hub::new(store.membership()));
+    let fanout = Arc::new(Fanout::new(hub.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (link, tasks) = crate::external::start(
+        config,
+        limits.worker_queue,
+        store,
+        hub.clone(),
+        fanout.clone(),
+        sends,
+        shutdown_rx,
+    )
+    .await?;
+    Ok(Realtime {
+        fanout,
+        hub,
+        mqtt_addr: None,
+        external: Some(link),
+        ws_addr: None,
+        v5_addr: None,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -31,8 +31,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 /// The whole HTTP API, and its OpenAPI document (also served at `/v1/openapi.json`).
+/// The broker hooks are part of it when `state.hooks` enables them without a listener
+/// of their own (see [`hooks_router`]); the document lists them either way, so an
+/// operator finds every route in one place.
 pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (hooks, hooks_document) = routes::hooks::router().split_for_parts();
+    let (mut router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
         .merge(routes::auth::router())
         .merge(routes::me::router())
@@ -44,6 +48,10 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         .merge(routes::search::router())
         .merge(routes::uploads::router())
         .split_for_parts();
+    document.merge(hooks_document);
+    if state.hooks.enabled && state.hooks.listen.is_none() {
+        router = router.merge(hooks);
+    }
     let json = Arc::new(document.clone());
     let router = router
         .route(
@@ -61,4 +69,21 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     router_and_document(state).0
+}
+
+/// The broker hooks alone, for their own internal listener: `Some` when `state.hooks`
+/// enables them with `listen` set.
+pub fn hooks_router(state: AppState) -> Option<Router> {
+    if !(state.hooks.enabled && state.hooks.listen.is_some()) {
+        return None;
+    }
+    let (router, _) = routes::hooks::router().split_for_parts();
+    Some(
+        router
+            .fallback(|| async { error::ApiError::not_found("no such route") })
+            .layer(DefaultBodyLimit::max(MAX_HTTP_JSON_BYTES))
+            .layer(axum::middleware::from_fn(http_metrics::track))
+            .layer(TraceLayer::new_for_http())
+            .with_state(state),
+    )
 }

@@ -19,7 +19,8 @@ use utoipa::{Modify, OpenApi};
     paths(openapi_json),
     tags(
         (name = "auth"), (name = "account"), (name = "devices"), (name = "conversations"), (name = "messages"),
-        (name = "sync"), (name = "search"), (name = "uploads"), (name = "health"), (name = "meta")
+        (name = "sync"), (name = "search"), (name = "uploads"), (name = "health"), (name = "meta"),
+        (name = "hooks", description = "Auth/ACL hooks an external MQTT broker calls (multi-node mode): served only when hooks.enabled, on hooks.listen when that is set (see docs/DEPLOY.md)")
     )
 )]
 pub struct ApiDoc;

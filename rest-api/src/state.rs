@@ -33,6 +33,9 @@ pub struct AppState {
     pub hashing: Arc<crate::hashing::HashPool>,
     /// Further readiness checks beyond the database (the MQTT front door's own probe).
     pub probes: Vec<Arc<dyn ReadinessProbe>>,
+    /// The external broker's auth/ACL hooks: whether and where they are served, and the
+    /// Tidings nodes' own MQTT identity.
+    pub hooks: Arc<crate::routes::hooks::HooksConfig>,
 }
 
 /// A check `/readyz` runs; `Err` names what is not ready.
@@ -147,6 +150,7 @@ impl AppState {
             trusted_proxies: Arc::new(TrustedProxies::default()),
             hashing: crate::hashing::HashPool::per_core(),
             probes: Vec::new(),
+            hooks: Arc::default(),
         }
     }
 
@@ -172,6 +176,12 @@ impl AppState {
 
     pub fn with_probe(mut self, probe: Arc<dyn ReadinessProbe>) -> Self {
         self.probes.push(probe);
+        self
+    }
+
+    /// Serves the broker hooks as `hooks` says (off by default).
+    pub fn with_hooks(mut self, hooks: crate::routes::hooks::HooksConfig) -> Self {
+        self.hooks = Arc::new(hooks);
         self
     }
 

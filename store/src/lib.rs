@@ -14,6 +14,7 @@
 //! batch of sends, edits, reactions and receipts in one transaction with multi-row
 //! statements, rather than a round trip per message.
 
+pub mod acl;
 mod batch;
 mod error;
 pub mod membership;

@@ -8,8 +8,10 @@
 //! connections (the broker) [`watch`](MembershipIndex::watch)es them and acts at once,
 //! in the same call that committed the change.
 //!
-//! One process only: several Tidings nodes behind a load balancer would each need to
-//! hear the others' changes (e.g. PostgreSQL LISTEN/NOTIFY); see ARCHITECTURE.md.
+//! With several Tidings nodes on one PostgreSQL database, each node's index also hears
+//! the others' changes: the database sends them with NOTIFY from the writing
+//! transaction, and `PgStore` applies them here (and [`replace_with`](MembershipIndex::replace_with)s
+//! the whole index after its listening connection dropped).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
@@ -218,6 +220,25 @@ impl MembershipIndex {
         });
     }
 
+    /// Takes over `fresh`'s contents (a full reload from the database), announcing every
+    /// membership that is gone, so connections lose what they no longer have a right to
+    /// even when the change that removed it was never heard. Watchers stay.
+    pub fn replace_with(&self, fresh: MembershipIndex) {
+        let fresh = fresh.inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let removed: Vec<(String, String)> = {
+            let mut inner = self.write();
+            let old = std::mem::replace(&mut *inner, fresh);
+            old.by_conv
+                .into_iter()
+                .flat_map(|(conv, users)| users.into_iter().map(move |u| (conv.clone(), u)))
+                .filter(|(conv, user)| !inner.by_conv.get(conv).is_some_and(|m| m.contains(user)))
+                .collect()
+        };
+        for (conv, user) in removed {
+            self.announce(&Revocation::MemberRemoved { conv, user });
+        }
+    }
+
     /// Announces that a session ended (the store calls it after the commit).
     pub fn session_ended(&self, session: &str) {
         self.announce(&Revocation::SessionEnded {
@@ -295,5 +316,28 @@ mod tests {
         index.remove("c1", "b");
         assert!(!index.share_conversation("a", "b"));
         assert!(!index.is_member("c1", "b"));
+    }
+
+    #[test]
+    fn a_full_reload_announces_what_is_gone() {
+        let index =
+            MembershipIndex::from_pairs([("c1".into(), "a".into()), ("c1".into(), "b".into())]);
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        index.watch(move |r| sink.lock().expect("test lock").push(r.clone()));
+        index.replace_with(MembershipIndex::from_pairs([
+            ("c1".into(), "a".into()),
+            ("c2".into(), "b".into()),
+        ]));
+        assert!(index.is_member("c2", "b") && !index.is_member("c1", "b"));
+        assert_eq!(
+            *heard.lock().expect("test lock"),
+            vec![Revocation::MemberRemoved {
+                conv: "c1".into(),
+                user: "b".into()
+            }]
+        );
+        index.remove("c2", "b");
+        assert_eq!(heard.lock().expect("test lock").len(), 2, "watchers kept");
     }
 }

@@ -6,7 +6,15 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::Executor;
+
+use crate::MembershipIndex;
+
+/// The channel the migration's triggers NOTIFY on (migrations/postgres/0007).
+const INDEX_CHANNEL: &str = "tidings_index";
+/// Longest wait between attempts to get the listening connection back.
+const MAX_RELISTEN_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: PgPool,
@@ -14,18 +22,37 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects to `url` and applies pending migrations.
+    /// Connects to `url`, applies pending migrations, loads the membership index and
+    /// keeps it current with every other node's changes (see [`follow_index_changes`]).
     pub async fn open(url: &str) -> crate::StoreResult<Self> {
+        // This process's name in the change notifications, so it can skip its own
+        // (applied already, after each commit). A ULID: nothing to quote.
+        let node = ulid::Ulid::new().to_string();
+        let tag = format!("SET tidings.node = '{node}'");
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let tag = tag.clone();
+                Box::pin(async move {
+                    conn.execute(tag.as_str()).await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        let index = std::sync::Arc::new(crate::MembershipIndex::from_pairs(
-            load_memberships(&pool).await?,
+        // Listen before loading: a change committed in between is then both in the
+        // load and in a notification, and applying it twice is harmless.
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(INDEX_CHANNEL).await?;
+        let index = std::sync::Arc::new(load_index(&pool).await?);
+        tokio::spawn(follow_index_changes(
+            listener,
+            pool.clone(),
+            index.clone(),
+            node,
         ));
-        load_index_extras(&pool, &index).await?;
         Ok(PgStore { pool, index })
     }
 
@@ -44,6 +71,157 @@ impl PgStore {
     /// PostgreSQL indexes in the writing transaction: nothing is ever pending.
     async fn before_search(&self) -> crate::StoreResult<()> {
         Ok(())
+    }
+}
+
+/// The whole membership index as the database has it now.
+async fn load_index(pool: &PgPool) -> crate::StoreResult<MembershipIndex> {
+    let index = MembershipIndex::from_pairs(load_memberships(pool).await?);
+    load_index_extras(pool, &index).await?;
+    Ok(index)
+}
+
+/// Applies every other node's membership, block and session changes to this node's
+/// index, as the database NOTIFYs them at commit: a member removed anywhere loses the
+/// subscriptions here at once, and a session ended anywhere closes its connections
+/// here. Notifications sent while the listening connection was down are lost, so after
+/// it comes back (sqlx reconnects and LISTENs again) the index is reloaded whole,
+/// announcing the removals it finds; sessions ended meanwhile are found by the
+/// revocation poll (`auth.revocation_poll_ms`), which stays as that backstop.
+async fn follow_index_changes(
+    mut listener: PgListener,
+    pool: PgPool,
+    index: std::sync::Arc<MembershipIndex>,
+    node: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                backoff = Duration::from_millis(100);
+                apply_change(&index, &node, notification.payload());
+            }
+            Ok(None) => {
+                tracing::warn!("lost the membership change listener; reconnecting");
+                // `listen` reconnects and LISTENs on every channel again; only then is
+                // a reload sure to miss nothing.
+                loop {
+                    match listener.listen(INDEX_CHANNEL).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot listen for membership changes yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_RELISTEN_BACKOFF);
+                        }
+                    }
+                }
+                loop {
+                    match load_index(&pool).await {
+                        Ok(fresh) => {
+                            index.replace_with(fresh);
+                            tracing::info!("membership index reloaded after reconnecting");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reload the membership index yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_RELISTEN_BACKOFF);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "membership change listener failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RELISTEN_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One change as the triggers word it (`t` = what, `n` = the writing node or null).
+#[derive(Debug, serde::Deserialize)]
+struct IndexChange {
+    t: String,
+    n: Option<String>,
+    c: Option<String>,
+    u: Option<String>,
+    h: Option<i64>,
+    k: Option<String>,
+    by: Option<String>,
+    s: Option<String>,
+}
+
+fn apply_change(index: &MembershipIndex, node: &str, payload: &str) {
+    let mut change: IndexChange = match serde_json::from_str(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, payload, "unreadable membership change ignored");
+            return;
+        }
+    };
+    if change.n.as_deref() == Some(node) {
+        return;
+    }
+    let kind = std::mem::take(&mut change.t);
+    match (kind.as_str(), change) {
+        (
+            "add",
+            IndexChange {
+                c: Some(conv),
+                u: Some(user),
+                h,
+                ..
+            },
+        ) => {
+            index.add(&conv, &user);
+            if let Some(handle) = h.and_then(|h| u32::try_from(h).ok()) {
+                index.set_handle(&user, &conv, handle);
+            }
+        }
+        (
+            "del",
+            IndexChange {
+                c: Some(conv),
+                u: Some(user),
+                ..
+            },
+        ) => index.remove(&conv, &user),
+        (
+            "kind",
+            IndexChange {
+                c: Some(conv),
+                k: Some(kind),
+                ..
+            },
+        ) => match kind.as_str() {
+            "room" => index.mark_room(&conv),
+            "direct" => index.mark_direct(&conv),
+            _ => {}
+        },
+        (
+            "block",
+            IndexChange {
+                by: Some(blocker),
+                u: Some(blocked),
+                ..
+            },
+        ) => index.block(&blocker, &blocked),
+        (
+            "unblock",
+            IndexChange {
+                by: Some(blocker),
+                u: Some(blocked),
+                ..
+            },
+        ) => index.unblock(&blocker, &blocked),
+        (
+            "end",
+            IndexChange {
+                s: Some(session), ..
+            },
+        ) => index.session_ended(&session),
+        (other, _) => tracing::warn!(kind = other, payload, "unknown membership change ignored"),
     }
 }
 

@@ -894,6 +894,50 @@ macro_rules! impl_sql_store {
                 Ok(row.is_some())
             }
 
+            async fn bind_mqtt_client(&self, client_id: &str, session_id: &str, at: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO mqtt_clients (client_id, session_id, connected_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (client_id) DO UPDATE SET session_id = excluded.session_id, connected_at = excluded.connected_at",
+                )
+                .bind(client_id)
+                .bind(session_id)
+                .bind(at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn mqtt_client_session(&self, client_id: &str) -> StoreResult<Option<DeviceCredential>> {
+                // A login session's grant columns hold their defaults (everything), so
+                // one query answers for both kinds of session.
+                let sql = format!(
+                    "SELECT {DEVICE_CREDENTIAL_COLUMNS} FROM mqtt_clients m JOIN sessions s ON s.id = m.session_id \
+                     JOIN users u ON u.id = s.user_id WHERE m.client_id = $1 \
+                     AND s.revoked_at IS NULL AND u.disabled_at IS NULL AND u.deleted_at IS NULL"
+                );
+                let row = sqlx::query(&sql).bind(client_id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(device_credential_from_row).transpose()
+            }
+
+            async fn mqtt_clients_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT m.client_id FROM mqtt_clients m JOIN sessions s ON s.id = m.session_id \
+                     WHERE s.user_id = $1 ORDER BY m.client_id",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+            }
+
+            async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query("SELECT client_id FROM mqtt_clients WHERE session_id = $1 ORDER BY client_id")
+                    .bind(session)
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+            }
+
             async fn create_conversation(&self, new: NewConversation) -> StoreResult<Created> {
                 let direct_key = new.direct_key();
                 let find_direct = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = $1");

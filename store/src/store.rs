@@ -84,6 +84,18 @@ pub trait Store: Send + Sync + 'static {
     async fn device_credential(&self, id: &str) -> StoreResult<Option<DeviceCredential>>;
     /// True when the session exists and is not revoked.
     async fn session_active(&self, session_id: &str) -> StoreResult<bool>;
+    /// Records that MQTT client `client_id` authenticated (at an external broker's auth
+    /// hook) with `session_id`, replacing what an earlier CONNECT recorded.
+    async fn bind_mqtt_client(&self, client_id: &str, session_id: &str, at: i64)
+        -> StoreResult<()>;
+    /// The live session MQTT client `client_id` last authenticated with, and its grant
+    /// (the full one for a login session); `None` when there is none or it ended.
+    async fn mqtt_client_session(&self, client_id: &str) -> StoreResult<Option<DeviceCredential>>;
+    /// The MQTT client ids that last authenticated (at the hook) with a session of
+    /// `user`, or with `session`: whom to disconnect at an external broker when a
+    /// right ends.
+    async fn mqtt_clients_of_user(&self, user: &str) -> StoreResult<Vec<String>>;
+    async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>>;
 
     // --- conversations and members --------------------------------------------------
     /// Creates a conversation and its members, and stores a `conversation` event in each

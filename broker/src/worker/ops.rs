@@ -87,7 +87,7 @@ pub fn grant_refusal(grant: &DeviceGrant, op: &Op) -> Option<(ErrorCode, &'stati
     if !grant.can_send {
         return Some((ErrorCode::Forbidden, "this credential is receive-only"));
     }
-    // No conversation list: everything its user may do.
+    // A credential for all of the user's conversations may do anything else.
     grant.conversations.as_ref()?;
     match op {
         Op::Send { conv, .. } | Op::Delivered { conv, .. } | Op::Read { conv, .. } => {

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod conversations;
 pub mod devices;
 pub mod health;
+pub mod hooks;
 pub mod invitations;
 pub mod me;
 pub mod messages;

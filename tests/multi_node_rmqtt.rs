@@ -1,0 +1,414 @@
+//! The multi-node shape end to end (issue 12): a two-node rmqtt cluster (built from
+//! tests/rmqtt-harness by scripts/test.sh, which passes its path in
+//! TIDINGS_RMQTT_HARNESS), two Tidings nodes in external-broker mode on one PostgreSQL
+//! database, and devices that only ever talk MQTT to the broker nodes. Both broker
+//! nodes ask Tidings node B's hooks (rmqtt-auth-http takes one URL), so node A can be
+//! killed without taking the cluster's auth down with it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const NODE_USER: &str = "tidings-node";
+const NODE_SECRET: &str = "node-secret-node-secret-node-secret-0123";
+/// What a device's `seen` gets when the broker closes its connection.
+const CLOSED: &str = "$closed";
+const SUBACK: &str = "$suback";
+
+struct Rmqtt {
+    child: Child,
+}
+
+impl Drop for Rmqtt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn harness() -> String {
+    std::env::var("TIDINGS_RMQTT_HARNESS").unwrap_or_else(|_| {
+        panic!("TIDINGS_RMQTT_HARNESS is not set: run the tests with scripts/test.sh, which builds tests/rmqtt-harness")
+    })
+}
+
+fn start_rmqtt(id: u32, mqtt: u16, grpc: u16, peers: &str, hooks: &str) -> Rmqtt {
+    let child = Command::new(harness())
+        .env("RMQTT_NODE_ID", id.to_string())
+        .env("RMQTT_MQTT_ADDR", format!("127.0.0.1:{mqtt}"))
+        .env("RMQTT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("RMQTT_PEERS", peers)
+        .env("RMQTT_HOOKS", hooks)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("TIDINGS_TEST_ECHO").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("spawn the rmqtt harness");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rmqtt node {id} did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Rmqtt { child }
+}
+
+/// A device talking MQTT 5 to one broker node, never to Tidings.
+struct Device {
+    client: AsyncClient,
+    seen: mpsc::UnboundedReceiver<(String, Value)>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    async fn connect(port: u16, who: &Account, device: &str) -> Device {
+        let mut opts = MqttOptions::new(format!("{}:{device}", who.id), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_credentials(who.id.clone(), who.access.clone());
+        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let (tx, seen) = mpsc::unbounded_channel();
+        let (connected_tx, mut connected) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        let _ = connected_tx.send(());
+                    }
+                    Event::Incoming(Packet::SubAck(ack)) => {
+                        let granted = ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                        let _ = tx.send((SUBACK.into(), json!(granted)));
+                    }
+                    Event::Incoming(Packet::Disconnect(_)) => break,
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                            let _ = tx.send((topic, v));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let _ = tx.send((CLOSED.into(), Value::Null));
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected.recv())
+            .await
+            .ok()
+            .flatten()
+            .expect("CONNACK from the broker");
+        Device {
+            client,
+            seen,
+            _task: task,
+        }
+    }
+
+    /// Subscribes and returns whether the broker granted it.
+    async fn subscribe(&mut self, filter: &str) -> bool {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let v = self.next(SUBACK, "the SUBACK").await;
+        v == json!(true)
+    }
+
+    async fn send(&self, me: &str, conv: &str, id: &str, body: &str) {
+        let command = json!({ "op": "send", "id": id, "conv": conv, "body": body });
+        let _ = self
+            .client
+            .publish(
+                format!("u/{me}/out"),
+                QoS::AtLeastOnce,
+                false,
+                command.to_string(),
+            )
+            .await;
+    }
+
+    async fn next(&mut self, topic: &str, what: &str) -> Value {
+        self.expect(what, |t, _| t == topic).await
+    }
+
+    async fn expect(&mut self, what: &str, pred: impl Fn(&str, &Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.seen.recv()).await {
+                Ok(Some((t, v))) if pred(&t, &v) => return v,
+                Ok(Some(_)) => continue,
+                _ => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Everything seen for `wait`, without waiting for anything in particular.
+    async fn drain(&mut self, wait: Duration) -> Vec<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.seen.recv()).await {
+                Ok(Some(item)) => got.push(item),
+                _ => return got,
+            }
+        }
+    }
+}
+
+async fn ready(server: &Server) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while client()
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn all_synced(server: &Server, who: &Account) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = sync(server, who, since).await;
+        events.extend(page["events"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_u64() {
+            Some(next) if page["has_more"] == true => since = next,
+            _ => return events,
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_tidings_nodes_behind_a_two_node_rmqtt_cluster() {
+    const BURST: usize = 100;
+    let (mqtt1, mqtt2, grpc1, grpc2) = (free_port(), free_port(), free_port(), free_port());
+    let hooks_b = free_port();
+    let peers = format!("1@127.0.0.1:{grpc1},2@127.0.0.1:{grpc2}");
+    let hooks_url = format!("http://127.0.0.1:{hooks_b}");
+    let _rmqtt1 = start_rmqtt(1, mqtt1, grpc1, &peers, &hooks_url);
+    let _rmqtt2 = start_rmqtt(2, mqtt2, grpc2, &peers, &hooks_url);
+
+    let url = fresh_pg_database().await;
+    let opts = |broker: u16, hooks: Option<u16>| {
+        let mut o = Options::new(Db::Postgres);
+        o.database_url = Some(url.clone());
+        o.env = vec![
+            ("TIDINGS_BROKER_MODE".into(), "external".into()),
+            ("TIDINGS_BROKER_ADDRS".into(), format!("127.0.0.1:{broker}")),
+            ("TIDINGS_BROKER_USERNAME".into(), NODE_USER.into()),
+            ("TIDINGS_BROKER_PASSWORD".into(), NODE_SECRET.into()),
+            ("TIDINGS_HOOKS_NODE_USERNAME".into(), NODE_USER.into()),
+            ("TIDINGS_HOOKS_NODE_SECRET".into(), NODE_SECRET.into()),
+            ("TIDINGS_LIMITS_SEND_BURST".into(), "100000".into()),
+            ("TIDINGS_LIMITS_SEND_PER_SECOND".into(), "100000".into()),
+        ];
+        if let Some(port) = hooks {
+            o.env.push(("TIDINGS_HOOKS_ENABLED".into(), "true".into()));
+            o.env
+                .push(("TIDINGS_HOOKS_LISTEN".into(), format!("127.0.0.1:{port}")));
+        }
+        o
+    };
+    // B serves the hooks both broker nodes ask; its worker uses broker node 2.
+    let b = Server::start_with(opts(mqtt2, Some(hooks_b))).await;
+    let a_opts = opts(mqtt1, None);
+    let mut a = Server::start_with(opts(mqtt1, None)).await;
+    ready(&b).await;
+    ready(&a).await;
+
+    let alice = register(&a, "alice").await;
+    let bob = register(&a, "bob").await;
+    let carol = register(&b, "carol").await;
+    let mallory = register(&b, "mallory").await;
+    let conv = conversation(&a, &alice, "group", &[&bob, &carol]).await;
+    let mirror = format!("c/{conv}/m");
+
+    // Users on different broker nodes chat.
+    let mut alice_dev = Device::connect(mqtt1, &alice, "phone").await;
+    assert!(alice_dev.subscribe(&format!("u/{}/in", alice.id)).await);
+    let mut bob_dev = Device::connect(mqtt2, &bob, "phone").await;
+    assert!(bob_dev.subscribe(&format!("u/{}/in", bob.id)).await);
+    let mut carol_dev = Device::connect(mqtt2, &carol, "phone").await;
+    assert!(carol_dev.subscribe(&mirror).await);
+    alice_dev
+        .send(&alice.id, &conv, "hi-1", "hello across brokers")
+        .await;
+    alice_dev
+        .expect("alice's ack", |_, v| {
+            v["type"] == "ack" && v["re"] == "hi-1"
+        })
+        .await;
+    bob_dev
+        .expect("bob's copy on the other broker node", |_, v| {
+            v["type"] == "message" && v["body"] == "hello across brokers"
+        })
+        .await;
+    carol_dev
+        .expect("the mirror on the other broker node", |t, v| {
+            t == mirror && v["body"] == "hello across brokers"
+        })
+        .await;
+
+    // The ACL hook through the real broker: a stranger's foreign subscriptions are
+    // refused, her own inbox is granted (positive control).
+    let mut mallory_dev = Device::connect(mqtt1, &mallory, "laptop").await;
+    assert!(
+        mallory_dev.subscribe(&format!("u/{}/in", mallory.id)).await,
+        "positive control: her own inbox"
+    );
+    for foreign in [
+        mirror.clone(),
+        format!("u/{}/in", bob.id),
+        "u/+/in".to_string(),
+        "#".to_string(),
+    ] {
+        assert!(!mallory_dev.subscribe(&foreign).await, "{foreign} granted");
+    }
+    // Her own command goes through (and is refused by the worker: not a member)...
+    mallory_dev
+        .send(&mallory.id, &conv, "m-1", "let me in")
+        .await;
+    mallory_dev
+        .expect("her error event", |_, v| {
+            v["type"] == "error" && v["re"] == "m-1"
+        })
+        .await;
+    // ...a command forged as Alice's is refused by the broker, and never stored.
+    mallory_dev
+        .send(&alice.id, &conv, "forged-1", "forged")
+        .await;
+    let seen = bob_dev.drain(Duration::from_secs(1)).await;
+    assert!(
+        !seen.iter().any(|(_, v)| v["body"] == "forged"),
+        "a forged command was delivered"
+    );
+
+    // Carol is removed through node A: the broker disconnects her, and back she may
+    // no longer follow the conversation.
+    let res = client()
+        .delete(a.url(&format!("/v1/conversations/{conv}/members/{}", carol.id)))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .expect("remove");
+    assert!(res.status().is_success(), "{}", res.status());
+    carol_dev
+        .expect("carol disconnected at the broker", |t, _| t == CLOSED)
+        .await;
+    let mut carol_again = Device::connect(mqtt2, &carol, "phone").await;
+    assert!(
+        !carol_again.subscribe(&mirror).await,
+        "a removed member resubscribed"
+    );
+    alice_dev
+        .send(&alice.id, &conv, "hi-2", "after carol left")
+        .await;
+    bob_dev
+        .expect("bob still receives (positive control)", |_, v| {
+            v["body"] == "after carol left"
+        })
+        .await;
+    let seen = carol_again.drain(Duration::from_millis(500)).await;
+    assert!(
+        !seen.iter().any(|(_, v)| v["body"] == "after carol left"),
+        "a removed member still receives"
+    );
+
+    // A burst of sends; Tidings node A is killed with -9 in the middle of it. Alice
+    // resends (same ids) whatever was not acked, as the SDK's outbox does.
+    let mut acked = BTreeSet::new();
+    let note = |seen: Vec<(String, Value)>, acked: &mut BTreeSet<String>| {
+        for (_, v) in seen {
+            if v["type"] == "ack" {
+                if let Some(re) = v["re"].as_str() {
+                    acked.insert(re.to_owned());
+                }
+            }
+        }
+    };
+    for i in 0..BURST {
+        alice_dev
+            .send(&alice.id, &conv, &format!("b-{i}"), &format!("burst {i}"))
+            .await;
+        if i == BURST / 4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (on_a, on_b) = (
+                a.metric("tidings_messages_stored_total").await,
+                b.metric("tidings_messages_stored_total").await,
+            );
+            assert!(
+                on_a > 0.0 && on_b > 0.0,
+                "the share split: A {on_a}, B {on_b}\nnode A:\n{}",
+                a.logs()
+            );
+            a.kill9();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = alice_dev.drain(Duration::from_millis(500)).await;
+        note(seen, &mut acked);
+        if (0..BURST).all(|i| acked.contains(&format!("b-{i}"))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {BURST} acked after resending",
+            acked.len()
+        );
+        for i in 0..BURST {
+            let id = format!("b-{i}");
+            if !acked.contains(&id) {
+                alice_dev
+                    .send(&alice.id, &conv, &id, &format!("burst {i}"))
+                    .await;
+            }
+        }
+    }
+
+    // Every acked message stored exactly once; node A back, sync agrees on both nodes.
+    a.start_again(&a_opts);
+    ready(&a).await;
+    let from_b = all_synced(&b, &bob).await;
+    let from_a = all_synced(&a, &bob).await;
+    assert_eq!(from_a, from_b, "sync differs between the nodes");
+    let mut bursts: Vec<&str> = from_b
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .filter_map(|e| e["body"].as_str())
+        .filter(|b| b.starts_with("burst "))
+        .collect();
+    bursts.sort_unstable();
+    let total = bursts.len();
+    bursts.dedup();
+    assert_eq!(total, bursts.len(), "a message was stored twice");
+    assert_eq!(bursts.len(), BURST, "an acked message is missing");
+}
