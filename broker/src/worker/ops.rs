@@ -87,9 +87,8 @@ pub fn grant_refusal(grant: &DeviceGrant, op: &Op) -> Option<(ErrorCode, &'stati
     if !grant.can_send {
         return Some((ErrorCode::Forbidden, "this credential is receive-only"));
     }
-    if grant.conversations.is_none() {
-        return None;
-    }
+    // An unscoped credential may do anything else its send right allows.
+    grant.conversations.as_ref()?;
     match op {
         Op::Send { conv, .. } | Op::Delivered { conv, .. } | Op::Read { conv, .. } => {
             (!grant.covers(conv)).then_some((ErrorCode::NotFound, "no such conversation"))
