@@ -14,7 +14,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 6] = ["http", "mqtt", "auth", "log", "uploads", "limits"];
+const SECTIONS: [&str; 7] = ["http", "mqtt", "auth", "log", "uploads", "limits", "push"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -28,6 +28,10 @@ pub struct Config {
     pub log: LogConfig,
     pub uploads: tidings_rest::uploads::UploadsConfig,
     pub limits: LimitsConfig,
+    /// Push notifications: the queue worker's pace and retries, registration limits,
+    /// and the providers (`push.gateway_url`, …).
+    #[serde(default)]
+    pub push: tidings_push::PushConfig,
 }
 
 /// Limits that span both planes.
@@ -143,6 +147,7 @@ impl Default for Config {
                 filter: "info".into(),
                 format: LogFormat::Text,
             },
+            push: tidings_push::PushConfig::default(),
         }
     }
 }

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::collections::HashMap;
 use tidings_auth::TokenKeys;
 use tidings_core::ratelimit::RateLimiter;
-use tidings_store::Store;
+
+use tidings_store::{PushPlatform, Store};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -87,10 +89,35 @@ impl tidings_rest::ReadinessProbe for MqttProbe {
     }
 }
 
+/// The broker's hub as the push worker's view of live sessions.
+struct HubLiveness(Arc<tidings_broker::hub::Hub>);
+
+impl tidings_push::Liveness for HubLiveness {
+    fn session_connected(&self, user: &str, session: &str) -> bool {
+        self.0.session_connected(user, session)
+    }
+}
+
+/// The providers `push.*` configures, by platform.
+fn push_providers(
+    config: &tidings_push::PushConfig,
+) -> anyhow::Result<HashMap<PushPlatform, Arc<dyn tidings_push::Provider>>> {
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let timeout = std::time::Duration::from_secs(config.request_timeout_secs.max(1));
+    let mut providers: HashMap<PushPlatform, Arc<dyn tidings_push::Provider>> = HashMap::new();
+    if let Some(url) = &config.gateway_url {
+        let gateway = tidings_push::gateway::Gateway::new(url.clone(), timeout)
+            .context("building the push gateway client")?;
+        providers.insert(PushPlatform::Gateway, Arc::new(gateway));
+    }
+    Ok(providers)
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    let providers = push_providers(&config.push)?;
     let store = open_store(&config).await?;
     let keys = Arc::new(load_keys(&config)?);
     // One send budget per user, whether they send over MQTT or HTTP.
@@ -118,6 +145,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_millis(config.auth.revocation_poll_ms.max(50)),
     ));
+    let push = tidings_rest::PushRegistration {
+        platforms: providers.keys().copied().collect(),
+        max_token_len: config.push.max_token_len,
+        max_data_bytes: config.push.max_data_bytes,
+        max_app_id_len: config.push.max_app_id_len,
+    };
+    // The worker runs even with no provider configured: it drains rows queued before
+    // a provider was removed from the config, so the queue cannot grow forever.
+    tidings_push::start(
+        store.clone(),
+        config.push.clone(),
+        providers,
+        Arc::new(HubLiveness(realtime.hub.clone())),
+    );
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
@@ -137,7 +178,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_api_limits(config.limits.group)
     .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
-    .with_trusted_proxies(config.http.trusted_proxies.clone());
+    .with_trusted_proxies(config.http.trusted_proxies.clone())
+    .with_push(push);
 
     let listener = TcpListener::bind(config.http.listen)
         .await

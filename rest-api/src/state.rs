@@ -33,6 +33,31 @@ pub struct AppState {
     pub hashing: Arc<crate::hashing::HashPool>,
     /// Further readiness checks beyond the database (the MQTT front door's own probe).
     pub probes: Vec<Arc<dyn ReadinessProbe>>,
+    /// Which push platforms this server sends to, and registration limits.
+    pub push: Arc<PushRegistration>,
+}
+
+/// What push registration accepts: the platforms a provider is configured for (a
+/// target for any other would never be sent, so it is refused up front) and the
+/// `push.*` size limits.
+#[derive(Debug, Clone)]
+pub struct PushRegistration {
+    pub platforms: Vec<tidings_store::PushPlatform>,
+    pub max_token_len: usize,
+    pub max_data_bytes: usize,
+    pub max_app_id_len: usize,
+}
+
+impl Default for PushRegistration {
+    /// No platform: a server with no push provider configured refuses registrations.
+    fn default() -> Self {
+        PushRegistration {
+            platforms: Vec::new(),
+            max_token_len: 4096,
+            max_data_bytes: 4096,
+            max_app_id_len: 256,
+        }
+    }
 }
 
 /// A check `/readyz` runs; `Err` names what is not ready.
@@ -147,6 +172,7 @@ impl AppState {
             trusted_proxies: Arc::new(TrustedProxies::default()),
             hashing: crate::hashing::HashPool::per_core(),
             probes: Vec::new(),
+            push: Arc::new(PushRegistration::default()),
         }
     }
 
@@ -172,6 +198,12 @@ impl AppState {
 
     pub fn with_probe(mut self, probe: Arc<dyn ReadinessProbe>) -> Self {
         self.probes.push(probe);
+        self
+    }
+
+    /// Accept push registrations for these platforms, within these limits.
+    pub fn with_push(mut self, push: PushRegistration) -> Self {
+        self.push = Arc::new(push);
         self
     }
 

@@ -7,6 +7,7 @@ pub mod health;
 pub mod invitations;
 pub mod me;
 pub mod messages;
+pub mod push;
 pub mod search;
 pub mod sync;
 pub mod uploads;

@@ -1,0 +1,81 @@
+//! `[push]` settings. Every limit has a default that suits one node; the tests shorten
+//! the intervals.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
+    /// Milliseconds between looks at the queue when it was empty. The queue is in the
+    /// database (so it survives restarts and several nodes share it), so an idle server
+    /// pays one indexed query per interval.
+    pub poll_ms: u64,
+    /// Queue rows claimed per look.
+    pub batch: u32,
+    /// Seconds a claimed row stays invisible to other workers. Longer than a request
+    /// can take (`request_timeout_secs`), so a slow send is never claimed twice; after
+    /// a crash, the row is retried when the lease runs out.
+    pub lease_secs: u64,
+    /// Attempts per (event, device) before the push is given up on.
+    pub max_attempts: u32,
+    /// The first retry waits this long; each later one twice as long (with jitter),
+    /// up to `backoff_max_secs`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    /// A provider's `Retry-After` is honoured up to this many seconds.
+    pub retry_after_max_secs: u64,
+    /// Seconds one request to a provider may take.
+    pub request_timeout_secs: u64,
+    /// Longest token (or Web Push endpoint URL) a device may register.
+    pub max_token_len: usize,
+    /// Largest provider data (a JSON object) a device may register, in bytes.
+    pub max_data_bytes: usize,
+    /// Longest app id a device may register.
+    pub max_app_id_len: usize,
+    /// Longest message text put in a push for a device that opted in to text; the rest
+    /// is cut (providers limit payloads to 4 KB).
+    pub max_body_chars: usize,
+    /// A Matrix push gateway (`…/_matrix/push/v1/notify`) for targets of platform
+    /// `gateway`; unset, that platform cannot be registered.
+    pub gateway_url: Option<String>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            poll_ms: 500,
+            batch: 100,
+            lease_secs: 60,
+            max_attempts: 8,
+            backoff_base_ms: 2_000,
+            backoff_max_secs: 3_600,
+            retry_after_max_secs: 3_600,
+            request_timeout_secs: 10,
+            max_token_len: 4_096,
+            max_data_bytes: 4_096,
+            max_app_id_len: 256,
+            max_body_chars: 1_000,
+            gateway_url: None,
+        }
+    }
+}
+
+impl PushConfig {
+    /// Refuses settings that would claim rows twice or never send them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_secs <= self.request_timeout_secs {
+            return Err(format!(
+                "push.lease_secs ({}) must exceed push.request_timeout_secs ({}), or a slow send is claimed twice",
+                self.lease_secs, self.request_timeout_secs
+            ));
+        }
+        if self.max_attempts == 0 || self.batch == 0 || self.poll_ms == 0 {
+            return Err("push.max_attempts, push.batch and push.poll_ms must be at least 1".into());
+        }
+        if let Some(url) = &self.gateway_url {
+            reqwest::Url::parse(url)
+                .map_err(|e| format!("push.gateway_url {url:?} is not a URL: {e}"))?;
+        }
+        Ok(())
+    }
+}
