@@ -110,6 +110,17 @@ fn push_providers(
             .context("building the push gateway client")?;
         providers.insert(PushPlatform::Gateway, Arc::new(gateway));
     }
+    if let (Some(public), Some(private)) = (&config.vapid_public_key, &config.vapid_private_key) {
+        let vapid =
+            tidings_push::webpush::Vapid::new(public, private, config.vapid_subject.clone())?;
+        let webpush = tidings_push::webpush::WebPush::new(
+            vapid,
+            timeout,
+            config.webpush_ttl_secs,
+            config.allow_private_endpoints,
+        )?;
+        providers.insert(PushPlatform::Webpush, Arc::new(webpush));
+    }
     Ok(providers)
 }
 
@@ -150,6 +161,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_token_len: config.push.max_token_len,
         max_data_bytes: config.push.max_data_bytes,
         max_app_id_len: config.push.max_app_id_len,
+        check: Some({
+            let providers = providers.clone();
+            Arc::new(move |platform, token: &str, data: &serde_json::Value| {
+                providers
+                    .get(&platform)
+                    .map_or(Ok(()), |p| p.check(token, data))
+            })
+        }),
     };
     // The worker runs even with no provider configured: it drains rows queued before
     // a provider was removed from the config, so the queue cannot grow forever.

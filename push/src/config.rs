@@ -38,6 +38,19 @@ pub struct PushConfig {
     /// A Matrix push gateway (`…/_matrix/push/v1/notify`) for targets of platform
     /// `gateway`; unset, that platform cannot be registered.
     pub gateway_url: Option<String>,
+    /// The server's VAPID key pair for Web Push, base64url as `web-push
+    /// generate-vapid-keys` prints it (65-byte public, 32-byte private); both unset,
+    /// the `webpush` platform cannot be registered. Apps subscribe with the public one.
+    pub vapid_public_key: Option<String>,
+    pub vapid_private_key: Option<String>,
+    /// A contact for push services (`mailto:` or `https:`), sent in every VAPID token.
+    pub vapid_subject: Option<String>,
+    /// Seconds a push service keeps a Web Push message for an offline device.
+    pub webpush_ttl_secs: u64,
+    /// Allow push endpoints on private, loopback and link-local addresses (and plain
+    /// http). Off by default: a device chooses its Web Push endpoint, and the server
+    /// must not be made to call into its own network.
+    pub allow_private_endpoints: bool,
 }
 
 impl Default for PushConfig {
@@ -56,6 +69,11 @@ impl Default for PushConfig {
             max_app_id_len: 256,
             max_body_chars: 1_000,
             gateway_url: None,
+            vapid_public_key: None,
+            vapid_private_key: None,
+            vapid_subject: None,
+            webpush_ttl_secs: 86_400,
+            allow_private_endpoints: false,
         }
     }
 }
@@ -75,6 +93,11 @@ impl PushConfig {
         if let Some(url) = &self.gateway_url {
             reqwest::Url::parse(url)
                 .map_err(|e| format!("push.gateway_url {url:?} is not a URL: {e}"))?;
+        }
+        if self.vapid_public_key.is_some() != self.vapid_private_key.is_some() {
+            return Err(
+                "set both push.vapid_public_key and push.vapid_private_key, or neither".into(),
+            );
         }
         Ok(())
     }

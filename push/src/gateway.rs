@@ -85,10 +85,12 @@ impl Provider for Gateway {
         {
             Ok(r) => r,
             Err(e) => {
+                // The reason is a metric label: a fixed word, the error only in the log.
+                tracing::debug!(error = %e, "push gateway request failed");
                 return Outcome::Retry {
-                    reason: format!("network: {e}"),
+                    reason: "network".into(),
                     after: None,
-                }
+                };
             }
         };
         let status = response.status();

@@ -17,6 +17,7 @@ pub mod config;
 pub mod gateway;
 pub mod notification;
 pub mod provider;
+pub mod webpush;
 pub mod worker;
 
 pub use config::PushConfig;

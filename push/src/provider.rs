@@ -29,6 +29,11 @@ pub enum Outcome {
 pub trait Provider: Send + Sync {
     /// The label used in metrics and logs (`gateway`, `apns`, …).
     fn name(&self) -> &'static str;
+    /// Checks a registration before it is stored (an endpoint a device chose, a
+    /// subscription's keys); `Err` says what is wrong, for a 422.
+    fn check(&self, _token: &str, _data: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
     async fn send(&self, target: &PushTarget, notification: &Notification) -> Outcome;
 }
 
@@ -48,7 +53,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// The outcome for an HTTP status no provider-specific rule claimed: 429 and 5xx are
 /// retried (honouring `Retry-After`), anything else is a permanent failure.
 pub fn by_status(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Outcome {
-    let reason = format!("http {}", status.as_u16());
+    let reason = format!("http_{}", status.as_u16());
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Outcome::Retry {
             reason,

@@ -18,7 +18,7 @@ pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::{rate_limit, ApiLimits, AppState, PushRegistration, ReadinessProbe};
+pub use state::{rate_limit, ApiLimits, AppState, PushRegistration, ReadinessProbe, TargetCheck};
 
 use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;

@@ -40,13 +40,20 @@ pub struct AppState {
 /// What push registration accepts: the platforms a provider is configured for (a
 /// target for any other would never be sent, so it is refused up front) and the
 /// `push.*` size limits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PushRegistration {
     pub platforms: Vec<tidings_store::PushPlatform>,
     pub max_token_len: usize,
     pub max_data_bytes: usize,
     pub max_app_id_len: usize,
+    /// The platform's own check of a token and its data (a Web Push endpoint against
+    /// server-side request forgery, a subscription's keys); `Err` is the 422's message.
+    pub check: Option<Arc<TargetCheck>>,
 }
+
+pub type TargetCheck = dyn Fn(tidings_store::PushPlatform, &str, &serde_json::Value) -> Result<(), String>
+    + Send
+    + Sync;
 
 impl Default for PushRegistration {
     /// No platform: a server with no push provider configured refuses registrations.
@@ -56,6 +63,7 @@ impl Default for PushRegistration {
             max_token_len: 4096,
             max_data_bytes: 4096,
             max_app_id_len: 256,
+            check: None,
         }
     }
 }

@@ -182,13 +182,16 @@ pub async fn register_push(
             )));
         }
     }
-    let data = serde_json::to_string(&body.data.unwrap_or_default())
-        .map_err(|_| ApiError::invalid("data must be a JSON object"))?;
-    if data.len() > limits.max_data_bytes {
+    let data = serde_json::Value::Object(body.data.unwrap_or_default());
+    let data_json = data.to_string();
+    if data_json.len() > limits.max_data_bytes {
         return Err(ApiError::invalid(format!(
             "data must be at most {} bytes of JSON",
             limits.max_data_bytes
         )));
+    }
+    if let Some(check) = &limits.check {
+        check(platform, &body.token, &data).map_err(ApiError::invalid)?;
     }
     let target = PushTarget {
         id: new_id(),
@@ -197,7 +200,7 @@ pub async fn register_push(
         platform,
         token: body.token,
         app_id: body.app_id,
-        data,
+        data: data_json,
         lang: body.lang,
         full_text: body.full_text,
         created_at: now_ms(),
