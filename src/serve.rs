@@ -121,6 +121,23 @@ fn push_providers(
         )?;
         providers.insert(PushPlatform::Webpush, Arc::new(webpush));
     }
+    if let (Some(key_file), Some(key_id), Some(team_id)) = (
+        &config.apns_key_file,
+        &config.apns_key_id,
+        &config.apns_team_id,
+    ) {
+        let apns = tidings_push::apns::Apns::new(&tidings_push::apns::ApnsSettings {
+            url: &config.apns_url,
+            key_file,
+            key_id,
+            team_id,
+            ca_file: config.apns_ca_file.as_deref(),
+            token_refresh: std::time::Duration::from_secs(config.apns_token_refresh_secs),
+            expiration_secs: config.apns_expiration_secs,
+            timeout,
+        })?;
+        providers.insert(PushPlatform::Apns, Arc::new(apns));
+    }
     Ok(providers)
 }
 

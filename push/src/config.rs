@@ -51,6 +51,20 @@ pub struct PushConfig {
     /// http). Off by default: a device chooses its Web Push endpoint, and the server
     /// must not be made to call into its own network.
     pub allow_private_endpoints: bool,
+    /// APNs: the team's `.p8` key file, its key id and the team id; all three set
+    /// enable the `apns` platform (a target's `app_id` is the bundle id, the topic).
+    pub apns_key_file: Option<std::path::PathBuf>,
+    pub apns_key_id: Option<String>,
+    pub apns_team_id: Option<String>,
+    /// `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com` for
+    /// development builds.
+    pub apns_url: String,
+    /// An extra root CA (PEM) to trust for `apns_url`, besides the system's.
+    pub apns_ca_file: Option<std::path::PathBuf>,
+    /// Seconds one provider token is reused (Apple: 20 to 60 minutes).
+    pub apns_token_refresh_secs: u64,
+    /// Seconds APNs keeps trying to deliver a push to an offline device.
+    pub apns_expiration_secs: u64,
 }
 
 impl Default for PushConfig {
@@ -74,6 +88,13 @@ impl Default for PushConfig {
             vapid_subject: None,
             webpush_ttl_secs: 86_400,
             allow_private_endpoints: false,
+            apns_key_file: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_url: "https://api.push.apple.com".into(),
+            apns_ca_file: None,
+            apns_token_refresh_secs: 40 * 60,
+            apns_expiration_secs: 86_400,
         }
     }
 }
@@ -98,6 +119,20 @@ impl PushConfig {
             return Err(
                 "set both push.vapid_public_key and push.vapid_private_key, or neither".into(),
             );
+        }
+        let apns = [
+            self.apns_key_file.is_some(),
+            self.apns_key_id.is_some(),
+            self.apns_team_id.is_some(),
+        ];
+        if apns.iter().any(|set| *set) && !apns.iter().all(|set| *set) {
+            return Err(
+                "set all of push.apns_key_file, push.apns_key_id and push.apns_team_id, or none"
+                    .into(),
+            );
+        }
+        if !(1_200..=3_600).contains(&self.apns_token_refresh_secs) {
+            return Err("push.apns_token_refresh_secs must be 1200-3600: Apple refuses tokens refreshed more often or older".into());
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! broker's view of live sessions in as a [`Liveness`]); every send is of a row already
 //! durable in the queue, and a row is deleted only after its provider answered.*
 
+pub mod apns;
 pub mod config;
 pub mod gateway;
 pub mod notification;
