@@ -138,6 +138,10 @@ fn push_providers(
         })?;
         providers.insert(PushPlatform::Apns, Arc::new(apns));
     }
+    if let Some(account) = &config.fcm_service_account_file {
+        let fcm = tidings_push::fcm::Fcm::new(account, &config.fcm_url, timeout)?;
+        providers.insert(PushPlatform::Fcm, Arc::new(fcm));
+    }
     Ok(providers)
 }
 

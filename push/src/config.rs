@@ -65,6 +65,11 @@ pub struct PushConfig {
     pub apns_token_refresh_secs: u64,
     /// Seconds APNs keeps trying to deliver a push to an offline device.
     pub apns_expiration_secs: u64,
+    /// FCM HTTP v1: the Firebase service account JSON (its `project_id`, key and
+    /// `token_uri` are used); set, it enables the `fcm` platform.
+    pub fcm_service_account_file: Option<std::path::PathBuf>,
+    /// `https://fcm.googleapis.com`.
+    pub fcm_url: String,
 }
 
 impl Default for PushConfig {
@@ -95,6 +100,8 @@ impl Default for PushConfig {
             apns_ca_file: None,
             apns_token_refresh_secs: 40 * 60,
             apns_expiration_secs: 86_400,
+            fcm_service_account_file: None,
+            fcm_url: "https://fcm.googleapis.com".into(),
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod apns;
 pub mod config;
+pub mod fcm;
 pub mod gateway;
 pub mod notification;
 pub mod provider;
