@@ -143,10 +143,18 @@ impl Apple {
                 ""
             })
             .to_owned();
+        // Alerts are priority 10 with a collapse id; background (badge-only) pushes
+        // must be priority 5 and carry no collapse id.
+        let background = header("apns-push-type") == "background";
+        let (push_type, priority) = if background {
+            ("background", "5")
+        } else {
+            ("alert", "10")
+        };
         for (name, want) in [
             ("apns-topic", TOPIC),
-            ("apns-push-type", "alert"),
-            ("apns-priority", "10"),
+            ("apns-push-type", push_type),
+            ("apns-priority", priority),
         ] {
             if header(name) != want {
                 problems.push(format!("{name}: {:?}", header(name)));
@@ -163,7 +171,7 @@ impl Apple {
             problems.push(format!("apns-expiration: {:?}", header("apns-expiration")));
         }
         let collapse_id = header("apns-collapse-id");
-        if collapse_id.is_empty() || collapse_id.len() > 64 {
+        if background != collapse_id.is_empty() || collapse_id.len() > 64 {
             problems.push(format!("apns-collapse-id: {collapse_id:?}"));
         }
         // The auth scheme is case-insensitive (RFC 9110 §11.1); Apple writes "bearer".
@@ -386,6 +394,34 @@ async fn apns_requests_are_well_formed_and_answers_are_honoured(db: Db) {
         "provider token not reused"
     );
     assert_eq!(server.metric("tidings_push_tokens_pruned_total").await, 2.0);
+
+    // Bob reads on another device: his phone gets a background push setting badge 0.
+    let laptop = login(&server, &users[0], "laptop").await;
+    let mqtt = common::mqtt::Mqtt::connect(&server, &laptop, "laptop").await;
+    let read =
+        json!({ "op": "read", "id": "r1", "conv": conv, "seq": n.payload["tidings"]["seq"] });
+    mqtt.publish_json(&format!("u/{}/out", users[0].id), &read)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while apple.seen(&token(0)).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no badge push:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let badge = &apple.seen(&token(0))[2];
+    assert_eq!(
+        badge.payload["aps"],
+        json!({ "badge": 0, "content-available": 1 })
+    );
+    assert!(badge.collapse_id.is_empty());
+    let problems = apple.0.lock().expect("lock").problems.clone();
+    assert!(
+        problems.is_empty(),
+        "requests APNs would refuse: {problems:#?}"
+    );
 }
 
 on_both_databases!(apns_requests_are_well_formed_and_answers_are_honoured);

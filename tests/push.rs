@@ -505,7 +505,63 @@ async fn registration_is_validated(db: Db) {
     assert_eq!(settings["breakthrough"], true);
 }
 
+async fn reading_on_another_device_sends_a_rate_limited_badge_push(db: Db) {
+    let (gw, url) = Gateway::start().await;
+    let mut opts = push_options(db, &url);
+    opts.env
+        .push(("TIDINGS_PUSH_BADGE_MIN_INTERVAL_SECS".into(), "2".into()));
+    let server = Server::start_with(opts).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let phone = login(&server, &bob, "phone").await;
+    register_push(&server, &phone, "tok-phone", false).await;
+    let conv = conversation(&server, &alice, "group", &[&bob]).await;
+    send(&server, &alice, &conv, text("m1", "one")).await;
+    let m2 = send(&server, &alice, &conv, text("m2", "two")).await;
+    gw.wait_for(WAIT, "two message pushes", |g| g.accepted().len() == 2)
+        .await;
+
+    // Bob reads both on his laptop: the phone's badge goes to 0 with a quiet push.
+    let laptop = login(&server, &bob, "laptop").await;
+    let mqtt = Mqtt::connect(&server, &laptop, "laptop").await;
+    let out = format!("u/{}/out", bob.id);
+    let read = |id: &str, seq: &Value| json!({ "op": "read", "id": id, "conv": conv, "seq": seq });
+    mqtt.publish_json(&out, &read("r1", &m2["seq"])).await;
+    gw.wait_for(WAIT, "a badge push", |g| g.accepted().len() == 3)
+        .await;
+    let first_badge = Instant::now();
+    let badge = gw.accepted()[2].clone();
+    assert_eq!(badge["tidings"]["reason"], "badge", "{badge}");
+    assert_eq!(badge["counts"]["unread"], 0);
+    assert_eq!(badge["prio"], "low");
+    assert_eq!(badge["devices"][0]["pushkey"], "tok-phone");
+    // Reading the same again moves nothing: no push.
+    mqtt.publish_json(&out, &read("r2", &m2["seq"])).await;
+
+    // A new message (badge 1), read at once: the badge push waits out the interval.
+    let m3 = send(&server, &alice, &conv, text("m3", "three")).await;
+    gw.wait_for(WAIT, "the third message's push", |g| {
+        g.accepted().len() == 4
+    })
+    .await;
+    assert_eq!(gw.accepted()[3]["counts"]["unread"], 1);
+    mqtt.publish_json(&out, &read("r3", &m3["seq"])).await;
+    gw.wait_for(WAIT, "the second badge push", |g| g.accepted().len() == 5)
+        .await;
+    let gap = first_badge.elapsed();
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "badge pushes {gap:?} apart"
+    );
+    let badge = &gw.accepted()[4];
+    assert_eq!(badge["tidings"]["reason"], "badge");
+    assert_eq!(badge["counts"]["unread"], 0);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(gw.all().len(), 5, "{:#?}", gw.all());
+}
+
 on_both_databases!(
+    reading_on_another_device_sends_a_rate_limited_badge_push,
     only_offline_devices_are_pushed_once_with_ids_only,
     mute_and_block_rules_decide_who_is_pushed,
     logout_and_a_moved_token_stop_pushes_to_the_old_owner,

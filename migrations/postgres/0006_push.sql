@@ -10,6 +10,8 @@ CREATE TABLE push_targets (
     lang        TEXT,
     full_text   BOOLEAN NOT NULL DEFAULT FALSE,
     created_at  BIGINT NOT NULL,
+    badge_sent  BIGINT,
+    badge_at    BIGINT,
     UNIQUE (platform, token)
 );
 CREATE INDEX push_targets_user ON push_targets(user_id);
@@ -44,6 +46,16 @@ BEGIN
     END IF;
     p := NEW.payload::jsonb;
     kind := p->>'type';
+    -- The reader's own read receipt: one pending badge-only push per target.
+    IF kind = 'receipt' THEN
+        IF p->>'kind' = 'read' AND p->>'user' = NEW.user_id THEN
+            DELETE FROM push_queue WHERE user_id = NEW.user_id AND reason = 'badge' AND attempts = 0;
+            INSERT INTO push_queue (target_id, user_id, iseq, reason, conversation_id, next_attempt_at, created_at)
+            SELECT t.id, NEW.user_id, NEW.seq, 'badge', p->>'conv', NEW.created_at, NEW.created_at
+            FROM push_targets t WHERE t.user_id = NEW.user_id;
+        END IF;
+        RETURN NULL;
+    END IF;
     IF kind NOT IN ('message', 'invitation') THEN
         RETURN NULL;
     END IF;

@@ -20,6 +20,10 @@ CREATE TABLE push_targets (
     -- The device asked for message text in its pushes; otherwise ids only.
     full_text   BOOLEAN NOT NULL DEFAULT FALSE,
     created_at  INTEGER NOT NULL,
+    -- The badge the device was last pushed, and when the last badge-only push went:
+    -- a badge-only push goes only when the count changed, and not too often.
+    badge_sent  INTEGER,
+    badge_at    INTEGER,
     UNIQUE (platform, token)
 );
 CREATE INDEX push_targets_user ON push_targets(user_id);
@@ -38,7 +42,7 @@ CREATE TABLE push_queue (
     target_id       TEXT NOT NULL REFERENCES push_targets(id) ON DELETE CASCADE,
     user_id         TEXT NOT NULL,
     iseq            INTEGER NOT NULL,
-    -- 'message', 'mention', 'reply' or 'invitation'
+    -- 'message', 'mention', 'reply', 'invitation', or 'badge' (a badge-only push)
     reason          TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
@@ -83,6 +87,23 @@ BEGIN
                           AND (m.muted OR m.archived))
            OR (e.reason IN ('mention', 'reply')
                AND (SELECT u.push_breakthrough FROM users u WHERE u.id = NEW.user_id)));
+END;
+
+-- Reading on one device changes the badge the others show: the reader's own `read`
+-- receipt queues a badge-only push for each of their targets. Only the newest one per
+-- target waits (older ones not yet tried are replaced), so reading ten conversations
+-- makes one push; the worker then sends it only if the count changed, and no more
+-- often than push.badge_min_interval_secs per target.
+CREATE TRIGGER push_badge AFTER INSERT ON inbox_events
+WHEN EXISTS (SELECT 1 FROM push_targets WHERE user_id = NEW.user_id)
+     AND json_extract(NEW.payload, '$.type') = 'receipt'
+     AND json_extract(NEW.payload, '$.kind') = 'read'
+     AND json_extract(NEW.payload, '$.user') = NEW.user_id
+BEGIN
+    DELETE FROM push_queue WHERE user_id = NEW.user_id AND reason = 'badge' AND attempts = 0;
+    INSERT INTO push_queue (target_id, user_id, iseq, reason, conversation_id, next_attempt_at, created_at)
+    SELECT t.id, NEW.user_id, NEW.seq, 'badge', json_extract(NEW.payload, '$.conv'), NEW.created_at, NEW.created_at
+    FROM push_targets t WHERE t.user_id = NEW.user_id;
 END;
 
 -- A revoked session (logout, logout-all, the admin CLI, account deletion) loses its

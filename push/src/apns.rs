@@ -147,6 +147,14 @@ impl Apns {
         // which keeps the payload under APNs' 4 KB with `max_body_chars` of text.
         let mut ids = n.clone();
         ids.body = None;
+        if n.is_badge() {
+            // Background: no alert, only the count (content-available lets the app
+            // refresh too).
+            return json!({
+                "aps": { "badge": n.unread, "content-available": 1 },
+                "tidings": ids,
+            });
+        }
         json!({
             "aps": {
                 "alert": alert,
@@ -202,21 +210,28 @@ impl Provider for Apns {
             Err(reason) => return Outcome::Failed { reason },
         };
         let url = format!("{}/3/device/{}", self.base, target.token);
-        let response = self
+        let request = self
             .client
             .post(url)
             .bearer_auth(jwt)
             .header("apns-topic", &target.app_id)
-            .header("apns-push-type", "alert")
-            .header("apns-priority", "10")
-            .header("apns-collapse-id", collapse_id(&n.conversation))
             .header(
                 "apns-expiration",
                 (unix_secs() + self.expiration_secs).to_string(),
-            )
-            .json(&Apns::payload(n))
-            .send()
-            .await;
+            );
+        // A background push must be priority 5 (10 is an error for it), and has no
+        // collapse id: it would replace the conversation's alert on the device.
+        let request = if n.is_badge() {
+            request
+                .header("apns-push-type", "background")
+                .header("apns-priority", "5")
+        } else {
+            request
+                .header("apns-push-type", "alert")
+                .header("apns-priority", "10")
+                .header("apns-collapse-id", collapse_id(&n.conversation))
+        };
+        let response = request.json(&Apns::payload(n)).send().await;
         let response = match response {
             Ok(r) => r,
             Err(e) => {

@@ -35,6 +35,10 @@ pub struct PushConfig {
     /// Longest message text put in a push for a device that opted in to text; the rest
     /// is cut (providers limit payloads to 4 KB).
     pub max_body_chars: usize,
+    /// Seconds between two badge-only pushes to one device (sent when reading on
+    /// another device changed the unread count). APNs and FCM throttle background
+    /// pushes anyway; this keeps a fast reader from spending the device's budget.
+    pub badge_min_interval_secs: u64,
     /// A Matrix push gateway (`…/_matrix/push/v1/notify`) for targets of platform
     /// `gateway`; unset, that platform cannot be registered.
     pub gateway_url: Option<String>,
@@ -87,6 +91,7 @@ impl Default for PushConfig {
             max_data_bytes: 4_096,
             max_app_id_len: 256,
             max_body_chars: 1_000,
+            badge_min_interval_secs: 60,
             gateway_url: None,
             vapid_public_key: None,
             vapid_private_key: None,

@@ -176,10 +176,17 @@ impl Fcm {
         if let (Some(seq), Some(obj)) = (n.seq, data.as_object_mut()) {
             obj.insert("seq".into(), json!(seq.to_string()));
         }
+        let android = if n.is_badge() {
+            // A badge update need not wake the device at once; one collapse key for
+            // all of them keeps only the newest.
+            json!({ "priority": "NORMAL", "collapse_key": "badge" })
+        } else {
+            json!({ "priority": "HIGH", "collapse_key": n.conversation })
+        };
         let mut message = json!({
             "token": token,
             "data": data,
-            "android": { "priority": "HIGH", "collapse_key": n.conversation },
+            "android": android,
         });
         if let (Some(body), Some(obj)) = (&n.body, message.as_object_mut()) {
             obj.insert("notification".into(), json!({ "body": body }));

@@ -35,7 +35,8 @@ impl Gateway {
         let mut notification = json!({
             "event_id": n.event_id,
             "room_id": n.conversation,
-            "prio": "high",
+            // Synapse's badge-only notification is low priority; so is ours.
+            "prio": if n.is_badge() { "low" } else { "high" },
             "counts": { "unread": n.unread },
             "devices": [{
                 "app_id": target.app_id,

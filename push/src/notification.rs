@@ -61,4 +61,9 @@ impl Notification {
     pub fn is_invitation(&self) -> bool {
         self.reason == PushReason::Invitation.as_str()
     }
+
+    /// A badge-only push: nothing to show, only the count to set (a background push).
+    pub fn is_badge(&self) -> bool {
+        self.reason == PushReason::Badge.as_str()
+    }
 }

@@ -362,9 +362,17 @@ impl Provider for WebPush {
             .header("content-encoding", "aes128gcm")
             .header("content-type", "application/octet-stream")
             .header("ttl", self.ttl_secs.to_string())
-            .header("urgency", "high")
-            // Replaces an undelivered push for the same conversation (RFC 8030 §5.4).
-            .header("topic", topic(&n.conversation))
+            .header("urgency", if n.is_badge() { "low" } else { "high" })
+            // Replaces an undelivered push for the same conversation, or the previous
+            // badge update (RFC 8030 §5.4).
+            .header(
+                "topic",
+                if n.is_badge() {
+                    "badge".to_owned()
+                } else {
+                    topic(&n.conversation)
+                },
+            )
             .body(body)
             .send()
             .await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tidings_store::{now_ms, PushJob, PushPlatform, Store};
+use tidings_store::{now_ms, PushJob, PushPlatform, PushReason, Store};
 use tokio::task::JoinSet;
 
 use crate::config::PushConfig;
@@ -107,11 +107,37 @@ impl Worker {
                 return;
             }
         };
+        let badge_only = job.reason == PushReason::Badge;
+        if badge_only {
+            if t.badge_sent == Some(unread) {
+                // Reading changed nothing the device shows (a muted conversation, or a
+                // push since already carried this count).
+                metrics::counter!("tidings_push_skipped_total", "reason" => "badge_unchanged")
+                    .increment(1);
+                self.finish(&job).await;
+                return;
+            }
+            let interval = i64::try_from(self.config.badge_min_interval_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+            if let Some(last) = t.badge_at {
+                let due = last.saturating_add(interval);
+                if now_ms() < due {
+                    if let Err(e) = self.store.defer_push(&t.id, job.iseq, due).await {
+                        tracing::warn!(error = %e, "cannot reschedule a badge push");
+                    }
+                    return;
+                }
+            }
+        }
         let n = Notification::for_job(&job, unread, self.config.max_body_chars);
         let name = provider.name();
         match provider.send(t, &n).await {
             Outcome::Sent => {
                 metrics::counter!("tidings_push_sent_total", "provider" => name).increment(1);
+                let at = badge_only.then(now_ms);
+                if let Err(e) = self.store.set_push_badge(&t.id, unread, at).await {
+                    tracing::warn!(error = %e, "cannot record the badge a device was pushed");
+                }
                 self.finish(&job).await;
             }
             Outcome::Gone { reason } => {

@@ -481,6 +481,9 @@ pub struct PushTarget {
     pub lang: Option<String>,
     pub full_text: bool,
     pub created_at: i64,
+    /// The badge this target was last pushed, and when its last badge-only push went.
+    pub badge_sent: Option<u64>,
+    pub badge_at: Option<i64>,
 }
 
 /// Why an event is pushed, decided where it is stored (migration 0006).
@@ -490,6 +493,8 @@ pub enum PushReason {
     Mention,
     Reply,
     Invitation,
+    /// The user read on another device: the badge changed.
+    Badge,
 }
 
 impl PushReason {
@@ -499,6 +504,7 @@ impl PushReason {
             PushReason::Mention => "mention",
             PushReason::Reply => "reply",
             PushReason::Invitation => "invitation",
+            PushReason::Badge => "badge",
         }
     }
 
@@ -508,6 +514,7 @@ impl PushReason {
             PushReason::Mention,
             PushReason::Reply,
             PushReason::Invitation,
+            PushReason::Badge,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)

@@ -651,6 +651,8 @@ macro_rules! impl_sql_store {
                 lang: row.try_get("lang")?,
                 full_text: row.try_get("full_text")?,
                 created_at: row.try_get(created_col)?,
+                badge_sent: row.try_get::<Option<i64>, _>("badge_sent")?.map(to_u64),
+                badge_at: row.try_get("badge_at")?,
             })
         }
 
@@ -1825,8 +1827,8 @@ macro_rules! impl_sql_store {
 
             async fn push_targets(&self, user: &str) -> StoreResult<Vec<PushTarget>> {
                 let rows = sqlx::query(
-                    "SELECT id, session_id, user_id, platform, token, app_id, data, lang, full_text, created_at \
-                     FROM push_targets WHERE user_id = $1 ORDER BY created_at, id",
+                    "SELECT id, session_id, user_id, platform, token, app_id, data, lang, full_text, created_at, \
+                     badge_sent, badge_at FROM push_targets WHERE user_id = $1 ORDER BY created_at, id",
                 )
                 .bind(user)
                 .fetch_all(self.reader())
@@ -1892,7 +1894,7 @@ macro_rules! impl_sql_store {
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT q.target_id, q.iseq, q.reason, q.conversation_id, q.attempts, q.created_at, \
                      t.session_id, t.user_id, t.platform, t.token, t.app_id, t.data, t.lang, t.full_text, \
-                     t.created_at AS target_created_at, e.payload \
+                     t.created_at AS target_created_at, t.badge_sent, t.badge_at, e.payload \
                      FROM push_queue q JOIN push_targets t ON t.id = q.target_id \
                      JOIN sessions s ON s.id = t.session_id AND s.revoked_at IS NULL \
                      LEFT JOIN inbox_events e ON e.user_id = q.user_id AND e.seq = q.iseq \
@@ -1936,6 +1938,16 @@ macro_rules! impl_sql_store {
                 sqlx::query("UPDATE push_queue SET next_attempt_at = $3 WHERE target_id = $1 AND iseq = $2")
                     .bind(target)
                     .bind(to_i64(iseq))
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_push_badge(&self, target: &str, badge: u64, at: Option<i64>) -> StoreResult<()> {
+                sqlx::query("UPDATE push_targets SET badge_sent = $2, badge_at = COALESCE($3, badge_at) WHERE id = $1")
+                    .bind(target)
+                    .bind(to_i64(badge))
                     .bind(at)
                     .execute(self.writer())
                     .await?;

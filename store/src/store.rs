@@ -299,6 +299,8 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_push(&self, target: &str, iseq: u64) -> StoreResult<()>;
     /// Moves a queue row's next attempt to `at`.
     async fn defer_push(&self, target: &str, iseq: u64, at: i64) -> StoreResult<()>;
+    /// Records the badge last pushed to a target, and (`at`) when a badge-only push went.
+    async fn set_push_badge(&self, target: &str, badge: u64, at: Option<i64>) -> StoreResult<()>;
     /// Deletes a push target the provider says is gone (and its queued pushes).
     async fn prune_push_target(&self, target: &str) -> StoreResult<bool>;
 }

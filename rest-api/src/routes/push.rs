@@ -204,6 +204,8 @@ pub async fn register_push(
         lang: body.lang,
         full_text: body.full_text,
         created_at: now_ms(),
+        badge_sent: None,
+        badge_at: None,
     };
     state.store.register_push_target(&target).await?;
     Ok(Json(body_of(target, &auth.session_id)))
