@@ -272,6 +272,16 @@ async fn mute_and_block_rules_decide_who_is_pushed(db: Db) {
     );
     assert_eq!(all[0]["tidings"]["reason"], "mention");
 
+    // A reply to bob's own message breaks through too.
+    let mine = send(&server, &bob, &conv, text("b1", "my message")).await;
+    let reply = json!({ "client_msg_id": "reply", "body": "re", "reply_to": mine["id"] });
+    send(&server, &alice, &conv, reply).await;
+    gw.wait_for(WAIT, "the reply breaking through the mute", |g| {
+        g.accepted().len() == 2
+    })
+    .await;
+    assert_eq!(gw.accepted()[1]["tidings"]["reason"], "reply");
+
     // Without break-through, a mention stays silent too.
     put(
         &server,
@@ -300,13 +310,13 @@ async fn mute_and_block_rules_decide_who_is_pushed(db: Db) {
     .await;
     send(&server, &carol, &conv, text("c1", "from a blocked user")).await;
     send(&server, &alice, &conv, text("a2", "after unmute")).await;
-    gw.wait_for(WAIT, "a push after unmuting", |g| g.accepted().len() == 2)
+    gw.wait_for(WAIT, "a push after unmuting", |g| g.accepted().len() == 3)
         .await;
     tokio::time::sleep(SETTLE).await;
     let all = gw.all();
-    assert_eq!(all.len(), 2, "{all:#?}");
-    assert_eq!(all[1]["tidings"]["reason"], "message");
-    assert_eq!(all[1]["sender"], Value::Null);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(all[2]["tidings"]["reason"], "message");
+    assert_eq!(all[2]["sender"], Value::Null);
 }
 
 async fn logout_and_a_moved_token_stop_pushes_to_the_old_owner(db: Db) {
@@ -560,7 +570,36 @@ async fn reading_on_another_device_sends_a_rate_limited_badge_push(db: Db) {
     assert_eq!(gw.all().len(), 5, "{:#?}", gw.all());
 }
 
+async fn an_invitation_pushes_the_invited_user(db: Db) {
+    let (gw, url) = Gateway::start().await;
+    let server = Server::start_with(push_options(db, &url)).await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let res = client()
+        .patch(server.url("/v1/me"))
+        .bearer_auth(&bob.access)
+        .json(&json!({ "group_adds": "nobody" }))
+        .send()
+        .await
+        .expect("group_adds");
+    assert!(res.status().is_success());
+    let phone = login(&server, &bob, "phone").await;
+    register_push(&server, &phone, "tok-bob", true).await;
+    // Bob lets nobody add him: he gets an invitation instead, and a push for it.
+    let conv = conversation(&server, &alice, "group", &[&bob]).await;
+    gw.wait_for(WAIT, "the invitation push", |g| !g.accepted().is_empty())
+        .await;
+    tokio::time::sleep(SETTLE).await;
+    let all = gw.all();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["tidings"]["reason"], "invitation");
+    assert_eq!(all[0]["room_id"], conv.as_str());
+    assert_eq!(all[0]["type"], "m.room.member");
+    assert_eq!(all[0]["sender"], alice.id.as_str());
+}
+
 on_both_databases!(
+    an_invitation_pushes_the_invited_user,
     reading_on_another_device_sends_a_rate_limited_badge_push,
     only_offline_devices_are_pushed_once_with_ids_only,
     mute_and_block_rules_decide_who_is_pushed,
