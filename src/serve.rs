@@ -101,8 +101,8 @@ impl tidings_push::Liveness for HubLiveness {
 /// The providers `push.*` configures, by platform.
 fn push_providers(
     config: &tidings_push::PushConfig,
+    store: &Arc<dyn Store>,
 ) -> anyhow::Result<HashMap<PushPlatform, Arc<dyn tidings_push::Provider>>> {
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let timeout = std::time::Duration::from_secs(config.request_timeout_secs.max(1));
     let mut providers: HashMap<PushPlatform, Arc<dyn tidings_push::Provider>> = HashMap::new();
     if let Some(url) = &config.gateway_url {
@@ -126,16 +126,19 @@ fn push_providers(
         &config.apns_key_id,
         &config.apns_team_id,
     ) {
-        let apns = tidings_push::apns::Apns::new(&tidings_push::apns::ApnsSettings {
-            url: &config.apns_url,
-            key_file,
-            key_id,
-            team_id,
-            ca_file: config.apns_ca_file.as_deref(),
-            token_refresh: std::time::Duration::from_secs(config.apns_token_refresh_secs),
-            expiration_secs: config.apns_expiration_secs,
-            timeout,
-        })?;
+        let apns = tidings_push::apns::Apns::new(
+            &tidings_push::apns::ApnsSettings {
+                url: &config.apns_url,
+                key_file,
+                key_id,
+                team_id,
+                ca_file: config.apns_ca_file.as_deref(),
+                token_refresh: std::time::Duration::from_secs(config.apns_token_refresh_secs),
+                expiration_secs: config.apns_expiration_secs,
+                timeout,
+            },
+            store.clone(),
+        )?;
         providers.insert(PushPlatform::Apns, Arc::new(apns));
     }
     if let Some(account) = &config.fcm_service_account_file {
@@ -149,8 +152,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let providers = push_providers(&config.push)?;
+    // The push settings are checked before the database is opened: a bad key or URL
+    // stops the start with its own message, not half-way.
+    config.push.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = open_store(&config).await?;
+    let providers = push_providers(&config.push, &store)?;
     let keys = Arc::new(load_keys(&config)?);
     // One send budget per user, whether they send over MQTT or HTTP.
     let sends = Arc::new(std::sync::Mutex::new(RateLimiter::new(

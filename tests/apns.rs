@@ -42,6 +42,8 @@ struct AppleState {
     seen: Vec<Seen>,
     /// Every way a request differed from what APNs requires.
     problems: Vec<String>,
+    /// How long each answer takes (to let several nodes share the work).
+    delay: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -120,6 +122,8 @@ impl Apple {
     }
 
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let delay = self.0.lock().expect("lock").delay;
+        tokio::time::sleep(delay).await;
         let mut problems = Vec::new();
         let header = |name: &str| {
             req.headers()
@@ -422,6 +426,101 @@ async fn apns_requests_are_well_formed_and_answers_are_honoured(db: Db) {
         problems.is_empty(),
         "requests APNs would refuse: {problems:#?}"
     );
+}
+
+/// Two nodes on one PostgreSQL database share the queue and one provider token (Apple
+/// counts refreshes per team across senders); a token APNs calls expired is replaced
+/// once, not by every node or push that saw it refused.
+#[tokio::test]
+async fn nodes_share_one_provider_token_and_replace_a_refused_one_once() {
+    let (apple, url) = Apple::start().await;
+    apple.0.lock().expect("lock").delay = Duration::from_millis(100);
+    let mut opts = options(Db::Postgres, &url);
+    opts.env.push(("TIDINGS_PUSH_BATCH".into(), "1".into()));
+    let a = Server::start_with(Options {
+        db: Db::Postgres,
+        cwd: None,
+        env: opts.env.clone(),
+        database_url: None,
+    })
+    .await;
+    let b = Server::start_with(Options {
+        db: Db::Postgres,
+        cwd: None,
+        env: opts.env.clone(),
+        database_url: a.database_url.clone(),
+    })
+    .await;
+    let alice = register(&a, "alice").await;
+    let mut users = Vec::new();
+    let token = |i: usize| format!("{:02x}", 0x10 + i).repeat(32);
+    for i in 0..8 {
+        let u = register(&a, &format!("user{i}")).await;
+        assert_eq!(register_apns(&a, &u, &token(i)).await, 200);
+        users.push(u);
+    }
+    let members: Vec<&Account> = users.iter().collect();
+    let conv = conversation(&a, &alice, "group", &members).await;
+    let send = |id: &'static str| {
+        let (server, alice, conv) = (&a, &alice, &conv);
+        async move {
+            let res = client()
+                .post(server.url(&format!("/v1/conversations/{conv}/messages")))
+                .bearer_auth(&alice.access)
+                .json(&json!({ "client_msg_id": id, "body": "hi" }))
+                .send()
+                .await
+                .expect("send");
+            assert!(res.status().is_success());
+        }
+    };
+    let wait_requests = |n: usize| {
+        let apple = apple.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while apple.0.lock().expect("lock").seen.len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} pushes arrived",
+                    apple.0.lock().expect("lock").seen.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    send("m1").await;
+    wait_requests(8).await;
+    let sent = (
+        a.metric("tidings_push_sent_total").await,
+        b.metric("tidings_push_sent_total").await,
+    );
+    assert!(
+        sent.0 > 0.0 && sent.1 > 0.0,
+        "both nodes should have sent: {sent:?}"
+    );
+    let jwts = |from: usize| {
+        let s = apple.0.lock().expect("lock");
+        let mut j: Vec<String> = s.seen[from..].iter().map(|x| x.jwt.clone()).collect();
+        j.sort();
+        j.dedup();
+        j
+    };
+    assert_eq!(jwts(0).len(), 1, "nodes made separate provider tokens");
+
+    // APNs says the token expired: one new token replaces it for everyone.
+    apple.script(&token(0), [(403, Some("ExpiredProviderToken"), None)]);
+    send("m2").await;
+    wait_requests(17).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        jwts(0).len(),
+        2,
+        "the refused token was replaced more than once"
+    );
+    // Two workers on one queue: each (event, device) once, plus the one retry.
+    assert_eq!(apple.0.lock().expect("lock").seen.len(), 17);
+    let problems = apple.0.lock().expect("lock").problems.clone();
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 on_both_databases!(apns_requests_are_well_formed_and_answers_are_honoured);

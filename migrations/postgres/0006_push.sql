@@ -99,3 +99,13 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER push_targets_session_end AFTER UPDATE OF revoked_at ON sessions
     FOR EACH ROW WHEN (NEW.revoked_at IS NOT NULL)
     EXECUTE FUNCTION push_targets_session_end();
+
+-- Provider credentials every node must share. APNs counts provider-token refreshes per
+-- team across all senders (more often than every 20 minutes is 429
+-- TooManyProviderTokenUpdates), so nodes take the stored token while it is fresh and
+-- only replace one that is older than the refresh interval.
+CREATE TABLE push_provider_tokens (
+    name       TEXT PRIMARY KEY,
+    token      TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);

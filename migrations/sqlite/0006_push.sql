@@ -113,3 +113,13 @@ WHEN NEW.revoked_at IS NOT NULL
 BEGIN
     DELETE FROM push_targets WHERE session_id = NEW.id;
 END;
+
+-- Provider credentials every node must share. APNs counts provider-token refreshes per
+-- team across all senders (more often than every 20 minutes is 429
+-- TooManyProviderTokenUpdates), so nodes take the stored token while it is fresh and
+-- only replace one that is older than the refresh interval.
+CREATE TABLE push_provider_tokens (
+    name       TEXT PRIMARY KEY,
+    token      TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);

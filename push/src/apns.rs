@@ -8,8 +8,8 @@
 //! `403 ExpiredProviderToken`).
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use ring::rand::SystemRandom;
 use ring::signature;
 use serde_json::{json, Value};
-use tidings_store::PushTarget;
+use tidings_store::{now_ms, PushTarget, Store};
 
 use crate::notification::Notification;
 use crate::provider::{retry_after, Outcome, Provider};
@@ -58,7 +58,9 @@ pub struct Apns {
     token_refresh: Duration,
     expiration_secs: u64,
     /// The current provider token and when it was made.
-    token: Mutex<Option<(String, Instant)>>,
+    /// This node's copy of the shared provider token and when it was made (ms).
+    token: Mutex<Option<(String, i64)>>,
+    store: Arc<dyn Store>,
 }
 
 /// The DER inside a PEM file (the `.p8` Apple hands out is PKCS#8 in PEM).
@@ -72,7 +74,7 @@ fn pem_der(text: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Apns {
-    pub fn new(s: &ApnsSettings<'_>) -> Result<Apns, ApnsError> {
+    pub fn new(s: &ApnsSettings<'_>, store: Arc<dyn Store>) -> Result<Apns, ApnsError> {
         let key_err = |e: String| ApnsError::Key(s.key_file.display().to_string(), e);
         let pem = std::fs::read_to_string(s.key_file).map_err(|e| key_err(e.to_string()))?;
         let der = pem_der(&pem).map_err(key_err)?;
@@ -105,33 +107,63 @@ impl Apns {
             token_refresh: s.token_refresh,
             expiration_secs: s.expiration_secs,
             token: Mutex::new(None),
+            store,
         })
     }
 
-    /// The provider token, made anew only when the current one is older than the
-    /// refresh interval.
-    fn provider_token(&self) -> Result<String, String> {
-        let mut slot = self.token.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((token, made)) = slot.as_ref() {
-            if made.elapsed() < self.token_refresh {
-                return Ok(token.clone());
+    /// The provider token. Apple counts refreshes per team across every sender, so the
+    /// token is shared through the store: a node takes the stored one while it is
+    /// younger than the refresh interval, and only a stale one is replaced (by one
+    /// statement, so two nodes refreshing at once keep the same token). `rejected` is a
+    /// token APNs refused (403 ExpiredProviderToken): it is replaced, once, whoever
+    /// notices first — not once per push that saw it refused. A local copy saves the
+    /// query.
+    async fn provider_token(&self, rejected: Option<&str>) -> Result<String, String> {
+        let fresh = rejected.is_some();
+        let now = now_ms();
+        let refresh = i64::try_from(self.token_refresh.as_millis()).unwrap_or(i64::MAX);
+        if !fresh {
+            let cached = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some((token, made)) = cached {
+                if now - made < refresh {
+                    return Ok(token);
+                }
             }
         }
-        let iat = unix_secs();
+        let name = format!("apns:{}:{}", self.team_id, self.key_id);
+        let err = |e: tidings_store::StoreError| format!("shared provider token: {e}");
+        let shared = self.store.shared_push_token(&name).await.map_err(err)?;
+        let mut stale_before = now - refresh;
+        if let Some((token, made)) = shared {
+            let usable = match rejected {
+                // Someone already replaced the refused token: take theirs.
+                Some(refused) => token != refused,
+                None => now - made < refresh,
+            };
+            if usable {
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some((token.clone(), made));
+                return Ok(token);
+            }
+            if fresh {
+                // Replace exactly the refused one (made at `made`), nothing newer.
+                stale_before = made + 1;
+            }
+        }
         let header = B64.encode(json!({ "alg": "ES256", "kid": self.key_id }).to_string());
-        let claims = B64.encode(json!({ "iss": self.team_id, "iat": iat }).to_string());
+        let claims = B64.encode(json!({ "iss": self.team_id, "iat": now / 1000 }).to_string());
         let input = format!("{header}.{claims}");
         let sig = self
             .key
             .sign(&SystemRandom::new(), input.as_bytes())
             .map_err(|e| format!("signing the provider token: {e}"))?;
-        let token = format!("{input}.{}", B64.encode(sig.as_ref()));
-        *slot = Some((token.clone(), Instant::now()));
+        let ours = format!("{input}.{}", B64.encode(sig.as_ref()));
+        let (token, made) = self
+            .store
+            .offer_push_token(&name, &ours, now, stale_before)
+            .await
+            .map_err(err)?;
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some((token.clone(), made));
         Ok(token)
-    }
-
-    fn forget_token(&self) {
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The APNs payload. Ids only by default: a generic, app-localized alert
@@ -205,7 +237,7 @@ impl Provider for Apns {
     }
 
     async fn send(&self, target: &PushTarget, n: &Notification) -> Outcome {
-        let jwt = match self.provider_token() {
+        let jwt = match self.provider_token(None).await {
             Ok(t) => t,
             Err(reason) => return Outcome::Failed { reason },
         };
@@ -213,7 +245,7 @@ impl Provider for Apns {
         let request = self
             .client
             .post(url)
-            .bearer_auth(jwt)
+            .bearer_auth(&jwt)
             .header("apns-topic", &target.app_id)
             .header(
                 "apns-expiration",
@@ -260,8 +292,10 @@ impl Provider for Apns {
                 "BadDeviceToken" | "DeviceTokenNotForTopic" | "TopicDisallowed",
             ) => Outcome::Gone { reason },
             (StatusCode::FORBIDDEN, "ExpiredProviderToken" | "InvalidProviderToken") => {
-                // A new token for the next attempt; this one is retried.
-                self.forget_token();
+                // A new token for the next attempt; this push is retried.
+                if let Err(e) = self.provider_token(Some(&jwt)).await {
+                    tracing::warn!(error = %e, "cannot replace a refused APNs provider token");
+                }
                 Outcome::Retry {
                     reason,
                     after: None,

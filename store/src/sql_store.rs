@@ -1954,6 +1954,37 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            async fn shared_push_token(&self, name: &str) -> StoreResult<Option<(String, i64)>> {
+                let row = sqlx::query("SELECT token, created_at FROM push_provider_tokens WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.writer())
+                    .await?;
+                row.map(|r| Ok((r.try_get("token")?, r.try_get("created_at")?))).transpose()
+            }
+
+            async fn offer_push_token(&self, name: &str, token: &str, created_at: i64, stale_before: i64)
+                -> StoreResult<(String, i64)> {
+                // One statement decides, so two nodes refreshing at once keep one token.
+                let row = sqlx::query(
+                    "INSERT INTO push_provider_tokens (name, token, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET token = excluded.token, created_at = excluded.created_at \
+                     WHERE push_provider_tokens.created_at < $4 \
+                     RETURNING token, created_at",
+                )
+                .bind(name)
+                .bind(token)
+                .bind(created_at)
+                .bind(stale_before)
+                .fetch_optional(self.writer())
+                .await?;
+                if let Some(r) = row {
+                    return Ok((r.try_get("token")?, r.try_get("created_at")?));
+                }
+                self.shared_push_token(name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound("push provider token".into()))
+            }
+
             async fn prune_push_target(&self, target: &str) -> StoreResult<bool> {
                 let done = sqlx::query("DELETE FROM push_targets WHERE id = $1")
                     .bind(target)

@@ -301,6 +301,18 @@ pub trait Store: Send + Sync + 'static {
     async fn defer_push(&self, target: &str, iseq: u64, at: i64) -> StoreResult<()>;
     /// Records the badge last pushed to a target, and (`at`) when a badge-only push went.
     async fn set_push_badge(&self, target: &str, badge: u64, at: Option<i64>) -> StoreResult<()>;
+    /// The provider credential every node shares under `name` (token, created ms).
+    async fn shared_push_token(&self, name: &str) -> StoreResult<Option<(String, i64)>>;
+    /// Stores `token` (made at `created_at`) under `name` unless the stored one was
+    /// made at or after `stale_before`; returns the token that stands, ours or the one
+    /// another node made meanwhile.
+    async fn offer_push_token(
+        &self,
+        name: &str,
+        token: &str,
+        created_at: i64,
+        stale_before: i64,
+    ) -> StoreResult<(String, i64)>;
     /// Deletes a push target the provider says is gone (and its queued pushes).
     async fn prune_push_target(&self, target: &str) -> StoreResult<bool>;
 }
