@@ -239,7 +239,14 @@ impl Provider for Apns {
     async fn send(&self, target: &PushTarget, n: &Notification) -> Outcome {
         let jwt = match self.provider_token(None).await {
             Ok(t) => t,
-            Err(reason) => return Outcome::Failed { reason },
+            Err(e) => {
+                // The shared token lives in the database: a hiccup there is retried.
+                tracing::warn!(error = %e, "no APNs provider token");
+                return Outcome::Retry {
+                    reason: "provider_token".into(),
+                    after: None,
+                };
+            }
         };
         let url = format!("{}/3/device/{}", self.base, target.token);
         let request = self

@@ -126,9 +126,12 @@ impl Fcm {
                 return Ok(token.clone());
             }
         }
-        let assertion = self
-            .assertion()
-            .map_err(|reason| Outcome::Failed { reason })?;
+        let assertion = self.assertion().map_err(|e| {
+            tracing::warn!(error = %e, "cannot make the FCM OAuth assertion");
+            Outcome::Failed {
+                reason: "oauth_assertion".into(),
+            }
+        })?;
         let retry = |reason: &str| Outcome::Retry {
             reason: reason.into(),
             after: None,

@@ -334,26 +334,32 @@ impl Provider for WebPush {
     }
 
     async fn send(&self, target: &PushTarget, n: &Notification) -> Outcome {
-        let failed = |reason: String| Outcome::Failed { reason };
+        // The reason is a metric label: a fixed word; the detail goes to the log.
+        let failed = |label: &str, detail: String| {
+            tracing::warn!(%detail, "Web Push not sendable: {label}");
+            Outcome::Failed {
+                reason: label.to_owned(),
+            }
+        };
         let url = match check_endpoint(&target.token, self.allow_private) {
             Ok(u) => u,
-            Err(e) => return failed(format!("endpoint: {e}")),
+            Err(e) => return failed("bad_endpoint", e),
         };
         let data: Value = serde_json::from_str(&target.data).unwrap_or(Value::Null);
         let keys = match keys(&data) {
             Ok(k) => k,
-            Err(e) => return failed(e),
+            Err(e) => return failed("bad_keys", e),
         };
         let body = match Self::payload(n)
             .map_err(|e| e.to_string())
-            .and_then(|p| encrypt(&keys, &p).map_err(|_| "encryption failed".to_owned()))
+            .and_then(|p| encrypt(&keys, &p).map_err(|_| "ECDH or AES-GCM failed".to_owned()))
         {
             Ok(b) => b,
-            Err(e) => return failed(e),
+            Err(e) => return failed("encryption", e),
         };
         let authorization = match self.vapid.authorization(&url) {
             Ok(a) => a,
-            Err(e) => return failed(e),
+            Err(e) => return failed("vapid", e),
         };
         let response = self
             .client

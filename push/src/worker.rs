@@ -134,11 +134,13 @@ impl Worker {
         match provider.send(t, &n).await {
             Outcome::Sent => {
                 metrics::counter!("tidings_push_sent_total", "provider" => name).increment(1);
+                // The queue row first: the window in which a crash resends is as short
+                // as it can be.
+                self.finish(&job).await;
                 let at = badge_only.then(now_ms);
                 if let Err(e) = self.store.set_push_badge(&t.id, unread, at).await {
                     tracing::warn!(error = %e, "cannot record the badge a device was pushed");
                 }
-                self.finish(&job).await;
             }
             Outcome::Gone { reason } => {
                 tracing::info!(provider = name, %reason, "push token is gone: target removed");
