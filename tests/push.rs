@@ -598,7 +598,91 @@ async fn an_invitation_pushes_the_invited_user(db: Db) {
     assert_eq!(all[0]["sender"], alice.id.as_str());
 }
 
+/// Push targets of `user`, counted in the database itself (after the account is
+/// deleted there is no session left to ask the API with).
+async fn targets_in_database(server: &Server, user: &str) -> i64 {
+    use sqlx::{Connection, Row};
+    let query = "SELECT COUNT(*) AS n FROM push_targets WHERE user_id = $1";
+    match &server.database_url {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            let row = sqlx::query(query)
+                .bind(user)
+                .fetch_one(&mut c)
+                .await
+                .expect("count");
+            row.get("n")
+        }
+        None => {
+            let url = format!("sqlite://{}", server.data_dir.join("tidings.db").display());
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            let row = sqlx::query(query)
+                .bind(user)
+                .fetch_one(&mut c)
+                .await
+                .expect("count");
+            row.get("n")
+        }
+    }
+}
+
+/// The session id (`sid`) inside an access token.
+fn session_of(account: &Account) -> String {
+    use base64::Engine;
+    let claims = account.access.split('.').nth(1).expect("JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&claims).expect("claims");
+    claims["sid"].as_str().expect("sid").to_owned()
+}
+
+async fn revocation_by_the_admin_cli_and_account_deletion_remove_targets(db: Db) {
+    let (_gw, url) = Gateway::start().await;
+    let server = Server::start_with(push_options(db, &url)).await;
+    let bob = register(&server, "bob").await;
+    let phone = login(&server, &bob, "phone").await;
+    let laptop = login(&server, &bob, "laptop").await;
+    register_push(&server, &phone, "tok-phone", false).await;
+    register_push(&server, &laptop, "tok-laptop", false).await;
+    assert_eq!(targets_in_database(&server, &bob.id).await, 2);
+
+    // An operator revokes the phone's session from another process.
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cli.args(["session", "revoke", &session_of(&phone)])
+        .env_remove("RUST_LOG")
+        .env("TIDINGS_DATA_DIR", &server.data_dir)
+        .env("TIDINGS_LOG_FILTER", "warn")
+        .stdin(std::process::Stdio::null());
+    if let Some(url) = &server.database_url {
+        cli.env("TIDINGS_DATABASE_URL", url);
+    }
+    let out = cli.output().await.expect("run the CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = push_targets(&server, &laptop).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["this_session"], true);
+
+    // Deleting the account removes the rest.
+    let res = client()
+        .delete(server.url("/v1/me"))
+        .bearer_auth(&laptop.access)
+        .json(&json!({ "password": bob.password }))
+        .send()
+        .await
+        .expect("delete account");
+    assert_eq!(res.status(), 204);
+    assert_eq!(targets_in_database(&server, &bob.id).await, 0);
+}
+
 on_both_databases!(
+    revocation_by_the_admin_cli_and_account_deletion_remove_targets,
     an_invitation_pushes_the_invited_user,
     reading_on_another_device_sends_a_rate_limited_badge_push,
     only_offline_devices_are_pushed_once_with_ids_only,
