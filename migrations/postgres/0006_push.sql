@@ -38,44 +38,59 @@ CREATE INDEX push_queue_due ON push_queue(next_attempt_at);
 -- first join, before any JSON is parsed.
 CREATE FUNCTION push_enqueue() RETURNS trigger AS $$
 BEGIN
+    -- Most batches carry nobody with a push target: one probe per event, then out.
+    IF NOT EXISTS (SELECT 1 FROM new_events e
+                   WHERE EXISTS (SELECT 1 FROM push_targets t WHERE t.user_id = e.user_id)) THEN
+        RETURN NULL;
+    END IF;
+    -- One statement: the events of users with a target, each distinct payload parsed
+    -- once (one message's recipients share its text; a jsonb cast per recipient was
+    -- most of this trigger's cost for a large group), then the badge-only rows and the
+    -- message and invitation rows.
+    WITH ev AS MATERIALIZED (
+        SELECT e.user_id, e.seq, e.created_at, e.payload
+        FROM new_events e
+        WHERE EXISTS (SELECT 1 FROM push_targets t WHERE t.user_id = e.user_id)
+    ), parsed AS MATERIALIZED (
+        SELECT d.payload, d.payload::jsonb AS p FROM (SELECT DISTINCT payload FROM ev) d
+    ), pe AS MATERIALIZED (
+        SELECT ev.user_id, ev.seq, ev.created_at, parsed.p
+        FROM ev JOIN parsed ON parsed.payload = ev.payload
+    ),
     -- The reader's own read receipt: one pending badge-only push per target (rows not
     -- yet tried are replaced).
-    WITH badge AS (
-        SELECT e.user_id, e.seq, e.created_at, j.p->>'conv' AS conv
-        FROM new_events e
-        CROSS JOIN LATERAL (SELECT e.payload::jsonb AS p) j
-        WHERE EXISTS (SELECT 1 FROM push_targets t WHERE t.user_id = e.user_id)
-          AND j.p->>'type' = 'receipt' AND j.p->>'kind' = 'read' AND j.p->>'user' = e.user_id
+    badge AS (
+        SELECT e.user_id, e.seq, e.created_at, e.p->>'conv' AS conv
+        FROM pe e
+        WHERE e.p->>'type' = 'receipt' AND e.p->>'kind' = 'read' AND e.p->>'user' = e.user_id
     ), replaced AS (
         DELETE FROM push_queue q USING (SELECT DISTINCT user_id FROM badge) b
         WHERE q.user_id = b.user_id AND q.reason = 'badge' AND q.attempts = 0
+    ), badges AS (
+        INSERT INTO push_queue (target_id, user_id, iseq, reason, conversation_id, next_attempt_at, created_at)
+        SELECT t.id, b.user_id, b.seq, 'badge', b.conv, b.created_at, b.created_at
+        FROM badge b JOIN push_targets t ON t.user_id = b.user_id
     )
-    INSERT INTO push_queue (target_id, user_id, iseq, reason, conversation_id, next_attempt_at, created_at)
-    SELECT t.id, b.user_id, b.seq, 'badge', b.conv, b.created_at, b.created_at
-    FROM badge b JOIN push_targets t ON t.user_id = b.user_id;
-
     INSERT INTO push_queue (target_id, user_id, iseq, reason, conversation_id, next_attempt_at, created_at)
     SELECT t.id, x.user_id, x.seq, x.why, x.conv, x.created_at, x.created_at
     FROM (
         SELECT e.user_id, e.seq, e.created_at,
-               j.p->>'type' AS kind,
-               j.p->>'conv' AS conv,
-               COALESCE(j.p->>'sender', j.p->>'by') AS sender,
-               COALESCE(j.p->>'kind', '') AS message_kind,
+               e.p->>'type' AS kind,
+               e.p->>'conv' AS conv,
+               COALESCE(e.p->>'sender', e.p->>'by') AS sender,
+               COALESCE(e.p->>'kind', '') AS message_kind,
                CASE
-                   WHEN j.p->>'type' = 'invitation' THEN 'invitation'
-                   WHEN COALESCE(j.p->'mentions', '[]'::jsonb) ? e.user_id THEN 'mention'
+                   WHEN e.p->>'type' = 'invitation' THEN 'invitation'
+                   WHEN COALESCE(e.p->'mentions', '[]'::jsonb) ? e.user_id THEN 'mention'
                    WHEN EXISTS (SELECT 1 FROM messages r
-                                WHERE r.id = j.p->>'reply_to' AND r.sender_id = e.user_id) THEN 'reply'
+                                WHERE r.id = e.p->>'reply_to' AND r.sender_id = e.user_id) THEN 'reply'
                    ELSE 'message'
                END AS why
-        FROM new_events e
-        CROSS JOIN LATERAL (SELECT e.payload::jsonb AS p) j
-        WHERE EXISTS (SELECT 1 FROM push_targets t WHERE t.user_id = e.user_id)
+        FROM pe e
+        WHERE e.p->>'type' IN ('message', 'invitation')
     ) x
     JOIN push_targets t ON t.user_id = x.user_id
-    WHERE x.kind IN ('message', 'invitation')
-      AND x.sender IS NOT NULL AND x.sender <> x.user_id
+    WHERE x.sender IS NOT NULL AND x.sender <> x.user_id
       AND x.message_kind <> 'system'
       AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = x.user_id AND b.blocked_id = x.sender)
       AND (x.kind = 'invitation'
