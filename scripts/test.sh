@@ -6,6 +6,7 @@
 #     OpenAPI validator the tests drive);
 #   - moto's S3 server from PyPI, the object store the S3 uploads tests talk to;
 #   - mosquitto-clients (apt) and MQTT.js (npm), third-party clients the MQTT tests drive;
+#   - web-push-testing (npm), the independent Web Push service the push tests send to;
 #   - mosquitto (apt), the peer the benchmark's smoke test measures against and the
 #     external broker tests/external_broker.rs runs Tidings behind.
 #   - tests/rmqtt-harness, one node of an rmqtt cluster (a crate outside the workspace,
@@ -128,6 +129,15 @@ ensure_mqtt_clients() {
     fi
 }
 
+# npm web-push-testing: an independent Web Push service (checks VAPID, decrypts
+# aes128gcm) that tests/webpush.rs runs with node; installed next to MQTT.js.
+ensure_webpush_testing() {
+    if [ ! -f tests/clients/node_modules/web-push-testing/src/bin/server.js ]; then
+        log "installing web-push-testing (npm web-push-testing@1.2.2)"
+        npm install --silent --no-fund --no-audit --prefix tests/clients web-push-testing@1.2.2 >/dev/null
+    fi
+}
+
 # moto's S3 server (PyPI) on a free loopback port, for the uploads tests on S3; they read
 # TIDINGS_TEST_S3_ENDPOINT and fail (never skip) without it. `moto.server` is what needs
 # the [server] extra (Flask), so that is the import checked.
@@ -173,6 +183,7 @@ start_postgres
 build_rmqtt_harness
 ensure_paho
 ensure_mqtt_clients
+ensure_webpush_testing
 start_s3
 prepare_bindings
 

@@ -14,8 +14,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Sections whose keys the environment spells `SECTION_KEY`.
-const SECTIONS: [&str; 8] = [
-    "http", "mqtt", "auth", "log", "uploads", "limits", "hooks", "broker",
+const SECTIONS: [&str; 9] = [
+    "http", "mqtt", "auth", "log", "uploads", "limits", "hooks", "broker", "push",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +34,10 @@ pub struct Config {
     pub hooks: tidings_rest::routes::hooks::HooksConfig,
     /// The embedded MQTT front door (default), or an external clustered broker.
     pub broker: tidings_broker::BrokerConfig,
+    /// Push notifications: the queue worker's pace and retries, registration limits,
+    /// and the providers (`push.gateway_url`, …).
+    #[serde(default)]
+    pub push: tidings_push::PushConfig,
 }
 
 /// Limits that span both planes.
@@ -151,6 +155,7 @@ impl Default for Config {
             },
             hooks: Default::default(),
             broker: Default::default(),
+            push: tidings_push::PushConfig::default(),
         }
     }
 }
@@ -335,6 +340,45 @@ mod tests {
             jail.set_env("TIDINGS_BROKER_ADDRS", "10.0.0.1:1883, 10.0.0.3:1883");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.addrs, ["10.0.0.1:1883", "10.0.0.3:1883"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn push_settings_from_the_environment_and_their_checks() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.push.gateway_url.is_none() && !c.push.allow_private_endpoints);
+            assert!(c.push.validate().is_ok());
+
+            jail.set_env(
+                "TIDINGS_PUSH_GATEWAY_URL",
+                "https://push.example.com/_matrix/push/v1/notify",
+            );
+            jail.set_env("TIDINGS_PUSH_ALLOW_PRIVATE_ENDPOINTS", "true");
+            jail.set_env("TIDINGS_PUSH_BADGE_MIN_INTERVAL_SECS", "5");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.push.gateway_url.as_deref(),
+                Some("https://push.example.com/_matrix/push/v1/notify")
+            );
+            assert!(c.push.allow_private_endpoints);
+            assert_eq!(c.push.badge_min_interval_secs, 5);
+            assert!(c.push.validate().is_ok());
+
+            // Settings that cannot work stop the start with a message naming them.
+            jail.set_env("TIDINGS_PUSH_APNS_KEY_ID", "ABC123");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let err = c.push.validate().expect_err("half an APNs setup accepted");
+            assert!(err.contains("push.apns_key_file"), "{err}");
+            jail.set_env("TIDINGS_PUSH_LEASE_SECS", "5");
+            let mut c = Config::load(None).map_err(|e| e.to_string())?;
+            c.push.apns_key_id = None; // the APNs half-setup above is not this case
+            let err = c
+                .push
+                .validate()
+                .expect_err("lease shorter than a request accepted");
+            assert!(err.contains("push.lease_secs"), "{err}");
             Ok(())
         });
     }

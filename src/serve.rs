@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::collections::HashMap;
 use tidings_auth::TokenKeys;
 use tidings_core::ratelimit::RateLimiter;
-use tidings_store::Store;
+
+use tidings_store::{PushPlatform, Store};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -87,11 +89,74 @@ impl tidings_rest::ReadinessProbe for MqttProbe {
     }
 }
 
+/// The broker's hub as the push worker's view of live sessions.
+struct HubLiveness(Arc<tidings_broker::hub::Hub>);
+
+impl tidings_push::Liveness for HubLiveness {
+    fn session_connected(&self, user: &str, session: &str) -> bool {
+        self.0.session_connected(user, session)
+    }
+}
+
+/// The providers `push.*` configures, by platform.
+fn push_providers(
+    config: &tidings_push::PushConfig,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<HashMap<PushPlatform, Arc<dyn tidings_push::Provider>>> {
+    let timeout = std::time::Duration::from_secs(config.request_timeout_secs.max(1));
+    let mut providers: HashMap<PushPlatform, Arc<dyn tidings_push::Provider>> = HashMap::new();
+    if let Some(url) = &config.gateway_url {
+        let gateway = tidings_push::gateway::Gateway::new(url.clone(), timeout)
+            .context("building the push gateway client")?;
+        providers.insert(PushPlatform::Gateway, Arc::new(gateway));
+    }
+    if let (Some(public), Some(private)) = (&config.vapid_public_key, &config.vapid_private_key) {
+        let vapid =
+            tidings_push::webpush::Vapid::new(public, private, config.vapid_subject.clone())?;
+        let webpush = tidings_push::webpush::WebPush::new(
+            vapid,
+            timeout,
+            config.webpush_ttl_secs,
+            config.allow_private_endpoints,
+        )?;
+        providers.insert(PushPlatform::Webpush, Arc::new(webpush));
+    }
+    if let (Some(key_file), Some(key_id), Some(team_id)) = (
+        &config.apns_key_file,
+        &config.apns_key_id,
+        &config.apns_team_id,
+    ) {
+        let apns = tidings_push::apns::Apns::new(
+            &tidings_push::apns::ApnsSettings {
+                url: &config.apns_url,
+                key_file,
+                key_id,
+                team_id,
+                ca_file: config.apns_ca_file.as_deref(),
+                token_refresh: std::time::Duration::from_secs(config.apns_token_refresh_secs),
+                expiration_secs: config.apns_expiration_secs,
+                timeout,
+            },
+            store.clone(),
+        )?;
+        providers.insert(PushPlatform::Apns, Arc::new(apns));
+    }
+    if let Some(account) = &config.fcm_service_account_file {
+        let fcm = tidings_push::fcm::Fcm::new(account, &config.fcm_url, timeout)?;
+        providers.insert(PushPlatform::Fcm, Arc::new(fcm));
+    }
+    Ok(providers)
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // The push settings are checked before the database is opened: a bad key or URL
+    // stops the start with its own message, not half-way.
+    config.push.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = open_store(&config).await?;
+    let providers = push_providers(&config.push, &store)?;
     let keys = Arc::new(load_keys(&config)?);
     // One send budget per user, whether they send over MQTT or HTTP.
     let sends = Arc::new(std::sync::Mutex::new(RateLimiter::new(
@@ -126,6 +191,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_millis(config.auth.revocation_poll_ms.max(50)),
     ));
+    let push = tidings_rest::PushRegistration {
+        platforms: providers.keys().copied().collect(),
+        max_token_len: config.push.max_token_len,
+        max_data_bytes: config.push.max_data_bytes,
+        max_app_id_len: config.push.max_app_id_len,
+        check: Some({
+            let providers = providers.clone();
+            Arc::new(move |platform, token: &str, data: &serde_json::Value| {
+                providers
+                    .get(&platform)
+                    .map_or(Ok(()), |p| p.check(token, data))
+            })
+        }),
+    };
+    // The worker runs even with no provider configured: it drains rows queued before
+    // a provider was removed from the config, so the queue cannot grow forever.
+    tidings_push::start(
+        store.clone(),
+        config.push.clone(),
+        providers,
+        Arc::new(HubLiveness(realtime.hub.clone())),
+    );
     let blobs = tidings_rest::uploads::open(&config.uploads, &config.data_dir)
         .await
         .context("opening upload storage")?;
@@ -146,7 +233,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
     .with_trusted_proxies(config.http.trusted_proxies.clone())
-    .with_hooks(config.hooks.clone());
+    .with_hooks(config.hooks.clone())
+    .with_push(push);
     let hooks_router = tidings_rest::hooks_router(state.clone());
     if config.hooks.enabled && config.hooks.listen.is_none() {
         tracing::warn!(

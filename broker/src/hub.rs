@@ -485,6 +485,20 @@ impl Hub {
         self.examined.load(Ordering::Relaxed)
     }
 
+    /// Whether `user` has a live connection of `session`: the push worker asks before
+    /// waking a device that has the event over MQTT already. Walks only that user's
+    /// connections.
+    pub fn session_connected(&self, user: &str, session: &str) -> bool {
+        let t = self.read();
+        t.by_user.get(user).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                t.conns
+                    .get(id)
+                    .is_some_and(|e| e.conn.session == session && !e.conn.is_closed())
+            })
+        })
+    }
+
     /// Closes every connection of a session (logout, revocation, token theft).
     pub fn close_session(&self, session: &str, reason: CloseReason) -> usize {
         self.close_where(reason, |c| c.session == session)

@@ -18,7 +18,7 @@ pub mod routes;
 mod state;
 pub mod uploads;
 
-pub use state::{rate_limit, ApiLimits, AppState, ReadinessProbe};
+pub use state::{rate_limit, ApiLimits, AppState, PushRegistration, ReadinessProbe, TargetCheck};
 
 use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         .merge(routes::auth::router())
         .merge(routes::me::router())
         .merge(routes::devices::router())
+        .merge(routes::push::router())
         .merge(routes::conversations::router())
         .merge(routes::invitations::router())
         .merge(routes::messages::router())

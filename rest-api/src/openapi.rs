@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     paths(openapi_json),
     tags(
-        (name = "auth"), (name = "account"), (name = "devices"), (name = "conversations"), (name = "messages"),
+        (name = "auth"), (name = "account"), (name = "devices"), (name = "push"), (name = "conversations"), (name = "messages"),
         (name = "sync"), (name = "search"), (name = "uploads"), (name = "health"), (name = "meta"),
         (name = "hooks", description = "Auth/ACL hooks an external MQTT broker calls (multi-node mode): served only when hooks.enabled, on hooks.listen when that is set (see docs/DEPLOY.md)")
     )

@@ -36,6 +36,39 @@ pub struct AppState {
     /// The external broker's auth/ACL hooks: whether and where they are served, and the
     /// Tidings nodes' own MQTT identity.
     pub hooks: Arc<crate::routes::hooks::HooksConfig>,
+    /// Which push platforms this server sends to, and registration limits.
+    pub push: Arc<PushRegistration>,
+}
+
+/// What push registration accepts: the platforms a provider is configured for (a
+/// target for any other would never be sent, so it is refused up front) and the
+/// `push.*` size limits.
+#[derive(Clone)]
+pub struct PushRegistration {
+    pub platforms: Vec<tidings_store::PushPlatform>,
+    pub max_token_len: usize,
+    pub max_data_bytes: usize,
+    pub max_app_id_len: usize,
+    /// The platform's own check of a token and its data (a Web Push endpoint against
+    /// server-side request forgery, a subscription's keys); `Err` is the 422's message.
+    pub check: Option<Arc<TargetCheck>>,
+}
+
+pub type TargetCheck = dyn Fn(tidings_store::PushPlatform, &str, &serde_json::Value) -> Result<(), String>
+    + Send
+    + Sync;
+
+impl Default for PushRegistration {
+    /// No platform: a server with no push provider configured refuses registrations.
+    fn default() -> Self {
+        PushRegistration {
+            platforms: Vec::new(),
+            max_token_len: 4096,
+            max_data_bytes: 4096,
+            max_app_id_len: 256,
+            check: None,
+        }
+    }
 }
 
 /// A check `/readyz` runs; `Err` names what is not ready.
@@ -151,6 +184,7 @@ impl AppState {
             hashing: crate::hashing::HashPool::per_core(),
             probes: Vec::new(),
             hooks: Arc::default(),
+            push: Arc::new(PushRegistration::default()),
         }
     }
 
@@ -182,6 +216,12 @@ impl AppState {
     /// Serves the broker hooks as `hooks` says (off by default).
     pub fn with_hooks(mut self, hooks: crate::routes::hooks::HooksConfig) -> Self {
         self.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Accept push registrations for these platforms, within these limits.
+    pub fn with_push(mut self, push: PushRegistration) -> Self {
+        self.push = Arc::new(push);
         self
     }
 

@@ -431,3 +431,107 @@ pub struct Invitation {
     pub role: Role,
     pub created_at: i64,
 }
+
+// --- push (issue 13) ------------------------------------------------------------------
+
+/// How a push target is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushPlatform {
+    Apns,
+    Fcm,
+    Webpush,
+    /// A Matrix-style push gateway the operator runs (Sygnal or their own bouncer).
+    Gateway,
+}
+
+impl PushPlatform {
+    pub const ALL: [PushPlatform; 4] = [
+        PushPlatform::Apns,
+        PushPlatform::Fcm,
+        PushPlatform::Webpush,
+        PushPlatform::Gateway,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "apns",
+            PushPlatform::Fcm => "fcm",
+            PushPlatform::Webpush => "webpush",
+            PushPlatform::Gateway => "gateway",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PushPlatform> {
+        PushPlatform::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// One session's push registration. `data` is a JSON object the platform's provider
+/// reads (a Web Push subscription's keys, say); `full_text` is the device's opt-in to
+/// message text in pushes (otherwise ids only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub id: String,
+    pub session_id: String,
+    pub user_id: String,
+    pub platform: PushPlatform,
+    pub token: String,
+    pub app_id: String,
+    pub data: String,
+    pub lang: Option<String>,
+    pub full_text: bool,
+    pub created_at: i64,
+    /// The badge this target was last pushed, and when its last badge-only push went.
+    pub badge_sent: Option<u64>,
+    pub badge_at: Option<i64>,
+}
+
+/// Why an event is pushed, decided where it is stored (migration 0006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushReason {
+    Message,
+    Mention,
+    Reply,
+    Invitation,
+    /// The user read on another device: the badge changed.
+    Badge,
+}
+
+impl PushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushReason::Message => "message",
+            PushReason::Mention => "mention",
+            PushReason::Reply => "reply",
+            PushReason::Invitation => "invitation",
+            PushReason::Badge => "badge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PushReason> {
+        [
+            PushReason::Message,
+            PushReason::Mention,
+            PushReason::Reply,
+            PushReason::Invitation,
+            PushReason::Badge,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A claimed row of the push queue, with what sending it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJob {
+    pub target: PushTarget,
+    /// The user's inbox sequence number of the event (the queue key with the target).
+    pub iseq: u64,
+    pub reason: PushReason,
+    pub conversation: String,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// The inbox event as stored (JSON of `EventBody`); `None` if it is gone.
+    pub event: Option<EventBody>,
+    pub created_at: i64,
+}

@@ -635,6 +635,27 @@ macro_rules! impl_sql_store {
         const MEMBER_COLUMNS: &str =
             "conversation_id, user_id, role, read_seq, delivered_seq, archived, muted, joined_at";
 
+        /// A push target from a row whose id and creation time columns are named
+        /// `id_col` and `created_col` (they differ when joined with the queue).
+        fn push_target_from_row(row: &DbRow, id_col: &str, created_col: &str) -> StoreResult<PushTarget> {
+            let platform: String = row.try_get("platform")?;
+            Ok(PushTarget {
+                id: row.try_get(id_col)?,
+                session_id: row.try_get("session_id")?,
+                user_id: row.try_get("user_id")?,
+                platform: PushPlatform::parse(&platform)
+                    .ok_or_else(|| StoreError::Corrupt(format!("push platform {platform:?}")))?,
+                token: row.try_get("token")?,
+                app_id: row.try_get("app_id")?,
+                data: row.try_get("data")?,
+                lang: row.try_get("lang")?,
+                full_text: row.try_get("full_text")?,
+                created_at: row.try_get(created_col)?,
+                badge_sent: row.try_get::<Option<i64>, _>("badge_sent")?.map(to_u64),
+                badge_at: row.try_get("badge_at")?,
+            })
+        }
+
         #[async_trait::async_trait]
         impl Store for $store {
             fn backend(&self) -> Backend {
@@ -1821,6 +1842,208 @@ macro_rules! impl_sql_store {
                 .fetch_optional(self.writer())
                 .await?;
                 row.as_ref().map(invitation_from_row).transpose()
+            }
+
+            async fn register_push_target(&self, t: &PushTarget) -> StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                // Deleting first (not ON CONFLICT … DO UPDATE) gives the moved token a new
+                // row id, so the cascade drops every push still queued for its old owner.
+                sqlx::query("DELETE FROM push_targets WHERE (platform = $1 AND token = $2) OR session_id = $3")
+                    .bind(t.platform.as_str())
+                    .bind(&t.token)
+                    .bind(&t.session_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query(
+                    "INSERT INTO push_targets (id, session_id, user_id, platform, token, app_id, data, lang, full_text, created_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+                     WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL)",
+                )
+                .bind(&t.id)
+                .bind(&t.session_id)
+                .bind(&t.user_id)
+                .bind(t.platform.as_str())
+                .bind(&t.token)
+                .bind(&t.app_id)
+                .bind(&t.data)
+                .bind(&t.lang)
+                .bind(t.full_text)
+                .bind(t.created_at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("session".into()));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn push_targets(&self, user: &str) -> StoreResult<Vec<PushTarget>> {
+                let rows = sqlx::query(
+                    "SELECT id, session_id, user_id, platform, token, app_id, data, lang, full_text, created_at, \
+                     badge_sent, badge_at FROM push_targets WHERE user_id = $1 ORDER BY created_at, id",
+                )
+                .bind(user)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(|r| push_target_from_row(r, "id", "created_at")).collect()
+            }
+
+            async fn remove_push_target(&self, session: &str) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM push_targets WHERE session_id = $1")
+                    .bind(session)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn push_breakthrough(&self, user: &str) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT push_breakthrough FROM users WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .fetch_optional(self.reader())
+                    .await?;
+                match row {
+                    Some(r) => Ok(r.try_get("push_breakthrough")?),
+                    None => Err(StoreError::NotFound("user".into())),
+                }
+            }
+
+            async fn set_push_breakthrough(&self, user: &str, on: bool) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET push_breakthrough = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(user)
+                    .bind(on)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn claim_pushes(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<PushJob>> {
+                let limit = i64::from(limit.clamp(1, CHUNK_ROWS as u32));
+                // SKIP LOCKED lets several nodes claim side by side on PostgreSQL; SQLite's
+                // single writer serializes claims by itself.
+                let skip = match $backend {
+                    Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+                    Backend::Sqlite => "",
+                };
+                let sql = format!(
+                    "UPDATE push_queue SET attempts = attempts + 1, next_attempt_at = $2 \
+                     WHERE (target_id, iseq) IN (SELECT target_id, iseq FROM push_queue \
+                     WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3{skip}) \
+                     RETURNING target_id, iseq"
+                );
+                let claimed = sqlx::query(&sql)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit)
+                    .fetch_all(self.writer())
+                    .await?;
+                if claimed.is_empty() {
+                    return Ok(vec![]);
+                }
+                let keys: Vec<(String, i64)> = claimed
+                    .iter()
+                    .map(|r| Ok((r.try_get("target_id")?, r.try_get("iseq")?)))
+                    .collect::<StoreResult<_>>()?;
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT q.target_id, q.iseq, q.reason, q.conversation_id, q.attempts, q.created_at, \
+                     t.session_id, t.user_id, t.platform, t.token, t.app_id, t.data, t.lang, t.full_text, \
+                     t.created_at AS target_created_at, t.badge_sent, t.badge_at, e.payload \
+                     FROM push_queue q JOIN push_targets t ON t.id = q.target_id \
+                     JOIN sessions s ON s.id = t.session_id AND s.revoked_at IS NULL \
+                     LEFT JOIN inbox_events e ON e.user_id = q.user_id AND e.seq = q.iseq \
+                     WHERE (q.target_id, q.iseq) IN (",
+                );
+                qb.push_values(&keys, |mut b, (target, iseq)| {
+                    b.push_bind(target.clone()).push_bind(*iseq);
+                });
+                qb.push(") ORDER BY q.created_at, q.iseq");
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter()
+                    .map(|r| {
+                        let reason: String = r.try_get("reason")?;
+                        let payload: Option<String> = r.try_get("payload")?;
+                        Ok(PushJob {
+                            target: push_target_from_row(r, "target_id", "target_created_at")?,
+                            iseq: to_u64(r.try_get("iseq")?),
+                            reason: PushReason::parse(&reason)
+                                .ok_or_else(|| StoreError::Corrupt(format!("push reason {reason:?}")))?,
+                            conversation: r.try_get("conversation_id")?,
+                            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                            // An unreadable event still deserves a push (ids only), so it
+                            // is not an error for the whole claim.
+                            event: payload.and_then(|p| serde_json::from_str(&p).ok()),
+                            created_at: r.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn finish_push(&self, target: &str, iseq: u64) -> StoreResult<()> {
+                sqlx::query("DELETE FROM push_queue WHERE target_id = $1 AND iseq = $2")
+                    .bind(target)
+                    .bind(to_i64(iseq))
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn defer_push(&self, target: &str, iseq: u64, at: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE push_queue SET next_attempt_at = $3 WHERE target_id = $1 AND iseq = $2")
+                    .bind(target)
+                    .bind(to_i64(iseq))
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_push_badge(&self, target: &str, badge: u64, at: Option<i64>) -> StoreResult<()> {
+                sqlx::query("UPDATE push_targets SET badge_sent = $2, badge_at = COALESCE($3, badge_at) WHERE id = $1")
+                    .bind(target)
+                    .bind(to_i64(badge))
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn shared_push_token(&self, name: &str) -> StoreResult<Option<(String, i64)>> {
+                let row = sqlx::query("SELECT token, created_at FROM push_provider_tokens WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.writer())
+                    .await?;
+                row.map(|r| Ok((r.try_get("token")?, r.try_get("created_at")?))).transpose()
+            }
+
+            async fn offer_push_token(&self, name: &str, token: &str, created_at: i64, stale_before: i64)
+                -> StoreResult<(String, i64)> {
+                // One statement decides, so two nodes refreshing at once keep one token.
+                let row = sqlx::query(
+                    "INSERT INTO push_provider_tokens (name, token, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET token = excluded.token, created_at = excluded.created_at \
+                     WHERE push_provider_tokens.created_at < $4 \
+                     RETURNING token, created_at",
+                )
+                .bind(name)
+                .bind(token)
+                .bind(created_at)
+                .bind(stale_before)
+                .fetch_optional(self.writer())
+                .await?;
+                if let Some(r) = row {
+                    return Ok((r.try_get("token")?, r.try_get("created_at")?));
+                }
+                self.shared_push_token(name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound("push provider token".into()))
+            }
+
+            async fn prune_push_target(&self, target: &str) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM push_targets WHERE id = $1")
+                    .bind(target)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
         }
     };

@@ -287,4 +287,46 @@ pub trait Store: Send + Sync + 'static {
     async fn invitations(&self, user: &str) -> StoreResult<Vec<Invitation>>;
     /// Removes and returns the user's invitation `id` (to accept or decline it).
     async fn take_invitation(&self, id: &str, user: &str) -> StoreResult<Option<Invitation>>;
+    // --- push (issue 13) ---------------------------------------------------------------
+    /// Registers `target` as its session's push target, replacing the session's previous
+    /// one and any row with the same (platform, token), whoever's it was (their queued
+    /// pushes go with it). `NotFound` when the session is not a live session of the user.
+    async fn register_push_target(&self, target: &PushTarget) -> StoreResult<()>;
+    /// The user's push targets, oldest first.
+    async fn push_targets(&self, user: &str) -> StoreResult<Vec<PushTarget>>;
+    /// Removes the session's push target; `false` when it had none.
+    async fn remove_push_target(&self, session: &str) -> StoreResult<bool>;
+    /// Whether mentions and replies push from muted or archived conversations.
+    async fn push_breakthrough(&self, user: &str) -> StoreResult<bool>;
+    async fn set_push_breakthrough(&self, user: &str, on: bool) -> StoreResult<bool>;
+    /// Claims up to `limit` queue rows due at `now` by moving them to `lease_until` and
+    /// counting the attempt, so no other worker (or node) takes them meanwhile and a
+    /// crash mid-send leaves them to be retried when the lease runs out. Rows of targets
+    /// whose session ended are not returned (their trigger removes them anyway).
+    async fn claim_pushes(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<PushJob>>;
+    /// Removes a queue row: sent, or given up on.
+    async fn finish_push(&self, target: &str, iseq: u64) -> StoreResult<()>;
+    /// Moves a queue row's next attempt to `at`.
+    async fn defer_push(&self, target: &str, iseq: u64, at: i64) -> StoreResult<()>;
+    /// Records the badge last pushed to a target, and (`at`) when a badge-only push went.
+    async fn set_push_badge(&self, target: &str, badge: u64, at: Option<i64>) -> StoreResult<()>;
+    /// The provider credential every node shares under `name` (token, created ms).
+    async fn shared_push_token(&self, name: &str) -> StoreResult<Option<(String, i64)>>;
+    /// Stores `token` (made at `created_at`) under `name` unless the stored one was
+    /// made at or after `stale_before`; returns the token that stands, ours or the one
+    /// another node made meanwhile.
+    async fn offer_push_token(
+        &self,
+        name: &str,
+        token: &str,
+        created_at: i64,
+        stale_before: i64,
+    ) -> StoreResult<(String, i64)>;
+    /// Deletes a push target the provider says is gone (and its queued pushes).
+    async fn prune_push_target(&self, target: &str) -> StoreResult<bool>;
 }

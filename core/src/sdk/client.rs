@@ -558,6 +558,54 @@ impl Client {
         self.inner.local.remove_conversation(conversation_id)
     }
 
+    /// Registers (or replaces) this session's push target, so the server wakes the
+    /// device when it has no live connection. The server checks the token (an endpoint
+    /// on a private address, or a platform it does not push to, is refused).
+    pub async fn register_push(&self, registration: PushRegistration) -> Result<()> {
+        let mut body = json!({
+            "platform": registration.platform.as_str(),
+            "token": registration.token,
+            "app_id": registration.app_id,
+            "full_text": registration.full_text,
+        });
+        if let Some(lang) = registration.lang {
+            body["lang"] = json!(lang);
+        }
+        if registration.platform == PushPlatform::Webpush {
+            match (registration.webpush_p256dh, registration.webpush_auth) {
+                (Some(p256dh), Some(auth)) => {
+                    body["data"] = json!({ "keys": { "p256dh": p256dh, "auth": auth } });
+                }
+                _ => {
+                    return Err(SdkError::invalid(
+                        "invalid",
+                        "a Web Push registration needs webpush_p256dh and webpush_auth",
+                    ))
+                }
+            }
+        }
+        let _: Value = self
+            .inner
+            .api
+            .call(Method::PUT, "/v1/me/push", Some(body))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes this session's push target (logging out does it too). Removing one
+    /// that is not there is not an error.
+    pub async fn unregister_push(&self) -> Result<()> {
+        match self
+            .inner
+            .api
+            .call::<Value>(Method::DELETE, "/v1/me/push", None)
+            .await
+        {
+            Ok(_) | Err(SdkError::Server { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ids of commands written locally and not yet acknowledged, oldest first.
     pub fn pending(&self) -> Result<Vec<String>> {
         Ok(self

@@ -219,6 +219,17 @@ impl TidingsClient {
             .await
     }
 
+    /// Registers (or replaces) this session's push target.
+    pub async fn register_push(&self, registration: PushRegistration) -> Result<()> {
+        self.run(|c| async move { c.register_push(registration).await })
+            .await
+    }
+
+    /// Removes this session's push target.
+    pub async fn unregister_push(&self) -> Result<()> {
+        self.run(|c| async move { c.unregister_push().await }).await
+    }
+
     /// Ids of commands not yet acknowledged by the server, oldest first.
     pub fn pending(&self) -> Result<Vec<String>> {
         self.client.pending()

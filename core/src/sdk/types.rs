@@ -265,3 +265,44 @@ pub enum ClientEvent {
 pub trait TidingsListener: Send + Sync {
     fn on_event(&self, event: ClientEvent);
 }
+
+/// How the server reaches this device when it is not connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PushPlatform {
+    /// Apple: `token` is the hex device token, `app_id` the bundle id.
+    Apns,
+    /// Firebase Cloud Messaging: `token` is the registration token.
+    Fcm,
+    /// Web Push / UnifiedPush: `token` is the endpoint URL, with the subscription keys.
+    Webpush,
+    /// The operator's push gateway: `token` is the pushkey.
+    Gateway,
+}
+
+impl PushPlatform {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "apns",
+            PushPlatform::Fcm => "fcm",
+            PushPlatform::Webpush => "webpush",
+            PushPlatform::Gateway => "gateway",
+        }
+    }
+}
+
+/// What `Client::register_push` sends. Register again whenever the platform hands the
+/// app a new token; logging out removes the registration on the server.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PushRegistration {
+    pub platform: PushPlatform,
+    pub token: String,
+    pub app_id: String,
+    /// Web Push only: the subscription's `p256dh` and `auth` keys (base64url).
+    pub webpush_p256dh: Option<String>,
+    pub webpush_auth: Option<String>,
+    /// The device's language tag, for any text the server adds.
+    pub lang: Option<String>,
+    /// Put the sender and message text in pushes (otherwise ids only, and the app
+    /// fetches the message itself, e.g. in a Notification Service Extension).
+    pub full_text: bool,
+}

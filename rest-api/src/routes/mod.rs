@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod invitations;
 pub mod me;
 pub mod messages;
+pub mod push;
 pub mod search;
 pub mod sync;
 pub mod uploads;
