@@ -177,13 +177,13 @@ impl Client {
 
     pub async fn login(&self, username: &str, password: &str) -> Result<SessionInfo> {
         self.alive()?;
-        self.switch_session(self.inner.api.authenticate(false, username, password))
+        self.switch_session(self.inner.api.authenticate(false, username, password), true)
             .await
     }
 
     pub async fn register(&self, username: &str, password: &str) -> Result<SessionInfo> {
         self.alive()?;
-        self.switch_session(self.inner.api.authenticate(true, username, password))
+        self.switch_session(self.inner.api.authenticate(true, username, password), true)
             .await
     }
 
@@ -196,15 +196,42 @@ impl Client {
     async fn switch_session(
         &self,
         adopt: impl std::future::Future<Output = Result<SessionInfo>>,
+        start_at_head: bool,
     ) -> Result<SessionInfo> {
         let was_running = self.is_running();
         self.disconnect();
         let adopted = adopt.await;
+        if adopted.is_ok() && start_at_head {
+            self.start_at_inbox_head().await;
+        }
         let logged_in = self.inner.api.session_info().await.is_some();
         if was_running && logged_in {
             self.connect().await?;
         }
         adopted
+    }
+
+    /// A device with nothing of the account yet starts reading the inbox where it is
+    /// at login, instead of replaying the account's whole history to the listener as
+    /// if it were live; the conversation list (with each last message) comes with the
+    /// first connection, history per conversation on demand. Taken at login, not at the
+    /// first connection, so nothing that arrives in between is skipped. If the server
+    /// cannot say, the device replays from the start as before. (`use_tokens` keeps the
+    /// replay: tokens from elsewhere may come with a device that has seen nothing.)
+    async fn start_at_inbox_head(&self) {
+        if self.inner.local.last_iseq().unwrap_or(1) != 0 {
+            return;
+        }
+        let head = self
+            .inner
+            .api
+            .get::<Value>("/v1/me")
+            .await
+            .ok()
+            .and_then(|me| me["inbox_seq"].as_u64());
+        if let Some(head) = head.filter(|h| *h > 0) {
+            let _ = self.inner.local.set_last_iseq(head);
+        }
     }
 
     /// Whether the connection loop is alive (it ends by itself at `LoggedOut`).
@@ -227,13 +254,16 @@ impl Client {
         expires_in_secs: i64,
     ) -> Result<SessionInfo> {
         self.alive()?;
-        self.switch_session(self.inner.api.use_tokens(
-            user_id,
-            username,
-            access_token,
-            refresh_token,
-            expires_in_secs,
-        ))
+        self.switch_session(
+            self.inner.api.use_tokens(
+                user_id,
+                username,
+                access_token,
+                refresh_token,
+                expires_in_secs,
+            ),
+            false,
+        )
         .await
     }
 

@@ -477,17 +477,6 @@ impl Processor {
     }
 
     async fn sync(&mut self) -> Result<()> {
-        if self.inner.local.last_iseq()? == 0 {
-            // A new device starts at the inbox head instead of replaying the account's
-            // whole history to the listener as if it were live; the conversation list
-            // (with each last message) comes next, history per conversation on demand.
-            let me: Value = self.inner.api.get("/v1/me").await?;
-            let head = me["inbox_seq"].as_u64().unwrap_or(0);
-            if head > 0 {
-                self.inner.local.set_last_iseq(head)?;
-                return Ok(());
-            }
-        }
         loop {
             let since = self.inner.local.last_iseq()?;
             let page: Value = self
