@@ -12,10 +12,32 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tidings_core::protocol::compact::{Context, Handles};
 use tidings_core::protocol::event::{Event, EventBody};
-use tidings_core::protocol::{topics, CborCodec, Codec, WireFormat};
+use tidings_core::protocol::{topics, CborCodec, Codec, CodecError, Command, WireFormat};
 use tidings_store::{Delivery, EventSink, MembershipIndex};
 
 use crate::hub::{ConnHandle, Hub, Outbound};
+
+/// Decodes a command from `user`: the compact profile (on `o`) with the user's handles,
+/// or JSON/CBOR by its first byte (on `u/{me}/out`, `None` = compact in the answer).
+/// The front door and the worker both decode with this, so they can never disagree.
+pub fn decode_command(
+    index: &MembershipIndex,
+    user: &str,
+    payload: &[u8],
+    compact: bool,
+) -> (Option<WireFormat>, Result<Command, CodecError>) {
+    if compact {
+        let handles = UserHandles::new(index, user);
+        let ctx = Context {
+            user,
+            handles: &handles,
+        };
+        (None, ctx.decode_command(payload))
+    } else {
+        let format = WireFormat::sniff(payload);
+        (Some(format), format.codec().decode_command(payload))
+    }
+}
 
 /// One user's conversation handles, read from the membership index.
 pub struct UserHandles<'a> {

@@ -14,12 +14,10 @@ pub const BLOCKED_MESSAGE: &str = "this user does not accept your messages";
 /// How long a command waits for room in a full worker queue before it is refused.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-use tidings_core::protocol::compact::Context;
-
 use super::{Ending, Session};
 use crate::acl::{device_may_publish, may_publish};
 use crate::connection::{AckCode, CloseReason, FrameError, Outgoing, Publish};
-use crate::fanout::{UserHandles, COMPACT_OUTBOX};
+use crate::fanout::{decode_command, COMPACT_OUTBOX};
 use crate::worker::{AckTarget, Inbound};
 
 impl Session<'_> {
@@ -55,17 +53,7 @@ impl Session<'_> {
         if !index.is_blocked_by_anyone(&self.conn.user) {
             return Ok(false);
         }
-        let format = WireFormat::sniff(&p.payload);
-        let decoded = if compact {
-            let handles = UserHandles::new(index, &self.conn.user);
-            Context {
-                user: &self.conn.user,
-                handles: &handles,
-            }
-            .decode_command(&p.payload)
-        } else {
-            format.codec().decode_command(&p.payload)
-        };
+        let (format, decoded) = decode_command(index, &self.conn.user, &p.payload, compact);
         let Ok(cmd) = decoded else {
             return Ok(false); // the worker answers what is wrong with it
         };
@@ -76,20 +64,19 @@ impl Session<'_> {
             return Ok(false);
         }
         let event = Event::error(Some(cmd.id.clone()), ErrorCode::Forbidden, BLOCKED_MESSAGE);
-        self.reply(compact, format, &event);
+        self.reply(format, &event);
         if p.qos == 1 {
             self.ack_in_order(p.pkid, AckCode::NotAuthorized).await?;
         }
         Ok(true)
     }
 
-    /// An answer to a command in the form the device reads: on its compact `i`, or on
-    /// the inbox of the codec it wrote in.
-    fn reply(&self, compact: bool, format: WireFormat, event: &Event) {
-        if compact {
-            self.shared.fanout.reply_compact(self.conn, event);
-        } else {
-            self.shared.fanout.reply(&self.conn.user, format, event);
+    /// An answer to a command in the form the device reads: on the inbox of the codec
+    /// it wrote in, or (`None`) on its compact `i`.
+    fn reply(&self, format: Option<WireFormat>, event: &Event) {
+        match format {
+            Some(f) => self.shared.fanout.reply(&self.conn.user, f, event),
+            None => self.shared.fanout.reply_compact(self.conn, event),
         }
     }
 
@@ -118,7 +105,7 @@ impl Session<'_> {
             ErrorCode::Unavailable,
             "the server is overloaded; retry with the same id",
         );
-        self.reply(compact, WireFormat::sniff(&payload), &event);
+        self.reply((!compact).then(|| WireFormat::sniff(&payload)), &event);
         match pkid {
             Some(pkid) => {
                 self.send_now(Outgoing::PubAck {

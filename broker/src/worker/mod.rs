@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tidings_core::protocol::compact::{self, Context};
+use tidings_core::protocol::compact;
 use tidings_core::protocol::{codec, CodecError, Command, ErrorCode, Event, EventBody, WireFormat};
 use tidings_store::{now_ms, Delivery, EventSink, Store, WriteOp, WriteOutcome};
 use tokio::sync::mpsc::Receiver;
 
 use crate::connection::AckCode;
-use crate::fanout::{Fanout, UserHandles};
+use crate::fanout::{decode_command, Fanout};
 use crate::hub::{ConnHandle, Outbound};
 use tidings_core::ratelimit::RateLimiter;
 
@@ -195,20 +195,9 @@ impl Worker {
                     continue;
                 }
             };
-            let (mut reply_to, decoded) = if compact {
-                let handles = UserHandles::new(self.fanout.hub().index(), &from.user);
-                let ctx = Context {
-                    user: &from.user,
-                    handles: &handles,
-                };
-                (ReplyTo::Compact, ctx.decode_command(&payload))
-            } else {
-                let format = WireFormat::sniff(&payload);
-                (
-                    ReplyTo::Inbox(format),
-                    format.codec().decode_command(&payload),
-                )
-            };
+            let (format, decoded) =
+                decode_command(self.fanout.hub().index(), &from.user, &payload, compact);
+            let mut reply_to = format.map_or(ReplyTo::Compact, ReplyTo::Inbox);
             let refuse = |id: Option<String>, code: ErrorCode, message: String, ack: AckCode| {
                 Pending::Refused(Box::new(Event::error(id, code, message)), ack)
             };

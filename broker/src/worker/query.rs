@@ -3,13 +3,12 @@
 //! replier, in arrival order with the writes around them, so a device that sends and
 //! then syncs sees its own message in the page.
 
-use tidings_core::protocol::compact::Context;
 use tidings_core::protocol::event::{ConversationEntry, ConversationsView, EventBody};
 use tidings_core::protocol::limits::MAX_PAGE;
 use tidings_core::protocol::{Command, ErrorCode, Event, Op, WireFormat};
 use tidings_store::{ActivityPage, MembershipIndex, Store};
 
-use crate::fanout::{compact_inbox_alias, encoded, inbox_topic, Fanout, UserHandles};
+use crate::fanout::{encoded, inbox_topic, Fanout};
 use crate::hub::{ConnHandle, Outbound};
 
 /// The answer to a query command, `re` set to its id.
@@ -77,24 +76,11 @@ pub async fn answer(
 /// Sends `event` to the one connection that asked: in its codec on the inbox topic it
 /// reads (`None` = the compact profile, on `i`).
 pub fn send_to(fanout: &Fanout, to: &ConnHandle, format: Option<WireFormat>, event: &Event) {
-    let (topic, payload) = match format {
-        None => {
-            let handles = UserHandles::new(fanout.hub().index(), &to.user);
-            let ctx = Context {
-                user: &to.user,
-                handles: &handles,
-            };
-            (
-                compact_inbox_alias(),
-                encoded(ctx.encode_event(event), "a compact answer"),
-            )
-        }
-        Some(f) => (
-            inbox_topic(&to.user, f).into(),
-            encoded(f.codec().encode_event(event), "an answer"),
-        ),
+    let Some(f) = format else {
+        return fanout.reply_compact(to, event);
     };
-    if let Some(payload) = payload {
+    if let Some(payload) = encoded(f.codec().encode_event(event), "an answer") {
+        let topic = inbox_topic(&to.user, f).into();
         to.send(Outbound::Publish {
             topic,
             payload: payload.into(),
