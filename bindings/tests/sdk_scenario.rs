@@ -239,7 +239,7 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
         .await;
 
     // History, search, members and the cache.
-    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    let history = alice.history(&conv.id, None, 50).await.unwrap().messages;
     assert_eq!(history.len(), 4);
     assert!(history[3].deleted && history[3].body.is_empty());
     let members = alice.members(&conv.id).await.unwrap();
@@ -290,7 +290,7 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rec_a.messages_with_body("queued one").len(), 1);
     assert_eq!(rec_a.messages_with_body("queued two").len(), 1);
-    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    let history = alice.history(&conv.id, None, 50).await.unwrap().messages;
     let bodies: Vec<&str> = history.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(
         bodies.iter().filter(|b| b.starts_with("queued")).count(),
@@ -377,7 +377,7 @@ async fn a_killed_client_s_outbox_is_delivered_once_by_the_next_instance() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rec_a.messages_with_body("from the dead 1").len(), 1);
     assert_eq!(rec_a.messages_with_body("from the dead 2").len(), 1);
-    let history = alice.history(&conv.id, None, 50).await.unwrap();
+    let history = alice.history(&conv.id, None, 50).await.unwrap().messages;
     assert_eq!(history.len(), 2, "{history:?}");
     bob3.shutdown();
     alice.shutdown();

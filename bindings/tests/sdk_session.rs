@@ -5,59 +5,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::recorder::{has_message, Recorder};
 use common::Server;
 use serde_json::Value;
 use tidings_core::sdk::*;
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ClientEvent>>);
-
-impl TidingsListener for Recorder {
-    fn on_event(&self, event: ClientEvent) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    fn all(&self) -> Vec<ClientEvent> {
-        self.0.lock().unwrap().clone()
-    }
-    fn clear(&self) {
-        self.0.lock().unwrap().clear();
-    }
-    async fn wait_for(&self, what: &str, f: impl Fn(&[ClientEvent]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !f(&self.0.lock().unwrap()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:#?}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    async fn state(&self, want: ConnectionState) {
-        self.wait_for(&format!("{want:?}"), |evs| {
-            evs.iter().rev().find_map(|e| match e {
-                ClientEvent::ConnectionState { state } => Some(*state),
-                _ => None,
-            }) == Some(want)
-        })
-        .await;
-    }
-    fn got_message(&self, body: &str) -> bool {
-        has_message(&self.all(), body)
-    }
-}
-
-fn has_message(events: &[ClientEvent], body: &str) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, ClientEvent::Message { message } if message.body == body))
-}
 
 fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
     let c = Client::new(
@@ -103,19 +57,6 @@ async fn history(server: &Server, token: &str, conv: &str) -> Vec<(String, Strin
         .collect()
 }
 
-async fn token(server: &Server, user: &str, password: &str) -> String {
-    let res: Value = reqwest::Client::new()
-        .post(format!("{}/v1/auth/login", server.http()))
-        .json(&serde_json::json!({"username": user, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    res["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_switch_never_crosses_users() {
     let server = Server::start();
@@ -138,8 +79,10 @@ async fn an_account_switch_never_crosses_users() {
         .send_text(&with_carol.id, "from alice", None, vec![])
         .await
         .unwrap();
-    rec.wait_for("alice's own message", |evs| has_message(evs, "from alice"))
-        .await;
+    rec.wait_for("alice's own message", |evs| {
+        has_message(evs, "from alice").then_some(())
+    })
+    .await;
 
     // Switch to bob while connected: the loop restarts as bob.
     device.login("bob", "bob-password").await.unwrap();
@@ -158,12 +101,14 @@ async fn an_account_switch_never_crosses_users() {
         .send_text(&bobs.id, "from bob", None, vec![])
         .await
         .unwrap();
-    rec.wait_for("bob's own message", |evs| has_message(evs, "from bob"))
-        .await;
+    rec.wait_for("bob's own message", |evs| {
+        has_message(evs, "from bob").then_some(())
+    })
+    .await;
 
     // Stored as bob's, in bob's conversation; nothing of bob's reached alice's.
-    let bob_token = token(&server, "bob", "bob-password").await;
-    let alice_token = token(&server, "alice", "alice-password").await;
+    let bob_token = server.access_token("bob", "bob-password").await;
+    let alice_token = server.access_token("alice", "alice-password").await;
     assert_eq!(
         history(&server, &bob_token, &bobs.id).await,
         [(b.user_id.clone(), "from bob".into())]
@@ -328,8 +273,10 @@ async fn a_fresh_device_starts_at_the_inbox_head_without_replaying_it() {
     )
     .await
     .unwrap();
-    rec.wait_for("the live message", |evs| has_message(evs, "new one"))
-        .await;
+    rec.wait_for("the live message", |evs| {
+        has_message(evs, "new one").then_some(())
+    })
+    .await;
     device.shutdown();
 }
 
@@ -383,7 +330,7 @@ async fn a_200_message_offline_queue_goes_out_in_order_without_rate_limit_failur
     assert!(errors.is_empty(), "errors while flushing: {errors:#?}");
     assert!(device.pending().unwrap().is_empty());
     // Stored in the order they were queued.
-    let token = token(&server, "fay", "fay-password").await;
+    let token = server.access_token("fay", "fay-password").await;
     let mut stored = Vec::new();
     let mut before: Option<u64> = None;
     loop {

@@ -4,6 +4,8 @@
 //! (target/debug/tidings), or `TIDINGS_SERVER_BIN`.
 #![allow(dead_code)]
 
+pub mod recorder;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -136,6 +138,23 @@ impl Server {
             }
         }
         Err(format!("did not start within 60s:\n{}", self.logs()))
+    }
+
+    /// A fresh access token for `user`, from `POST /v1/auth/login`.
+    pub async fn access_token(&self, user: &str, password: &str) -> String {
+        let res: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v1/auth/login", self.http()))
+            .json(&serde_json::json!({"username": user, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+            .json()
+            .await
+            .expect("login answer");
+        res["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token for {user}: {res}"))
+            .to_owned()
     }
 
     pub fn logs(&self) -> String {

@@ -487,37 +487,53 @@ impl Client {
         self.inner.local.messages(conversation_id, limit)
     }
 
-    /// A page of history: messages with seq < `before` (or the newest), oldest first.
+    /// A page of history: messages with seq < `before` (or the newest), oldest first,
+    /// with their reactions and reply previews. Cached as it arrives. When the server
+    /// cannot be reached, the page comes from the cache (`from_cache`), and stops at a
+    /// gap in what the cache holds (`gap`) rather than skipping over it.
     pub async fn history(
         &self,
         conversation_id: &str,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<HistoryPage> {
         check_id("conversation_id", conversation_id)?;
-        let mut path = format!(
-            "/v1/conversations/{conversation_id}/messages?limit={}",
-            limit.clamp(1, 200)
-        );
+        let limit = limit.clamp(1, 200);
+        let mut path = format!("/v1/conversations/{conversation_id}/messages?limit={limit}");
         if let Some(b) = before {
             path.push_str(&format!("&before={b}"));
         }
-        let page: Value = match self.inner.api.get(&path).await {
+        let page: ServerPage = match self.inner.api.get(&path).await {
             Ok(p) => p,
             Err(SdkError::Network { .. }) => {
-                return self.inner.local.messages(conversation_id, limit)
+                let cached = self.inner.local.page(conversation_id, before, limit)?;
+                return Ok(HistoryPage {
+                    messages: cached.messages,
+                    has_more: cached.has_more,
+                    from_cache: true,
+                    gap: cached.gap,
+                });
             }
             Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
-        for m in page["messages"].as_array().into_iter().flatten() {
-            if let Ok(view) = serde_json::from_value::<MessageView>(m.clone()) {
-                let msg = Message::from(view);
-                self.inner.local.save_message(&msg)?;
-                out.push(msg);
-            }
-        }
-        Ok(out)
+        let messages: Vec<Message> = page
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                reactions: m.reactions,
+                reply_preview: m.reply_preview,
+                ..Message::from(m.message)
+            })
+            .collect();
+        self.inner
+            .local
+            .save_page(conversation_id, before, &messages, page.has_more)?;
+        Ok(HistoryPage {
+            messages,
+            has_more: page.has_more,
+            from_cache: false,
+            gap: false,
+        })
     }
 
     /// Full-text search over my conversations (or one).
@@ -664,4 +680,22 @@ impl Client {
     pub fn last_inbox_seq(&self) -> Result<u64> {
         self.inner.local.last_iseq()
     }
+}
+
+/// `GET /v1/conversations/{id}/messages`: messages with what a chat screen shows.
+#[derive(serde::Deserialize)]
+struct ServerPage {
+    messages: Vec<ServerMessage>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ServerMessage {
+    #[serde(flatten)]
+    message: MessageView,
+    #[serde(default)]
+    reactions: Vec<ReactionCount>,
+    #[serde(default)]
+    reply_preview: Option<ReplyPreview>,
 }

@@ -622,7 +622,7 @@ impl Processor {
         match body {
             EventBody::Message(view) => {
                 let m = Message::from(view);
-                let _ = local.save_message(&m);
+                let m = local.save_message(&m).unwrap_or(m);
                 if m.sender == self.me && local.outbox_remove(&m.client_msg_id).unwrap_or(false) {
                     self.sent.remove(&m.client_msg_id);
                     self.queue.attempts.remove(&m.client_msg_id);
@@ -638,7 +638,7 @@ impl Processor {
             }
             EventBody::MessageUpdated(view) => {
                 let m = Message::from(view);
-                let _ = local.save_message(&m);
+                let m = local.save_message(&m).unwrap_or(m);
                 if m.deleted {
                     self.emit(ClientEvent::MessageDeleted {
                         conversation_id: m.conversation_id,
@@ -648,7 +648,14 @@ impl Processor {
                     self.emit(ClientEvent::MessageUpdated { message: m });
                 }
             }
-            EventBody::Reaction(r) => self.emit(ClientEvent::Reaction { reaction: r.into() }),
+            EventBody::Reaction(r) => {
+                let mine = r.user == self.me;
+                let counts = local
+                    .apply_reaction(&r.msg, &r.emoji, mine, r.added)
+                    .unwrap_or(None);
+                let reaction = Reaction { counts, ..r.into() };
+                self.emit(ClientEvent::Reaction { reaction });
+            }
             EventBody::Receipt(r) => self.emit(ClientEvent::Receipt { receipt: r.into() }),
             EventBody::Member(m) => {
                 if m.user == self.me

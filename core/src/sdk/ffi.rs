@@ -185,7 +185,7 @@ impl TidingsClient {
         conversation_id: String,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<HistoryPage> {
         self.run(|c| async move { c.history(&conversation_id, before, limit).await })
             .await
     }

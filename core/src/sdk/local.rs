@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::Command;
 use crate::sdk::error::{Result, SdkError};
-use crate::sdk::types::{Conversation, Message};
+use crate::sdk::types::{Conversation, Message, ReactionCount, ReplyPreview};
 
 /// How many messages per conversation the cache keeps.
 pub const CACHED_MESSAGES_PER_CONVERSATION: i64 = 500;
@@ -60,7 +60,87 @@ CREATE TABLE IF NOT EXISTS messages (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conv_seq ON messages (conv, seq);
+-- Seq ranges of a conversation the cache holds completely (every message from lo to
+-- hi that this user may see). Between two ranges is a gap: messages the device has
+-- never been given, so offline paging stops there instead of skipping over them.
+CREATE TABLE IF NOT EXISTS covered (
+    conv TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (conv, lo)
+);
 ";
+
+/// A page the cache answered: messages oldest first, whether older ones exist, and
+/// whether the page stopped at a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+    pub gap: bool,
+}
+
+/// Marks `lo..=hi` of `conv` as held completely, merged with the ranges it overlaps or
+/// touches (so a live message right after a cached page extends it).
+fn cover(c: &Connection, conv: &str, lo: u64, hi: u64) -> rusqlite::Result<()> {
+    if lo > hi {
+        return Ok(());
+    }
+    let (lo, hi) = (lo as i64, hi as i64);
+    let (min, max): (Option<i64>, Option<i64>) = c.query_row(
+        "SELECT min(lo), max(hi) FROM covered WHERE conv = ?1 AND lo <= ?3 + 1 AND hi >= ?2 - 1",
+        params![conv, lo, hi],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (lo, hi) = (min.map_or(lo, |m| m.min(lo)), max.map_or(hi, |m| m.max(hi)));
+    c.execute(
+        "DELETE FROM covered WHERE conv = ?1 AND lo <= ?3 + 1 AND hi >= ?2 - 1",
+        params![conv, lo, hi],
+    )?;
+    c.execute(
+        "INSERT INTO covered (conv, lo, hi) VALUES (?1, ?2, ?3)",
+        params![conv, lo, hi],
+    )
+    .map(drop)
+}
+
+/// Stores one message row (no summary, no ranges).
+fn put_message(c: &Connection, m: &Message) -> Result<()> {
+    let json = serde_json::to_string(m)?;
+    c.execute(
+        "INSERT INTO messages (id, conv, seq, json) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+        params![m.id, m.conversation_id, m.seq as i64, json],
+    )?;
+    Ok(())
+}
+
+/// Keeps the newest [`CACHED_MESSAGES_PER_CONVERSATION`] seqs of `conv`, and the ranges
+/// with them.
+fn prune(c: &Connection, conv: &str) -> rusqlite::Result<()> {
+    let newest: Option<i64> = c.query_row(
+        "SELECT max(seq) FROM messages WHERE conv = ?1",
+        [conv],
+        |r| r.get(0),
+    )?;
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let cut = newest - CACHED_MESSAGES_PER_CONVERSATION;
+    c.execute(
+        "DELETE FROM messages WHERE conv = ?1 AND seq <= ?2",
+        params![conv, cut],
+    )?;
+    c.execute(
+        "DELETE FROM covered WHERE conv = ?1 AND hi <= ?2",
+        params![conv, cut],
+    )?;
+    c.execute(
+        "UPDATE covered SET lo = ?2 + 1 WHERE conv = ?1 AND lo <= ?2",
+        params![conv, cut],
+    )
+    .map(drop)
+}
 
 impl LocalStore {
     /// Opens (or creates) the store in `dir`.
@@ -132,7 +212,8 @@ impl LocalStore {
     pub fn wipe(&self) -> Result<()> {
         self.with(|c| {
             c.execute_batch(
-                "DELETE FROM kv; DELETE FROM outbox; DELETE FROM conversations; DELETE FROM messages;",
+                "DELETE FROM kv; DELETE FROM outbox; DELETE FROM conversations; DELETE FROM messages; \
+                 DELETE FROM covered;",
             )
         })
     }
@@ -217,6 +298,7 @@ impl LocalStore {
     pub fn remove_conversation(&self, id: &str) -> Result<()> {
         self.with(|c| {
             c.execute("DELETE FROM conversations WHERE id = ?1", [id])?;
+            c.execute("DELETE FROM covered WHERE conv = ?1", [id])?;
             c.execute("DELETE FROM messages WHERE conv = ?1", [id])
                 .map(drop)
         })
@@ -235,24 +317,70 @@ impl LocalStore {
             .collect())
     }
 
-    /// Caches a message and folds it into its conversation's summary.
-    pub fn save_message(&self, m: &Message) -> Result<()> {
-        let json = serde_json::to_string(m)?;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO messages (id, conv, seq, json) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                params![m.id, m.conversation_id, m.seq as i64, json],
-            )?;
-            c.execute(
-                "DELETE FROM messages WHERE conv = ?1 AND seq <= ?2",
-                params![
-                    m.conversation_id,
-                    m.seq as i64 - CACHED_MESSAGES_PER_CONVERSATION
-                ],
-            )
-            .map(drop)
-        })?;
+    /// Caches a live (or synced) message and folds it into its conversation's summary.
+    /// The cache has every message up to the one before it only if a range says so; the
+    /// message itself is a range of one, joined to a range that ends right before it.
+    /// Returns the message as cached: with the reactions an edit keeps, and the preview
+    /// of the message it replies to when that one is cached.
+    pub fn save_message(&self, m: &Message) -> Result<Message> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = m.clone();
+        if let Some(old) = message_row(&conn, &m.id)? {
+            // An edit or a deletion: the counts and the preview are not in the event.
+            m.reactions = old.reactions;
+            if m.reply_preview.is_none() {
+                m.reply_preview = old.reply_preview;
+            }
+        } else if let Some(parent) = m.reply_to.as_deref() {
+            m.reply_preview = message_row(&conn, parent)?.map(|p| ReplyPreview::of(&p));
+        }
+        put_message(&conn, &m)?;
+        cover(&conn, &m.conversation_id, m.seq, m.seq)?;
+        prune(&conn, &m.conversation_id)?;
+        drop(conn);
+        self.fold_into_summary(&m)?;
+        Ok(m)
+    }
+
+    /// Caches a page the server gave for `before` (None: the newest page): the range
+    /// from its first message (from seq 1 when nothing older exists) up to `before` - 1
+    /// (or its last message) is now held completely.
+    pub fn save_page(
+        &self,
+        conv: &str,
+        before: Option<u64>,
+        messages: &[Message],
+        has_more: bool,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        for m in messages {
+            put_message(&tx, m)?;
+        }
+        let lo = if has_more {
+            messages.first().map(|m| m.seq)
+        } else {
+            Some(1)
+        };
+        let hi = match before {
+            Some(b) => Some(b.saturating_sub(1)),
+            None => messages.last().map(|m| m.seq),
+        };
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            cover(&tx, conv, lo, hi)?;
+        }
+        prune(&tx, conv)?;
+        tx.commit()?;
+        drop(conn);
+        if before.is_none() {
+            if let Some(last) = messages.last() {
+                self.fold_into_summary(last)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fold_into_summary(&self, m: &Message) -> Result<()> {
         if let Some(mut conv) = self.conversation(&m.conversation_id)? {
             if m.seq >= conv.last_seq {
                 conv.last_seq = m.seq;
@@ -261,6 +389,88 @@ impl LocalStore {
             }
         }
         Ok(())
+    }
+
+    /// One cached message.
+    pub fn message(&self, id: &str) -> Result<Option<Message>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        message_row(&conn, id)
+    }
+
+    /// Folds a live reaction into the cached message (if cached); returns its counts.
+    pub fn apply_reaction(
+        &self,
+        message_id: &str,
+        emoji: &str,
+        mine: bool,
+        added: bool,
+    ) -> Result<Option<Vec<ReactionCount>>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut m) = message_row(&conn, message_id)? else {
+            return Ok(None);
+        };
+        m.apply_reaction(emoji, mine, added);
+        put_message(&conn, &m)?;
+        Ok(Some(m.reactions))
+    }
+
+    /// A page of history from the cache alone: up to `limit` messages with seq <
+    /// `before` (None: from the newest cached), oldest first, never across a gap.
+    pub fn page(&self, conv: &str, before: Option<u64>, limit: u32) -> Result<CachedPage> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let top: Option<i64> = match before {
+            Some(0) | Some(1) => {
+                return Ok(CachedPage {
+                    messages: vec![],
+                    has_more: false,
+                    gap: false,
+                })
+            }
+            Some(b) => Some(b as i64 - 1),
+            None => conn.query_row("SELECT max(hi) FROM covered WHERE conv = ?1", [conv], |r| {
+                r.get(0)
+            })?,
+        };
+        let range: Option<(i64, i64)> = match top {
+            None => None,
+            Some(top) => conn
+                .query_row(
+                    "SELECT lo, hi FROM covered WHERE conv = ?1 AND lo <= ?2 AND hi >= ?2",
+                    params![conv, top],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+        };
+        let (Some(top), Some((lo, _))) = (top, range) else {
+            // Nothing known right below `before`: the cache cannot say what is there.
+            return Ok(CachedPage {
+                messages: vec![],
+                has_more: true,
+                gap: true,
+            });
+        };
+        let rows: Vec<String> = {
+            let mut st = conn.prepare(
+                "SELECT json FROM messages WHERE conv = ?1 AND seq >= ?2 AND seq <= ?3 \
+                 ORDER BY seq DESC LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![conv, lo, top, limit], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut messages: Vec<Message> = rows
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        messages.reverse();
+        let first = messages.first().map_or(top + 1, |m| m.seq as i64);
+        // Seqs a user may not see (before they joined, say) have no rows, so the page
+        // may hold fewer than `limit` and still reach the range's bottom.
+        let reached_bottom = messages.len() < limit as usize || first <= lo;
+        Ok(CachedPage {
+            has_more: !reached_bottom || lo > 1,
+            gap: reached_bottom && lo > 1,
+            messages,
+        })
     }
 
     /// The newest `limit` cached messages of a conversation, oldest first.
@@ -278,6 +488,15 @@ impl LocalStore {
         out.reverse();
         Ok(out)
     }
+}
+
+fn message_row(c: &Connection, id: &str) -> Result<Option<Message>> {
+    let json: Option<String> = c
+        .query_row("SELECT json FROM messages WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -303,6 +522,75 @@ mod tests {
                 attachment: None,
             },
         }
+    }
+
+    fn msg(conv: &str, seq: u64) -> Message {
+        Message {
+            id: format!("{conv}-{seq}"),
+            conversation_id: conv.into(),
+            seq,
+            sender: "u2".into(),
+            client_msg_id: format!("c{seq}"),
+            kind: "text".into(),
+            body: format!("m{seq}"),
+            reply_to: None,
+            mentions: vec![],
+            attachment: None,
+            created_at: seq as i64,
+            edited_at: None,
+            deleted: false,
+            reactions: vec![],
+            reply_preview: None,
+        }
+    }
+
+    fn seqs(p: &CachedPage) -> Vec<u64> {
+        p.messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn ranges_merge_and_pages_stop_at_gaps_and_at_the_pruning_cut() {
+        let dir = tempfile_dir();
+        let s = LocalStore::open(&dir, &dir.join("db.sqlite3")).unwrap();
+        let page = |lo: u64, hi: u64| (lo..=hi).map(|q| msg("c", q)).collect::<Vec<_>>();
+        // A newest page 41..=50 (more before), then live 51 and 53 (52 missed).
+        s.save_page("c", None, &page(41, 50), true).unwrap();
+        s.save_message(&msg("c", 51)).unwrap();
+        s.save_message(&msg("c", 53)).unwrap();
+        let top = s.page("c", None, 5).unwrap();
+        assert_eq!(
+            (seqs(&top), top.gap),
+            (vec![53], true),
+            "53 alone: 52 is a gap"
+        );
+        let below = s.page("c", Some(53), 20).unwrap();
+        assert!(below.messages.is_empty() && below.gap);
+        s.save_message(&msg("c", 52)).unwrap(); // sync brings the missing one
+        let top = s.page("c", None, 5).unwrap();
+        assert_eq!(
+            (seqs(&top), top.has_more, top.gap),
+            (vec![49, 50, 51, 52, 53], true, false)
+        );
+        let rest = s.page("c", Some(49), 50).unwrap();
+        assert_eq!(
+            (seqs(&rest).len(), rest.gap, rest.has_more),
+            (8, true, true)
+        );
+        // The page below 41 said nothing older exists: the range reaches seq 1.
+        s.save_page("c", Some(41), &page(1, 40), false).unwrap();
+        let all = s.page("c", Some(54), 100).unwrap();
+        assert_eq!(
+            (seqs(&all), all.has_more, all.gap),
+            ((1..=53).collect(), false, false)
+        );
+        // Pruning keeps the newest 500 seqs and cuts the range with them.
+        for q in 54..=600 {
+            s.save_message(&msg("c", q)).unwrap();
+        }
+        let old = s.page("c", Some(101), 50).unwrap();
+        assert_eq!((seqs(&old), old.gap, old.has_more), (vec![], true, true));
+        let edge = s.page("c", Some(103), 50).unwrap();
+        assert_eq!((seqs(&edge), edge.gap), (vec![101, 102], true));
     }
 
     #[test]

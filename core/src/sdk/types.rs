@@ -41,6 +41,99 @@ pub struct Message {
     pub created_at: i64,
     pub edited_at: Option<i64>,
     pub deleted: bool,
+    /// Reactions by emoji, as of the last history page, updated by live reactions.
+    #[serde(default)]
+    pub reactions: Vec<ReactionCount>,
+    /// What the replied-to message says, when it is known (history pages carry it;
+    /// a live reply gets it from the cache).
+    #[serde(default)]
+    pub reply_preview: Option<ReplyPreview>,
+}
+
+/// How many people reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u64,
+    /// This user is one of them.
+    pub me: bool,
+}
+
+/// The replied-to message, as a chat screen quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct ReplyPreview {
+    /// The replied-to message's id.
+    pub id: String,
+    pub sender: String,
+    /// `text`, `image`, `file`, `voice` or `system`.
+    pub kind: String,
+    /// The first 140 characters (empty when deleted).
+    pub body: String,
+    pub deleted: bool,
+}
+
+impl Message {
+    /// Folds a live reaction into the counts. The user's own reactions are exact (a
+    /// repeated event changes nothing); other people's move the count by one, and the
+    /// next history page replaces the counts with the server's.
+    pub(crate) fn apply_reaction(&mut self, emoji: &str, mine: bool, added: bool) {
+        let pos = self.reactions.iter().position(|r| r.emoji == emoji);
+        match (pos, added) {
+            (None, false) => {}
+            (None, true) => self.reactions.push(ReactionCount {
+                emoji: emoji.to_owned(),
+                count: 1,
+                me: mine,
+            }),
+            (Some(i), _) => {
+                let r = &mut self.reactions[i];
+                if mine {
+                    if r.me == added {
+                        return;
+                    }
+                    r.me = added;
+                }
+                r.count = if added {
+                    r.count + 1
+                } else {
+                    r.count.saturating_sub(1)
+                };
+                if r.count == 0 {
+                    self.reactions.remove(i);
+                }
+            }
+        }
+    }
+}
+
+impl ReplyPreview {
+    /// The preview the server would give of `m` (its first 140 characters).
+    pub(crate) fn of(m: &Message) -> ReplyPreview {
+        ReplyPreview {
+            id: m.id.clone(),
+            sender: m.sender.clone(),
+            kind: m.kind.clone(),
+            body: if m.deleted {
+                String::new()
+            } else {
+                m.body.chars().take(140).collect()
+            },
+            deleted: m.deleted,
+        }
+    }
+}
+
+/// One page of a conversation's history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    /// Older messages exist before this page (ask with `before` = the first seq).
+    pub has_more: bool,
+    /// The server could not be reached and the page came from the local cache.
+    pub from_cache: bool,
+    /// From the cache only: the page stops at messages the cache has never seen (a gap
+    /// marker), so paging further needs the network. Never set on a server page.
+    pub gap: bool,
 }
 
 impl From<MessageView> for Message {
@@ -59,6 +152,8 @@ impl From<MessageView> for Message {
             created_at: m.created_at,
             edited_at: m.edited_at,
             deleted: m.deleted,
+            reactions: vec![],
+            reply_preview: None,
         }
     }
 }
@@ -122,6 +217,8 @@ pub struct Reaction {
     pub emoji: String,
     /// false when the reaction was removed.
     pub added: bool,
+    /// The message's counts after this reaction, when the message is in the cache.
+    pub counts: Option<Vec<ReactionCount>>,
 }
 
 impl From<ReactionView> for Reaction {
@@ -132,6 +229,7 @@ impl From<ReactionView> for Reaction {
             user_id: r.user,
             emoji: r.emoji,
             added: r.added,
+            counts: None,
         }
     }
 }
