@@ -121,7 +121,7 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn check_id(field: &str, id: &str) -> Result<()> {
+pub(crate) fn check_id(field: &str, id: &str) -> Result<()> {
     if is_server_id(id) {
         Ok(())
     } else {

@@ -17,7 +17,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::protocol::ephemeral::{Presence, Typing};
-use crate::protocol::event::{ErrorCode, EventBody, MemberAction, MessageView};
+use crate::protocol::event::{
+    ErrorCode, EventBody, MemberAction, MessageView, ReceiptKind as ReceiptKindView,
+};
 use crate::protocol::{topics, Codec, JsonCodec, Topic};
 use crate::sdk::client::Inner;
 use crate::sdk::error::{Result, SdkError};
@@ -203,6 +205,8 @@ pub(crate) async fn fetch_conversations(inner: &Inner) -> Result<Vec<Conversatio
             let mut conv = Conversation::from(view);
             conv.last_seq = item["last_seq"].as_u64().unwrap_or(0);
             conv.unread = item["unread"].as_u64().unwrap_or(0);
+            conv.muted = item["muted"].as_bool().unwrap_or(false);
+            conv.archived = item["archived"].as_bool().unwrap_or(false);
             conv.last_message = serde_json::from_value::<MessageView>(item["last_message"].clone())
                 .ok()
                 .map(Message::from);
@@ -656,7 +660,12 @@ impl Processor {
                 let reaction = Reaction { counts, ..r.into() };
                 self.emit(ClientEvent::Reaction { reaction });
             }
-            EventBody::Receipt(r) => self.emit(ClientEvent::Receipt { receipt: r.into() }),
+            EventBody::Receipt(r) => {
+                if r.user == self.me && r.kind == ReceiptKindView::Read {
+                    let _ = local.mark_read(&r.conv, r.seq);
+                }
+                self.emit(ClientEvent::Receipt { receipt: r.into() })
+            }
             EventBody::Member(m) => {
                 if m.user == self.me
                     && matches!(m.action, MemberAction::Left | MemberAction::Removed)
@@ -678,6 +687,8 @@ impl Processor {
                     conv.last_seq = old.last_seq;
                     conv.unread = old.unread;
                     conv.last_message = old.last_message;
+                    conv.muted = old.muted;
+                    conv.archived = old.archived;
                 }
                 let _ = local.save_conversation(&conv);
                 let id = conv.id.clone();

@@ -19,13 +19,39 @@ pub struct TidingsClient {
 }
 
 impl TidingsClient {
+    /// Runs a call on the SDK's runtime. When the caller stops waiting (a cancelled
+    /// Swift `Task` or Kotlin coroutine drops the future) the call is aborted with it:
+    /// an upload stops sending and nothing it would have done afterwards happens.
     async fn run<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let fut = f(self.client.clone());
-        self.handle.spawn(fut).await.map_err(|_| SdkError::Closed)?
+        AbortOnDrop(self.handle.spawn(fut))
+            .await
+            .map_err(|_| SdkError::Closed)?
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped before it finished
+/// (a plain `JoinHandle` lets the task run on, detached).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -258,6 +284,86 @@ impl TidingsClient {
         {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The calls around chatting (see `manage.rs`).
+#[uniffi::export]
+impl TidingsClient {
+    pub async fn add_members(
+        &self,
+        conversation_id: String,
+        user_ids: Vec<String>,
+        role: Option<String>,
+    ) -> Result<Vec<Member>> {
+        self.run(|c| async move { c.add_members(&conversation_id, user_ids, role).await })
+            .await
+    }
+
+    pub async fn remove_member(&self, conversation_id: String, user_id: String) -> Result<()> {
+        self.run(|c| async move { c.remove_member(&conversation_id, &user_id).await })
+            .await
+    }
+
+    pub async fn set_role(
+        &self,
+        conversation_id: String,
+        user_id: String,
+        role: String,
+    ) -> Result<()> {
+        self.run(|c| async move { c.set_role(&conversation_id, &user_id, &role).await })
+            .await
+    }
+
+    pub async fn set_conversation_flags(
+        &self,
+        conversation_id: String,
+        muted: Option<bool>,
+        archived: Option<bool>,
+    ) -> Result<()> {
+        self.run(|c| async move {
+            c.set_conversation_flags(&conversation_id, muted, archived)
+                .await
+        })
+        .await
+    }
+
+    pub async fn rooms(&self, after: Option<String>, limit: u32) -> Result<Vec<Room>> {
+        self.run(|c| async move { c.rooms(after, limit).await })
+            .await
+    }
+
+    pub async fn join_room(&self, conversation_id: String) -> Result<Conversation> {
+        self.run(|c| async move { c.join_room(&conversation_id).await })
+            .await
+    }
+
+    pub async fn invitations(&self) -> Result<Vec<Invitation>> {
+        self.run(|c| async move { c.invitations().await }).await
+    }
+
+    pub async fn answer_invitation(&self, invitation_id: String, accept: bool) -> Result<()> {
+        self.run(|c| async move { c.answer_invitation(&invitation_id, accept).await })
+            .await
+    }
+
+    pub async fn search_users(&self, query: String, limit: u32) -> Result<Vec<UserSummary>> {
+        self.run(|c| async move { c.search_users(&query, limit).await })
+            .await
+    }
+
+    pub async fn unread_total(&self) -> Result<UnreadTotal> {
+        self.run(|c| async move { c.unread_total().await }).await
+    }
+
+    pub async fn download_attachment(&self, attachment_id: String) -> Result<Vec<u8>> {
+        self.run(|c| async move { c.download_attachment(&attachment_id).await })
+            .await
+    }
+
+    pub async fn attachment_request(&self, attachment_id: String) -> Result<AttachmentRequest> {
+        self.run(|c| async move { c.attachment_request(&attachment_id).await })
+            .await
     }
 }
 

@@ -2,6 +2,7 @@
 //! makes. The access token is refreshed when it is near expiry or when the server says
 //! it expired; refresh tokens rotate, so refreshes are serialized.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ impl Api {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -280,16 +281,62 @@ impl Api {
         if let Some(name) = filename {
             url.query_pairs_mut().append_pair("filename", name);
         }
+        // The body is handed out in chunks while this call is alive. Dropping the call
+        // (a cancelled task) makes the next chunk an error, which ends the request and
+        // its connection: otherwise hyper's connection task would send the whole body
+        // on its own after the caller gave up.
+        let alive = CancelOnDrop::default();
+        let bytes = bytes::Bytes::from(bytes);
         let res = self
             .send(|| {
                 self.http
                     .post(url.clone())
                     .header(reqwest::header::CONTENT_TYPE, mime)
-                    .body(bytes.clone())
+                    .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+                    .body(cancellable_body(bytes.clone(), alive.0.clone()))
             })
             .await?;
         res.json().await.map_err(SdkError::network)
     }
+}
+
+impl Api {
+    /// The body of an authenticated GET, as bytes (attachments).
+    pub async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let url = self.url(path);
+        let res = self.send(|| self.http.get(&url)).await?;
+        Ok(res.bytes().await.map_err(SdkError::network)?.to_vec())
+    }
+}
+
+/// Set when dropped: tells an upload's body that nobody waits for it any more.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `bytes` in 64 KiB chunks, failing the request at the first chunk after `cancelled`.
+fn cancellable_body(bytes: bytes::Bytes, cancelled: Arc<AtomicBool>) -> reqwest::Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = futures_util::stream::unfold(0usize, move |pos| {
+        let (bytes, cancelled) = (bytes.clone(), cancelled.clone());
+        async move {
+            if pos >= bytes.len() {
+                return None;
+            }
+            if cancelled.load(Ordering::SeqCst) {
+                let err = std::io::Error::new(std::io::ErrorKind::Interrupted, "upload cancelled");
+                return Some((Err(err), usize::MAX));
+            }
+            let end = (pos + CHUNK).min(bytes.len());
+            Some((Ok(bytes.slice(pos..end)), end))
+        }
+    });
+    reqwest::Body::wrap_stream(chunks)
 }
 
 /// Percent-encodes a query value.

@@ -380,13 +380,42 @@ impl LocalStore {
         Ok(())
     }
 
+    /// A newer message becomes the summary's last one; from someone else it is one
+    /// more unread (the owner of the local data is the user).
     fn fold_into_summary(&self, m: &Message) -> Result<()> {
         if let Some(mut conv) = self.conversation(&m.conversation_id)? {
             if m.seq >= conv.last_seq {
+                let new = m.seq > conv.last_seq;
                 conv.last_seq = m.seq;
                 conv.last_message = Some(m.clone());
+                if new && self.get("owner")?.as_deref() != Some(m.sender.as_str()) {
+                    conv.unread += 1;
+                }
                 self.save_conversation(&conv)?;
             }
+        }
+        Ok(())
+    }
+
+    /// This user read `conv` up to `seq` (on any device): what is unread is what came
+    /// after it.
+    pub fn mark_read(&self, conv: &str, seq: u64) -> Result<()> {
+        if let Some(mut c) = self.conversation(conv)? {
+            let left = c.last_seq.saturating_sub(seq);
+            if left < c.unread {
+                c.unread = left;
+                self.save_conversation(&c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps this user's mute and archive flags in the cached summary.
+    pub fn set_flags(&self, conv: &str, muted: bool, archived: bool) -> Result<()> {
+        if let Some(mut c) = self.conversation(conv)? {
+            c.muted = muted;
+            c.archived = archived;
+            self.save_conversation(&c)?;
         }
         Ok(())
     }

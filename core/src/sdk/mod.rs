@@ -7,7 +7,9 @@
 //! - [`http`]: the REST calls, with the access token refreshed inside.
 //! - [`local`]: the local SQLite file: session, outbox, last inbox seq, cache.
 //! - [`conn`]: the MQTT connection loop (backoff + jitter, re-subscribe, sync, resend).
-//! - [`client`]: the idiomatic async Rust API.
+//! - [`client`]: the idiomatic async Rust API; [`manage`] adds the calls around it
+//!   (members and roles, mute/archive, rooms, invitations, people, unread totals,
+//!   attachment downloads).
 //! - [`types`]: records and events shared by the Rust API and the bindings.
 //! - [`ffi`]: the uniffi object that owns a tokio runtime.
 
@@ -18,6 +20,7 @@ pub mod error;
 pub mod ffi;
 pub mod http;
 pub mod local;
+mod manage;
 pub mod types;
 
 pub use client::Client;

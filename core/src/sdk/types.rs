@@ -180,8 +180,16 @@ pub struct Conversation {
     pub created_by: String,
     pub created_at: i64,
     pub last_seq: u64,
+    /// Messages from others after this user's read marker (kept current from live
+    /// messages and this user's own read receipts between list fetches).
     pub unread: u64,
     pub last_message: Option<Message>,
+    /// This user muted it (no pushes except mentions/replies; not in the badge).
+    #[serde(default)]
+    pub muted: bool,
+    /// This user archived it.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 impl From<ConversationView> for Conversation {
@@ -196,6 +204,8 @@ impl From<ConversationView> for Conversation {
             last_seq: 0,
             unread: 0,
             last_message: None,
+            muted: false,
+            archived: false,
         }
     }
 }
@@ -403,4 +413,46 @@ pub struct PushRegistration {
     /// Put the sender and message text in pushes (otherwise ids only, and the app
     /// fetches the message itself, e.g. in a Notification Service Extension).
     pub full_text: bool,
+}
+
+/// Someone found by [`crate::sdk::Client::search_users`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct UserSummary {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+}
+
+/// A public room, with how many people are in it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Room {
+    pub conversation: Conversation,
+    pub member_count: u64,
+}
+
+/// Unread totals for an app badge; muted conversations do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct UnreadTotal {
+    pub messages: u64,
+    pub conversations: u64,
+}
+
+/// An invitation into a group the user has not accepted yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Invitation {
+    pub id: String,
+    pub conversation_id: String,
+    pub invited_by: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub created_at: i64,
+}
+
+/// What an app's own image loader needs to fetch an attachment (the bearer token
+/// expires: ask again rather than keeping it).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentRequest {
+    pub url: String,
+    /// The value of the `Authorization` header.
+    pub authorization: String,
 }

@@ -1,0 +1,401 @@
+//! The SDK calls around chatting, against a real server: people search, members and
+//! roles, invitations, mute, rooms, unread counts that stay current in the cache,
+//! attachment downloads (and refusals for outsiders), and cancellation: a cancelled
+//! upload through the FFI object stops sending and sends no message.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::recorder::Recorder;
+use common::Server;
+use tidings_core::sdk::ffi::TidingsClient;
+use tidings_core::sdk::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn config(server: &Server, http: String, dir: &std::path::Path, device: &str) -> ClientConfig {
+    ClientConfig::new(
+        http,
+        "127.0.0.1",
+        server.mqtt_port,
+        dir.to_string_lossy(),
+        device,
+    )
+}
+
+fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
+    let c = Client::new(
+        config(server, server.http(), dir, device),
+        tokio::runtime::Handle::current(),
+    )
+    .expect("client");
+    let rec = Arc::new(Recorder::default());
+    c.set_listener(rec.clone());
+    (c, rec)
+}
+
+fn role_of(members: &[Member], user: &str) -> Option<String> {
+    members
+        .iter()
+        .find(|m| m.user_id == user)
+        .map(|m| m.role.clone())
+}
+
+fn cached(client: &Client, conv: &str) -> Conversation {
+    client
+        .cached_conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == conv)
+        .expect("cached conversation")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_around_chat_work_against_the_server() {
+    let server = Server::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (alice, alice_rec) = client(&server, dirs[0].path(), "alice-phone");
+    let (bob, bob_rec) = client(&server, dirs[1].path(), "bob-phone");
+    let (carol, _) = client(&server, dirs[2].path(), "carol-phone");
+    let a = alice.register("alice", "alice-password").await.unwrap();
+    let b = bob.register("bob", "bob-password").await.unwrap();
+    let c = carol.register("carol", "carol-password").await.unwrap();
+    alice.connect().await.unwrap();
+    bob.connect().await.unwrap();
+    alice_rec.state(ConnectionState::Connected).await;
+    bob_rec.state(ConnectionState::Connected).await;
+
+    // People search.
+    let found = alice.search_users("bo", 10).await.unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|u| u.id == b.user_id && u.username == "bob"),
+        "{found:?}"
+    );
+    assert!(!found.iter().any(|u| u.id == c.user_id));
+    assert!(matches!(
+        alice.search_users("  ", 10).await,
+        Err(SdkError::InvalidArgument { .. })
+    ));
+
+    // Members and roles.
+    let group = alice
+        .create_conversation("group", Some("calls".into()), vec![b.user_id.clone()])
+        .await
+        .unwrap();
+    let members = alice
+        .add_members(&group.id, vec![c.user_id.clone()], None)
+        .await
+        .unwrap();
+    assert_eq!(role_of(&members, &c.user_id).as_deref(), Some("member"));
+    alice
+        .set_role(&group.id, &c.user_id, "admin")
+        .await
+        .unwrap();
+    let members = alice.members(&group.id).await.unwrap();
+    assert_eq!(role_of(&members, &c.user_id).as_deref(), Some("admin"));
+    assert!(matches!(
+        alice.set_role(&group.id, &c.user_id, "emperor").await,
+        Err(SdkError::InvalidArgument { .. })
+    ));
+    // Bob is a plain member: the server refuses him, with its code.
+    let refused = bob.remove_member(&group.id, &c.user_id).await.unwrap_err();
+    assert!(
+        matches!(refused, SdkError::Server { ref code, .. } if code == "forbidden"),
+        "{refused:?}"
+    );
+    alice.remove_member(&group.id, &c.user_id).await.unwrap();
+    assert_eq!(
+        role_of(&alice.members(&group.id).await.unwrap(), &c.user_id),
+        None
+    );
+
+    // Invitations: carol lets nobody add her, so alice's add becomes an invitation.
+    let carol_token = server.access_token("carol", "carol-password").await;
+    let res = reqwest::Client::new()
+        .patch(format!("{}/v1/me", server.http()))
+        .bearer_auth(&carol_token)
+        .json(&serde_json::json!({"group_adds": "nobody"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    alice
+        .add_members(&group.id, vec![c.user_id.clone()], None)
+        .await
+        .unwrap();
+    let invitations = carol.invitations().await.unwrap();
+    let invitation = invitations
+        .iter()
+        .find(|i| i.conversation_id == group.id)
+        .expect("an invitation");
+    assert_eq!(invitation.invited_by, a.user_id);
+    carol.answer_invitation(&invitation.id, true).await.unwrap();
+    assert!(role_of(&alice.members(&group.id).await.unwrap(), &c.user_id).is_some());
+    assert!(carol.invitations().await.unwrap().is_empty());
+
+    // Unread counts: the cached summary follows live messages and alice's own reads.
+    alice.conversations().await.unwrap();
+    assert_eq!(cached(&alice, &group.id).unread, 0);
+    for i in 0..3 {
+        bob.send_text(&group.id, &format!("unread {i}"), None, vec![])
+            .await
+            .unwrap();
+    }
+    let last = alice_rec.message("unread 2").await;
+    assert_eq!(cached(&alice, &group.id).unread, 3);
+    assert_eq!(
+        alice.unread_total().await.unwrap(),
+        UnreadTotal {
+            messages: 3,
+            conversations: 1
+        }
+    );
+    alice.mark_read(&group.id, last.seq).await.unwrap();
+    alice_rec
+        .wait_for("alice's own read receipt", |evs| {
+            evs.iter()
+                .any(|e| matches!(e, ClientEvent::Receipt { receipt } if receipt.user_id == a.user_id && receipt.seq == last.seq))
+                .then_some(())
+        })
+        .await;
+    assert_eq!(cached(&alice, &group.id).unread, 0);
+    assert_eq!(alice.unread_total().await.unwrap().messages, 0);
+
+    // Mute: cached, and a muted conversation is not in the badge.
+    alice
+        .set_conversation_flags(&group.id, Some(true), None)
+        .await
+        .unwrap();
+    let conv = cached(&alice, &group.id);
+    assert!(conv.muted && !conv.archived);
+    bob.send_text(&group.id, "while muted", None, vec![])
+        .await
+        .unwrap();
+    alice_rec.message("while muted").await;
+    assert_eq!(alice.unread_total().await.unwrap().messages, 0);
+    alice.conversations().await.unwrap();
+    assert!(
+        cached(&alice, &group.id).muted,
+        "a list fetch keeps the flag"
+    );
+
+    // Rooms: listed with their size, and joined.
+    let room = alice
+        .create_conversation("room", Some("lobby".into()), vec![])
+        .await
+        .unwrap();
+    let rooms = carol.rooms(None, 50).await.unwrap();
+    let listed = rooms
+        .iter()
+        .find(|r| r.conversation.id == room.id)
+        .expect("the room is listed");
+    assert_eq!(listed.member_count, 1);
+    carol.join_room(&room.id).await.unwrap();
+    assert!(carol
+        .cached_conversations()
+        .unwrap()
+        .iter()
+        .any(|c| c.id == room.id));
+    assert_eq!(
+        carol
+            .rooms(None, 50)
+            .await
+            .unwrap()
+            .iter()
+            .find(|r| r.conversation.id == room.id)
+            .map(|r| r.member_count),
+        Some(2)
+    );
+
+    // Attachments: a member downloads the bytes; an image loader gets URL + header;
+    // someone outside the conversation is refused.
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    alice
+        .send_attachment(
+            &group.id,
+            bytes.clone(),
+            "text/plain",
+            Some("notes.txt".into()),
+            "a file",
+        )
+        .await
+        .unwrap();
+    let with_file = bob_rec.message("a file").await;
+    let attachment = with_file
+        .attachment
+        .expect("the message carries the attachment");
+    assert_eq!(
+        bob.download_attachment(&attachment.id).await.unwrap(),
+        bytes
+    );
+    let req = bob.attachment_request(&attachment.id).await.unwrap();
+    let fetched = reqwest::Client::new()
+        .get(&req.url)
+        .header("authorization", &req.authorization)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
+    let (dave, _) = client(&server, tempfile::tempdir().unwrap().path(), "dave-phone");
+    dave.register("dave", "dave-password").await.unwrap();
+    let outsider = dave.download_attachment(&attachment.id).await.unwrap_err();
+    assert!(
+        matches!(outsider, SdkError::Server { status, .. } if status == 404 || status == 403),
+        "{outsider:?}"
+    );
+
+    alice.shutdown();
+    bob.shutdown();
+    carol.shutdown();
+    dave.shutdown();
+}
+
+/// A TCP proxy to `upstream` that passes at most `bytes_per_tick` client→server bytes
+/// every 50 ms and counts them: a slow uplink whose traffic the test can watch.
+async fn slow_uplink(upstream: u16, bytes_per_tick: usize) -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; bytes_per_tick];
+                loop {
+                    match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                let _ = sw.shutdown().await;
+                down.abort();
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_stops_sending_and_sends_no_message() {
+    let server = Server::start();
+    let (proxy, sent) = slow_uplink(server.http_port, 64 * 1024).await;
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Alice's app goes through the FFI object, as Swift and Kotlin do, over a slow link.
+    let alice = TidingsClient::new(config(
+        &server,
+        format!("http://127.0.0.1:{proxy}"),
+        alice_dir.path(),
+        "alice-phone",
+    ))
+    .unwrap();
+    let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
+    let b = bob.register("bob", "bob-password").await.unwrap();
+    alice
+        .register("alice".into(), "alice-password".into())
+        .await
+        .unwrap();
+    alice.connect().await.unwrap();
+    bob.connect().await.unwrap();
+    bob_rec.state(ConnectionState::Connected).await;
+    let conv = alice
+        .create_conversation("direct".into(), None, vec![b.user_id.clone()])
+        .await
+        .unwrap();
+
+    // 20 MiB at ~1.3 MB/s would take ~16 s; the app gives up after 1 s.
+    let file = vec![b'x'; 20 * 1024 * 1024];
+    let before = sent.load(Ordering::SeqCst);
+    let upload = alice.send_attachment(
+        conv.id.clone(),
+        file,
+        "text/plain".into(),
+        Some("big.txt".into()),
+        "the big file".into(),
+    );
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), upload).await;
+    assert!(
+        gave_up.is_err(),
+        "the upload cannot finish in 1 s on this link"
+    );
+    let at_cancel = sent.load(Ordering::SeqCst) - before;
+    // Control: the upload was really on the wire when it was cancelled.
+    assert!(at_cancel > 200_000, "only {at_cancel} bytes went up");
+
+    // Aborted: after what the sockets had already buffered drains, the uplink goes
+    // quiet. A detached task would keep it busy until all 20 MiB were through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = sent.load(Ordering::SeqCst);
+    let mut quiet = 0;
+    while quiet < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still uploading 10 s after the cancel ({} bytes so far)",
+            last - before
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = sent.load(Ordering::SeqCst);
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+    assert!(
+        last - before < 10 * 1024 * 1024,
+        "{} bytes went up",
+        last - before
+    );
+    // And nothing was queued or sent.
+    assert!(alice.pending().unwrap().is_empty());
+    assert!(!bob_rec.got_message("the big file"));
+    // Nothing stored, and the half-received file was thrown away.
+    let uploads = server.dir.path().join("data").join("uploads");
+    let entries = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir).map_or(vec![], |d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+    };
+    let stored: Vec<String> = entries(&uploads)
+        .into_iter()
+        .filter(|n| n != ".incoming")
+        .collect();
+    assert!(stored.is_empty(), "stored uploads: {stored:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !entries(&uploads.join(".incoming")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a staged upload stayed: {:?}",
+            entries(&uploads.join(".incoming"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Control: the same object still works for the next call on the same link.
+    alice
+        .send_text(conv.id.clone(), "after the cancel".into(), None, vec![])
+        .await
+        .unwrap();
+    bob_rec.message("after the cancel").await;
+    alice.shutdown();
+    bob.shutdown();
+}
