@@ -50,6 +50,17 @@ impl Dispatcher {
     }
 
     pub(crate) fn emit(&self, event: ClientEvent) {
+        match &event {
+            ClientEvent::ConnectionState { state } => {
+                tracing::info!(state = ?state, "connection state")
+            }
+            ClientEvent::Error {
+                client_id,
+                code,
+                detail,
+            } => tracing::warn!(client_id = ?client_id, code = %code, "{detail}"),
+            _ => {}
+        }
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = tx.send(event);
         }

@@ -12,6 +12,7 @@
 //!   attachment downloads).
 //! - [`types`]: records and events shared by the Rust API and the bindings.
 //! - [`ffi`]: the uniffi object that owns a tokio runtime.
+//! - [`logging`]: the app's logger as a foreign trait (`set_logger`).
 
 pub mod client;
 pub mod config;
@@ -20,10 +21,12 @@ pub mod error;
 pub mod ffi;
 pub mod http;
 pub mod local;
+pub mod logging;
 mod manage;
 pub mod types;
 
 pub use client::Client;
 pub use config::ClientConfig;
 pub use error::SdkError;
+pub use logging::{clear_logger, set_logger, LogLevel, TidingsLogger};
 pub use types::*;
