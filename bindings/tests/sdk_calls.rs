@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,6 @@ use common::recorder::Recorder;
 use common::Server;
 use tidings_core::sdk::ffi::TidingsClient;
 use tidings_core::sdk::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 fn config(server: &Server, http: String, dir: &std::path::Path, device: &str) -> ClientConfig {
     ClientConfig::new(
@@ -256,50 +254,11 @@ async fn the_calls_around_chat_work_against_the_server() {
     dave.shutdown();
 }
 
-/// A TCP proxy to `upstream` that passes at most `bytes_per_tick` client→server bytes
-/// every 50 ms and counts them: a slow uplink whose traffic the test can watch.
-async fn slow_uplink(upstream: u16, bytes_per_tick: usize) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let down = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; bytes_per_tick];
-                loop {
-                    match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            counter.fetch_add(n as u64, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                let _ = sw.shutdown().await;
-                down.abort();
-            });
-        }
-    });
-    (port, sent)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_upload_stops_sending_and_sends_no_message() {
     let server = Server::start();
-    let (proxy, sent) = slow_uplink(server.http_port, 64 * 1024).await;
+    let (proxy, sent) =
+        common::proxy::slow(server.http_port, 64 * 1024, Duration::from_millis(50)).await;
     let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Alice's app goes through the FFI object, as Swift and Kotlin do, over a slow link.
     let alice = TidingsClient::new(config(

@@ -4,6 +4,7 @@
 //! (target/debug/tidings), or `TIDINGS_SERVER_BIN`.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod recorder;
 
 use std::io::{BufRead, BufReader};

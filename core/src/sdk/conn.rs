@@ -4,8 +4,13 @@
 //! re-subscribe, and drops in-flight QoS 1 publishes with a clean session. So this loop
 //! builds a fresh client per attempt (with the current access token as password),
 //! sleeps with exponential backoff and jitter between attempts, subscribes the inbox
-//! on every CONNACK and, once subscribed, hands over to the processor, which syncs from
-//! the last inbox seq over HTTP and republishes the outbox with the same ids.
+//! on every CONNACK and, once subscribed, hands over to the processor. The processor
+//! puts live traffic first: it republishes the outbox with the same ids and reports
+//! `Connected` at once, then catches up in the background (the inbox from the last
+//! seq over HTTP, the conversation list, typing and presence subscriptions), applying
+//! what the background tasks fetch in inbox order. The backoff between attempts only
+//! starts over after a connection stayed up for [`STABLE_AFTER`], so a server that
+//! accepts and drops at once is not hammered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +36,8 @@ const MAX_PACKET: usize = 256 * 1024;
 const RESEND_AFTER: Duration = Duration::from_secs(8);
 const BACKOFF_BASE_MS: u64 = 250;
 const BACKOFF_CAP_MS: u64 = 10_000;
+/// A connection that lasted this long resets the backoff; a shorter one does not.
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(20);
 /// Commands published per flush (the request channel holds 256).
 const FLUSH_BATCH: usize = 200;
 /// The client's own send budget, the server's default (`limits.send_*`): pacing to it
@@ -53,6 +60,12 @@ pub(crate) enum Input {
     Subscribe(String),
     /// The app asked to try wedged queues again.
     RetryWedged,
+    /// A page of the inbox from the background sync, in iseq order.
+    SyncPage(Vec<crate::protocol::Event>),
+    /// The background sync reached the end (or failed and will be tried again).
+    SyncDone(std::result::Result<(), String>),
+    /// Typing and presence filters to subscribe, found by a background fetch.
+    Topics(Vec<String>),
 }
 
 /// Exponential backoff with full jitter in the upper half: `[d/2, d]`.
@@ -88,6 +101,10 @@ pub(crate) fn spawn(
             me: me.clone(),
             online: false,
             need_sync: false,
+            syncing: false,
+            resync: false,
+            sync_failure_reported: false,
+            tx: tx.downgrade(),
             sent: HashMap::new(),
             queue: SendQueue::default(),
         }
@@ -142,12 +159,13 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
         let (client, mut eventloop) = AsyncClient::new(options(&inner, &me, token), 256);
         eventloop.network_options.set_connection_timeout(10);
         let mut connected = false;
+        let mut connected_at: Option<Instant> = None;
         let mut inbox_pending = false;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    attempt = 0;
+                    connected_at = Some(Instant::now());
                     failures = 0;
                     inner
                         .subscribed
@@ -176,6 +194,9 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
         let _ = tx.send(Input::Offline);
         if !connected {
             failures = failures.saturating_add(1);
+        }
+        if connected_at.is_some_and(|at| at.elapsed() >= STABLE_AFTER) {
+            attempt = 0;
         }
         inner.set_state(ConnectionState::WaitingToRetry);
         tokio::time::sleep(backoff(attempt)).await;
@@ -240,11 +261,62 @@ pub(crate) async fn fetch_members(inner: &Inner, conv: &str) -> Result<Vec<Membe
         .collect())
 }
 
+/// Pages of `/v1/sync` from `since`, each handed to the processor as it arrives.
+async fn sync_pages(
+    inner: &Inner,
+    mut since: u64,
+    tx: &mpsc::UnboundedSender<Input>,
+) -> Result<()> {
+    loop {
+        let page: Value = inner
+            .api
+            .get(&format!("/v1/sync?since={since}&limit=200"))
+            .await?;
+        let events = page["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ev| serde_json::from_value::<crate::protocol::Event>(ev.clone()).ok())
+            .collect();
+        if tx.send(Input::SyncPage(events)).is_err() {
+            return Ok(());
+        }
+        let next = page["next"].as_u64().unwrap_or(since);
+        if !page["has_more"].as_bool().unwrap_or(false) || next <= since {
+            return Ok(());
+        }
+        since = next;
+    }
+}
+
+/// The filters to follow a conversation live: its typing, its other members' presence
+/// (only filters the server's ACL allows: a refused SUBSCRIBE closes the connection).
+async fn conversation_topics(inner: &Inner, me: &str, conv: &str) -> Vec<String> {
+    let mut topics = vec![topics::typing_filter(conv)];
+    if let Ok(members) = fetch_members(inner, conv).await {
+        topics.extend(
+            members
+                .into_iter()
+                .filter(|m| m.user_id != me && crate::protocol::ids::is_server_id(&m.user_id))
+                .map(|m| topics::presence(&m.user_id)),
+        );
+    }
+    topics
+}
+
 struct Processor {
     inner: Arc<Inner>,
     me: String,
     online: bool,
+    /// The inbox may have events this device has not applied (a gap, a failed sync).
     need_sync: bool,
+    /// A background sync is running; `resync`: run another when it ends.
+    syncing: bool,
+    resync: bool,
+    /// `sync_failed` was reported for the current outage (reported once, not per retry).
+    sync_failure_reported: bool,
+    /// For the background tasks' results (weak: the loop ends when the client stops).
+    tx: mpsc::WeakUnboundedSender<Input>,
     /// When each outbox entry was last published on this connection.
     sent: HashMap<String, Instant>,
     queue: SendQueue,
@@ -299,21 +371,31 @@ impl Processor {
                 Input::Online => {
                     self.online = true;
                     self.sent.clear();
-                    self.need_sync = true;
-                    self.catch_up().await;
+                    self.sync_failure_reported = false;
+                    self.flush(false);
                     self.inner.set_state(ConnectionState::Connected);
+                    self.start_sync();
+                    self.watch_all_conversations();
                 }
                 Input::Offline => self.online = false,
                 Input::Publish(topic, payload) => self.on_publish(&topic, &payload).await,
                 Input::Flush => self.flush(false),
                 Input::Tick => {
-                    if self.online && self.need_sync {
-                        self.catch_up().await;
-                    } else {
-                        self.flush(true);
+                    if self.online && self.need_sync && !self.syncing {
+                        self.start_sync();
+                    }
+                    self.flush(true);
+                }
+                Input::Subscribe(conv) => self.watch_conversation(&conv),
+                Input::SyncPage(events) => self.apply_synced(events).await,
+                Input::SyncDone(result) => self.sync_done(result),
+                Input::Topics(topics) => {
+                    if self.online {
+                        for t in topics {
+                            self.subscribe(t);
+                        }
                     }
                 }
-                Input::Subscribe(conv) => self.subscribe_conversation(&conv).await,
                 Input::RetryWedged => {
                     self.queue.wedged.clear();
                     self.queue.attempts.clear();
@@ -328,27 +410,78 @@ impl Processor {
         self.inner.events.emit(e);
     }
 
-    /// Sync from the last inbox seq, refresh the conversation list and subscriptions,
-    /// then republish the outbox.
-    async fn catch_up(&mut self) {
-        if let Err(e) = self.sync().await {
-            self.emit(ClientEvent::Error {
-                client_id: None,
-                code: "sync_failed".into(),
-                detail: e.to_string(),
-            });
+    /// Catches up on the inbox in the background: a task fetches the pages from the
+    /// last applied seq and hands them back here, where they are applied in order with
+    /// the live events (whichever comes first is applied, the other skipped).
+    fn start_sync(&mut self) {
+        if self.syncing {
+            self.resync = true;
             return;
         }
-        self.need_sync = false;
-        match fetch_conversations(&self.inner).await {
-            Ok(list) => {
-                for c in list.iter().take(100) {
-                    self.subscribe_conversation(&c.id).await;
+        let (Some(tx), Ok(since)) = (self.tx.upgrade(), self.inner.local.last_iseq()) else {
+            return;
+        };
+        self.syncing = true;
+        self.need_sync = true;
+        let inner = self.inner.clone();
+        self.inner.handle.spawn(async move {
+            let result = sync_pages(&inner, since, &tx).await;
+            let _ = tx.send(Input::SyncDone(result.map_err(|e| e.to_string())));
+        });
+    }
+
+    async fn apply_synced(&mut self, events: Vec<crate::protocol::Event>) {
+        for event in events {
+            let Some(iseq) = event.seq else { continue };
+            if iseq > self.inner.local.last_iseq().unwrap_or(0) {
+                self.apply(event.body).await;
+                let _ = self.inner.local.set_last_iseq(iseq);
+            }
+        }
+    }
+
+    fn sync_done(&mut self, result: std::result::Result<(), String>) {
+        self.syncing = false;
+        match result {
+            Ok(()) => {
+                self.need_sync = false;
+                self.sync_failure_reported = false;
+            }
+            Err(detail) => {
+                // Tried again on the next tick while connected.
+                self.need_sync = true;
+                if !std::mem::replace(&mut self.sync_failure_reported, true) {
+                    self.emit(ClientEvent::Error {
+                        client_id: None,
+                        code: "sync_failed".into(),
+                        detail,
+                    });
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "tidings sdk: conversation list"),
         }
-        self.flush(true);
+        if std::mem::take(&mut self.resync) && self.online {
+            self.start_sync();
+        }
+    }
+
+    /// Typing and presence subscriptions for every conversation (the first 100 of the
+    /// list, most recently active first), fetched in the background.
+    fn watch_all_conversations(&self) {
+        let Some(tx) = self.tx.upgrade() else { return };
+        let (inner, me) = (self.inner.clone(), self.me.clone());
+        self.inner.handle.spawn(async move {
+            match fetch_conversations(&inner).await {
+                Ok(list) => {
+                    for c in list.iter().take(100) {
+                        let topics = conversation_topics(&inner, &me, &c.id).await;
+                        if tx.send(Input::Topics(topics)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "conversation list"),
+            }
+        });
     }
 
     fn subscribe(&self, topic: String) {
@@ -373,20 +506,17 @@ impl Processor {
         }
     }
 
-    /// Typing of a conversation and presence of its members (only filters the server's
-    /// ACL allows: a refused SUBSCRIBE closes the connection).
-    async fn subscribe_conversation(&mut self, conv: &str) {
+    /// Typing of a conversation and presence of its members, fetched in the background.
+    fn watch_conversation(&self, conv: &str) {
         if !self.online || !crate::protocol::ids::is_server_id(conv) {
             return;
         }
-        self.subscribe(topics::typing_filter(conv));
-        if let Ok(members) = fetch_members(&self.inner, conv).await {
-            for m in members.into_iter().filter(|m| m.user_id != self.me) {
-                if crate::protocol::ids::is_server_id(&m.user_id) {
-                    self.subscribe(topics::presence(&m.user_id));
-                }
-            }
-        }
+        let Some(tx) = self.tx.upgrade() else { return };
+        let (inner, me, conv) = (self.inner.clone(), self.me.clone(), conv.to_owned());
+        self.inner.handle.spawn(async move {
+            let topics = conversation_topics(&inner, &me, &conv).await;
+            let _ = tx.send(Input::Topics(topics));
+        });
     }
 
     /// Publishes what is due from the outbox, oldest first, with the original ids: per
@@ -480,31 +610,6 @@ impl Processor {
         false
     }
 
-    async fn sync(&mut self) -> Result<()> {
-        loop {
-            let since = self.inner.local.last_iseq()?;
-            let page: Value = self
-                .inner
-                .api
-                .get(&format!("/v1/sync?since={since}&limit=200"))
-                .await?;
-            for ev in page["events"].as_array().into_iter().flatten() {
-                if let Ok(event) = serde_json::from_value::<crate::protocol::Event>(ev.clone()) {
-                    if let Some(iseq) = event.seq {
-                        if iseq > self.inner.local.last_iseq()? {
-                            self.apply(event.body).await;
-                            self.inner.local.set_last_iseq(iseq)?;
-                        }
-                    }
-                }
-            }
-            let next = page["next"].as_u64().unwrap_or(since);
-            if !page["has_more"].as_bool().unwrap_or(false) || next <= since {
-                return Ok(());
-            }
-        }
-    }
-
     async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
         match Topic::parse(topic) {
             Some(Topic::Inbox(_)) => {
@@ -519,9 +624,7 @@ impl Processor {
                         }
                         if iseq > last + 1 {
                             // A gap: fetch everything missed, this event included.
-                            if self.sync().await.is_err() {
-                                self.need_sync = true;
-                            }
+                            self.start_sync();
                             return;
                         }
                         self.apply(event.body).await;
@@ -678,7 +781,7 @@ impl Processor {
                     membership: m.into(),
                 });
                 if joined {
-                    self.subscribe_conversation(&conv).await;
+                    self.watch_conversation(&conv);
                 }
             }
             EventBody::Conversation(view) => {
@@ -693,7 +796,7 @@ impl Processor {
                 let _ = local.save_conversation(&conv);
                 let id = conv.id.clone();
                 self.emit(ClientEvent::Conversation { conversation: conv });
-                self.subscribe_conversation(&id).await;
+                self.watch_conversation(&id);
             }
             // Invitations are answered over HTTP (`GET /v1/invitations`); the SDK has no
             // call for them yet.

@@ -23,6 +23,8 @@ pub struct Api {
     device_id: String,
     local: Arc<LocalStore>,
     session: tokio::sync::Mutex<Option<StoredSession>>,
+    /// Held across a token refresh (and only that), so refreshes do not race.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 fn now_secs() -> i64 {
@@ -66,6 +68,7 @@ impl Api {
             device_id: device_id.to_owned(),
             local,
             session: tokio::sync::Mutex::new(session),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -172,36 +175,68 @@ impl Api {
     }
 
     /// A usable access token: refreshed first if it is close to expiry (or `force`).
+    ///
+    /// The session lock is only held to read and to write the tokens, never across the
+    /// refresh request: calls that just need the user (queueing a send offline, say)
+    /// must not wait up to the HTTP timeout behind a refresh. One refresh runs at a
+    /// time (`refreshing`); a caller that waited for it uses its result.
     pub async fn access_token(&self, force: bool) -> Result<String> {
-        let mut guard = self.session.lock().await;
-        let session = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
-        if !force && session.expires_at - REFRESH_MARGIN_SECS > now_secs() {
-            return Ok(session.access_token.clone());
+        let current = self.current().await?;
+        if !force && current.expires_at - REFRESH_MARGIN_SECS > now_secs() {
+            return Ok(current.access_token);
+        }
+        let _one_at_a_time = self.refreshing.lock().await;
+        let now = self.current().await?;
+        if now.refresh_token != current.refresh_token {
+            return Ok(now.access_token); // refreshed (or replaced) while we waited
         }
         let res = self
             .http
             .post(self.url("/v1/auth/refresh"))
-            .json(&json!({"refresh_token": session.refresh_token}))
+            .json(&json!({"refresh_token": current.refresh_token}))
             .send()
             .await
             .map_err(SdkError::network)?;
         if !res.status().is_success() {
             let err = error_of(res).await;
             if matches!(err, SdkError::Auth { .. }) {
-                *guard = None;
-                let _ = self.local.clear_session();
+                let mut guard = self.session.lock().await;
+                if guard
+                    .as_ref()
+                    .is_some_and(|s| s.refresh_token == current.refresh_token)
+                {
+                    *guard = None;
+                    let _ = self.local.clear_session();
+                }
             }
             return Err(err);
         }
         let body: Value = res.json().await.map_err(SdkError::network)?;
         let mut fresh = Self::session_from(&body)?;
         if fresh.username.is_empty() {
-            fresh.username = session.username.clone();
+            fresh.username = current.username.clone();
+        }
+        let mut guard = self.session.lock().await;
+        // A logout or another account's login during the request wins.
+        if guard
+            .as_ref()
+            .is_none_or(|s| s.refresh_token != current.refresh_token)
+        {
+            return Err(SdkError::NotLoggedIn);
         }
         self.local.save_session(&fresh)?;
         let token = fresh.access_token.clone();
-        *session = fresh;
+        *guard = Some(fresh);
         Ok(token)
+    }
+
+    /// The session as it is now (a copy: the lock is released at once).
+    async fn current(&self) -> Result<StoredSession> {
+        self.session
+            .lock()
+            .await
+            .clone()
+            .ok_or(SdkError::NotLoggedIn)
     }
 
     /// Sends an authenticated request, refreshing once on a 401.

@@ -306,7 +306,8 @@ pub enum ConnectionState {
     Disconnected,
     /// Trying to connect (first time or after a failure).
     Connecting,
-    /// Connected, subscribed and caught up.
+    /// Connected and subscribed: live events arrive and the outbox is sent. Catching up
+    /// on what was missed (and the conversation list) continues in the background.
     Connected,
     /// Waiting before the next attempt.
     WaitingToRetry,
