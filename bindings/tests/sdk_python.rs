@@ -25,7 +25,8 @@ fn python_bindings_scenario() {
         "/../tests/clients/sdk_scenario.py"
     ))
     .env("TIDINGS_BINDINGS_DIR", out.path());
-    let result = common::drive(cmd, &mut server);
+    let broker = server.wss();
+    let result = common::drive(cmd, &mut server, &broker);
     assert!(result["typed_error"]
         .as_str()
         .is_some_and(|e| e.contains("invalid")));

@@ -53,12 +53,13 @@ fun check(cond: Boolean, msg: () -> String) {
 fun newClient(device: String): Pair<TidingsClient, Recorder> {
     val dir = Files.createTempDirectory("tidings-kt").toString()
     val cfg = ClientConfig(
+        // TLS only: the test harness's proxy, whose throwaway CA is pinned.
         httpUrl = System.getenv("TIDINGS_HTTP"),
-        mqttHost = "127.0.0.1",
-        mqttPort = System.getenv("TIDINGS_MQTT_PORT").toInt().toUShort(),
+        brokerUrl = System.getenv("TIDINGS_BROKER"),
         dataPath = dir,
         deviceId = device,
         keepAliveSecs = 30u,
+        pinnedCaPem = System.getenv("TIDINGS_CA_PEM"),
     )
     val c = TidingsClient(cfg)
     val rec = Recorder()

@@ -18,13 +18,15 @@ import traceback
 sys.path.insert(0, os.environ["TIDINGS_BINDINGS_DIR"])
 import tidings_core as t  # noqa: E402
 
+# TLS only: the test harness's proxy, whose throwaway CA is pinned.
 HTTP = os.environ["TIDINGS_HTTP"]
-MQTT_PORT = int(os.environ["TIDINGS_MQTT_PORT"])
+BROKER = os.environ["TIDINGS_BROKER"]
+CA_PEM = os.environ["TIDINGS_CA_PEM"]
 
 
 def config(path, device):
-    return t.ClientConfig(http_url=HTTP, mqtt_host="127.0.0.1", mqtt_port=MQTT_PORT,
-                          data_path=path, device_id=device, keep_alive_secs=30)
+    return t.ClientConfig(http_url=HTTP, broker_url=BROKER, data_path=path, device_id=device,
+                          keep_alive_secs=30, pinned_ca_pem=CA_PEM)
 
 
 class Recorder(t.TidingsListener):

@@ -81,6 +81,10 @@ impl Running {
 
 pub(crate) struct Inner {
     pub config: ClientConfig,
+    /// The parsed `broker_url`.
+    pub broker: crate::sdk::config::Broker,
+    /// The rustls configuration MQTT shares with HTTPS (built once: the root store).
+    pub tls: Arc<rustls::ClientConfig>,
     pub api: Api,
     pub local: Arc<LocalStore>,
     pub handle: tokio::runtime::Handle,
@@ -94,6 +98,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn tls(&self) -> rumqttc::TlsConfiguration {
+        rumqttc::TlsConfiguration::Rustls(self.tls.clone())
+    }
+
     pub(crate) fn set_state(&self, state: ConnectionState) {
         let mut cur = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if *cur != state {
@@ -140,10 +148,14 @@ impl Client {
             std::path::Path::new(&config.data_path),
             &config.db_file(),
         )?);
-        let api = Api::new(config.base_url(), &config.device_id, local.clone())?;
+        let api = Api::new(&config, local.clone())?;
+        let broker = config.broker()?;
+        let tls = Arc::new(config.tls_config()?);
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
+                broker,
+                tls,
                 api,
                 local,
                 handle,
