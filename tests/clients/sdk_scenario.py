@@ -72,6 +72,63 @@ class Recorder(t.TidingsListener):
             isinstance(e, t.ClientEvent.MESSAGE) and e.message.body == body) else None)
 
 
+class DictKeystore(t.SecretStore):
+    """The app's keystore (Keychain / Android Keystore on a device), here a dict."""
+
+    def __init__(self, locked=False):
+        self.items = {}
+        self.locked = locked
+
+    def get(self, key):
+        return self.items.get(key)
+
+    def set(self, key, value):
+        if self.locked:
+            raise t.SdkError.Keystore(detail="the keystore is locked")
+        self.items[key] = value
+
+    def delete(self, key):
+        self.items.pop(key, None)
+
+
+def file_bytes(path):
+    out = b""
+    for name in os.listdir(path):
+        with open(os.path.join(path, name), "rb") as f:
+            out += f.read()
+    return out
+
+
+async def keystore_checks(result):
+    """Tokens only in the foreign keystore, never in the data path; a keystore that
+    throws is a typed error; wipe() leaves nothing behind."""
+    dc = tempfile.mkdtemp()
+    store = DictKeystore()
+    carol = t.TidingsClient.with_secret_store(config(dc, "carol-py"), store)
+    await carol.register("carol", "carol-password")
+    await carol.create_conversation("group", "carol notes", [])
+    tokens = json.loads(store.items["tidings.session"])
+    on_disk = file_bytes(dc)
+    assert b"carol notes" in on_disk, "positive control: the cache is on disk"
+    for tok in (tokens["access_token"], tokens["refresh_token"]):
+        assert tok and tok.encode() not in on_disk, "a token is in the data path"
+    assert "tidings-secrets.json" not in os.listdir(dc)
+    carol.shutdown()
+    again = t.TidingsClient.with_secret_store(config(dc, "carol-py"), store)
+    assert (await again.session()).username == "carol"
+    await again.wipe()
+    assert os.listdir(dc) == [], os.listdir(dc)
+    assert store.items == {}, store.items
+    locked = t.TidingsClient.with_secret_store(config(tempfile.mkdtemp(), "dan-py"),
+                                               DictKeystore(locked=True))
+    try:
+        await locked.register("dan", "dan-password")
+        raise AssertionError("a locked keystore was ignored")
+    except t.SdkError.Keystore as e:
+        result["keystore_error"] = str(e)
+    locked.shutdown()
+
+
 def new_client(path, device):
     c = t.TidingsClient(config(path, device))
     rec = Recorder()
@@ -166,6 +223,7 @@ async def scenario():
     for b in ["queued one", "queued two", "after kill 1", "after kill 2"]:
         assert bodies.count(b) == 1, bodies
     result["bodies"] = bodies
+    await keystore_checks(result)
     alice.shutdown()
     bob2.shutdown()
     result["ok"] = True

@@ -164,6 +164,11 @@ impl Api {
         .await
     }
 
+    /// Drops the session from memory (the stores are the caller's business).
+    pub async fn forget(&self) {
+        self.session.lock().await.take();
+    }
+
     pub async fn logout(&self) -> Result<()> {
         if let Some(s) = self.session.lock().await.take() {
             let _ = self

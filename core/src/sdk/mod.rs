@@ -5,7 +5,8 @@
 //! - [`config`]: where the server is, where local data lives, validated up front so no
 //!   rumqttc option setter can panic.
 //! - [`http`]: the REST calls, with the access token refreshed inside.
-//! - [`local`]: the local SQLite file: session, outbox, last inbox seq, cache.
+//! - [`local`]: the local SQLite file: who is logged in, outbox, last inbox seq, cache.
+//! - [`secrets`]: the session's tokens, in the app's keystore or a 0600 file.
 //! - [`conn`]: the MQTT connection loop (backoff + jitter, re-subscribe, sync, resend).
 //! - [`client`]: the idiomatic async Rust API.
 //! - [`types`]: records and events shared by the Rust API and the bindings.
@@ -18,9 +19,11 @@ pub mod error;
 pub mod ffi;
 pub mod http;
 pub mod local;
+pub mod secrets;
 pub mod types;
 
 pub use client::Client;
 pub use config::ClientConfig;
 pub use error::SdkError;
+pub use secrets::{FileSecretStore, SecretStore};
 pub use types::*;
