@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `cargo check` of the SDK library for iOS and Android targets that rustup can add.
+# `cargo check` of the SDK library for iOS and Android targets (a target rustup cannot add fails the run).
 # There is no Xcode or Android NDK on the Linux CI host, so C sources of dependencies
 # (the bundled SQLite of rusqlite) are not compiled for the target here: a stub compiler
 # (and a stub xcrun) hands cc-rs an empty object. The Rust code of the SDK and of every
