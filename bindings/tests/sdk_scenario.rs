@@ -544,9 +544,14 @@ async fn an_untrusted_certificate_is_a_typed_tls_error_not_the_cache() {
     drop(alice);
 
     let other_ca = common::tls::TestPki::mint().ca_pem;
-    for (what, pin) in [("another CA pinned", Some(other_ca)), ("no pin", None)] {
+    for (what, pin, broker) in [
+        ("another CA pinned", Some(other_ca.clone()), server.mqtts()),
+        ("another CA pinned, wss", Some(other_ca), server.wss()),
+        ("no pin", None, server.mqtts()),
+    ] {
         let cfg = ClientConfig {
             pinned_ca_pem: pin,
+            broker_url: broker,
             ..config(&server, dir.path(), "alice-tls")
         };
         let c = Client::new(cfg, tokio::runtime::Handle::current()).unwrap();
