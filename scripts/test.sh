@@ -88,7 +88,7 @@ ensure_paho() {
 # `kotlin-compiler`, which ships kotlinx-coroutines; its package only links kotlinc-js
 # onto PATH, so KOTLINC points at it) and Debian's JNA. With CI=true they fail, never
 # skip, when one is missing. Also builds the cdylib, generates bindings/generated/ and
-# checks the SDK for the iOS and Android targets rustup can add.
+# checks the SDK for the iOS and Android targets (failing when rustup cannot add one).
 prepare_bindings() {
     if ! command -v kotlinc >/dev/null 2>&1; then
         local npm_kotlinc

@@ -330,8 +330,7 @@ async fn an_mqtt_only_device_chats_catches_up_and_is_cut_off_on_revocation() {
     let alice = Client::new(
         ClientConfig::new(
             server.http(),
-            "127.0.0.1",
-            server.mqtt_port,
+            server.mqtt(),
             dir.path().to_string_lossy(),
             "alice-phone",
         ),

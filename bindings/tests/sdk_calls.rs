@@ -15,13 +15,7 @@ use tidings_core::sdk::ffi::TidingsClient;
 use tidings_core::sdk::*;
 
 fn config(server: &Server, http: String, dir: &std::path::Path, device: &str) -> ClientConfig {
-    ClientConfig::new(
-        http,
-        "127.0.0.1",
-        server.mqtt_port,
-        dir.to_string_lossy(),
-        device,
-    )
+    ClientConfig::new(http, server.mqtt(), dir.to_string_lossy(), device)
 }
 
 fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
@@ -240,7 +234,8 @@ async fn the_calls_around_chat_work_against_the_server() {
         .unwrap();
     assert_eq!(fetched.status().as_u16(), 200);
     assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
-    let (dave, _) = client(&server, tempfile::tempdir().unwrap().path(), "dave-phone");
+    let dave_dir = tempfile::tempdir().unwrap();
+    let (dave, _) = client(&server, dave_dir.path(), "dave-phone");
     dave.register("dave", "dave-password").await.unwrap();
     let outsider = dave.download_attachment(&attachment.id).await.unwrap_err();
     assert!(

@@ -16,13 +16,7 @@ use tidings_core::sdk::*;
 
 fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
     let c = Client::new(
-        ClientConfig::new(
-            server.http(),
-            "127.0.0.1",
-            server.mqtt_port,
-            dir.to_string_lossy(),
-            device,
-        ),
+        ClientConfig::new(server.http(), server.mqtt(), dir.to_string_lossy(), device),
         tokio::runtime::Handle::current(),
     )
     .expect("client");

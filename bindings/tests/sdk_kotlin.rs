@@ -80,6 +80,7 @@ fn kotlin_bindings_scenario() {
         .arg("-cp")
         .arg(format!("{}:{cp}", jar.display()))
         .arg("Sdk_scenarioKt");
-    let result = common::drive(cmd, &mut server);
+    let broker = server.mqtts();
+    let result = common::drive(cmd, &mut server, &broker);
     assert_eq!(result["typed_error"], "invalid");
 }

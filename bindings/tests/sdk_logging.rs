@@ -53,8 +53,7 @@ async fn the_app_logger_gets_sdk_lines_at_its_level() {
     let client = Client::new(
         ClientConfig::new(
             server.http(),
-            "127.0.0.1",
-            server.mqtt_port,
+            server.mqtt(),
             dir.path().to_string_lossy(),
             "phone",
         ),

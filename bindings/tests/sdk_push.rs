@@ -56,8 +56,7 @@ async fn sdk_registers_and_unregisters_push() {
     let client = Client::new(
         ClientConfig::new(
             server.http(),
-            "127.0.0.1",
-            server.mqtt_port,
+            server.mqtt(),
             dir.path().to_string_lossy(),
             "phone",
         ),

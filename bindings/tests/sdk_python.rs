@@ -1,6 +1,9 @@
 //! The SDK scenario through the generated Python bindings (tests/clients/sdk_scenario.py),
-//! against a live server this test starts. Generates the bindings from the library
-//! cargo just built, so a broken export fails here.
+//! against a live server this test starts, over TLS (HTTPS + wss:// through the
+//! harness's proxy, its CA pinned). Also a Python `SecretStore` (the foreign keystore
+//! trait): tokens only there, a throwing keystore a typed error, `wipe()` complete.
+//! Generates the bindings from the library cargo just built, so a broken export fails
+//! here.
 
 mod common;
 
@@ -25,8 +28,13 @@ fn python_bindings_scenario() {
         "/../tests/clients/sdk_scenario.py"
     ))
     .env("TIDINGS_BINDINGS_DIR", out.path());
-    let result = common::drive(cmd, &mut server);
+    let broker = server.wss();
+    let result = common::drive(cmd, &mut server, &broker);
     assert!(result["typed_error"]
         .as_str()
         .is_some_and(|e| e.contains("invalid")));
+    // The foreign keystore's own exception came back as the typed error.
+    assert!(result["keystore_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("locked")));
 }

@@ -66,14 +66,18 @@ impl Recorder {
     }
 }
 
+/// Every client of the scenario goes through the TLS proxy (HTTPS + MQTT over TLS)
+/// and trusts only the run's throwaway CA.
 fn config(server: &Server, dir: &std::path::Path, device: &str) -> ClientConfig {
-    ClientConfig::new(
-        server.http(),
-        "127.0.0.1",
-        server.mqtt_port,
-        dir.to_string_lossy(),
-        device,
-    )
+    ClientConfig {
+        pinned_ca_pem: Some(server.ca_pem()),
+        ..ClientConfig::new(
+            server.https(),
+            server.mqtts(),
+            dir.to_string_lossy(),
+            device,
+        )
+    }
 }
 
 fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
@@ -388,8 +392,7 @@ async fn bad_configuration_and_arguments_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ClientConfig::new(
         "http://127.0.0.1:1",
-        "127.0.0.1",
-        1,
+        "mqtt://127.0.0.1:1",
         dir.path().to_string_lossy(),
         "dev",
     );
@@ -518,4 +521,92 @@ async fn a_gap_in_the_inbox_sequence_triggers_a_sync() {
     assert_eq!(rec_b.messages_with_body("after the gap").len(), 1);
     alice.shutdown();
     bob.shutdown();
+}
+
+/// A server whose certificate the client does not trust (another CA pinned, or no pin:
+/// the public roots) is a typed `Tls` error on every HTTP call and a `TlsFailed` state
+/// with a `tls` event on MQTT, never the cache served as if the network were down. The
+/// same data path with the right CA pinned works (the positive control), and its cache
+/// is full, so a fallback to it would have been visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_a_typed_tls_error_not_the_cache() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, _) = client(&server, dir.path(), "alice-tls");
+    alice.register("alice-tls", "alice-password").await.unwrap();
+    let conv = alice
+        .create_conversation("group", Some("pinned".into()), vec![])
+        .await
+        .unwrap();
+    assert_eq!(alice.conversations().await.unwrap().len(), 1);
+    alice.history(&conv.id, None, 50).await.unwrap();
+    alice.shutdown();
+    drop(alice);
+
+    let other_ca = common::tls::TestPki::mint().ca_pem;
+    for (what, pin, broker) in [
+        ("another CA pinned", Some(other_ca.clone()), server.mqtts()),
+        ("another CA pinned, wss", Some(other_ca), server.wss()),
+        ("no pin", None, server.mqtts()),
+    ] {
+        let cfg = ClientConfig {
+            pinned_ca_pem: pin,
+            broker_url: broker,
+            ..config(&server, dir.path(), "alice-tls")
+        };
+        let c = Client::new(cfg, tokio::runtime::Handle::current()).unwrap();
+        let rec = Arc::new(Recorder::default());
+        c.set_listener(rec.clone());
+        assert!(c.session().await.is_some(), "{what}: the session is stored");
+        assert_eq!(c.cached_conversations().unwrap().len(), 1, "{what}");
+        let err = c.conversations().await;
+        assert!(matches!(err, Err(SdkError::Tls { .. })), "{what}: {err:?}");
+        let err = c.history(&conv.id, None, 50).await;
+        assert!(matches!(err, Err(SdkError::Tls { .. })), "{what}: {err:?}");
+        let err = c.login("alice-tls", "alice-password").await;
+        assert!(matches!(err, Err(SdkError::Tls { .. })), "{what}: {err:?}");
+        c.connect().await.unwrap();
+        rec.wait_for("TlsFailed and a tls event", |evs| {
+            let failed = evs.iter().any(|e| {
+                matches!(
+                    e,
+                    ClientEvent::ConnectionState {
+                        state: ConnectionState::TlsFailed
+                    }
+                )
+            });
+            let event = evs
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Error { code, .. } if code == "tls"));
+            (failed && event).then_some(())
+        })
+        .await;
+        assert!(
+            !rec.all().iter().any(|e| matches!(
+                e,
+                ClientEvent::ConnectionState {
+                    state: ConnectionState::Connected
+                }
+            )),
+            "{what}: connected through an untrusted certificate"
+        );
+        c.shutdown();
+    }
+
+    // An https:// URL at a port that speaks plain HTTP is a TLS error too.
+    let plain = ClientConfig {
+        http_url: format!("https://127.0.0.1:{}", server.http_port),
+        ..config(&server, dir.path(), "alice-tls")
+    };
+    let c = Client::new(plain, tokio::runtime::Handle::current()).unwrap();
+    let err = c.conversations().await;
+    assert!(matches!(err, Err(SdkError::Tls { .. })), "{err:?}");
+    c.shutdown();
+
+    // Positive control: the right CA on the same data path.
+    let (again, rec) = client(&server, dir.path(), "alice-tls");
+    assert_eq!(again.conversations().await.unwrap().len(), 1);
+    again.connect().await.unwrap();
+    rec.connected().await;
+    again.shutdown();
 }

@@ -23,6 +23,15 @@ fn swift_header_links_against_the_library() {
     }
     let swift = std::fs::read_to_string(out.path().join("TidingsSDK.swift")).unwrap();
     assert!(swift.contains("func sendText(") && swift.contains("async throws"));
+    // What Package.swift's binaryTarget provides is the module the Swift file imports,
+    // and the modulemap declares.
+    assert!(swift.contains("import TidingsSDKFFI"));
+    let modulemap = std::fs::read_to_string(out.path().join("TidingsSDKFFI.modulemap")).unwrap();
+    assert!(modulemap.contains("module TidingsSDKFFI"), "{modulemap}");
+    // The foreign keystore trait is exported.
+    assert!(
+        swift.contains("protocol SecretStoreProtocol") || swift.contains("protocol SecretStore")
+    );
     let lib = common::sdk_library();
     let res = Command::new("python3")
         .arg(concat!(
@@ -41,4 +50,24 @@ fn swift_header_links_against_the_library() {
     );
     let n: usize = stdout.split_whitespace().next().unwrap().parse().unwrap();
     assert!(n > 50, "only {n} symbols");
+}
+
+/// Package.swift, uniffi.toml and scripts/build-xcframework.sh agree on the paths and the
+/// FFI module name (the script's `--check`, which runs on any OS; the build needs Xcode).
+#[test]
+fn the_swift_package_inputs_are_consistent() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/build-xcframework.sh"
+    );
+    let res = Command::new("bash")
+        .arg(script)
+        .arg("--check")
+        .output()
+        .expect("run build-xcframework.sh");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }

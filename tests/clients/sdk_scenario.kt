@@ -53,12 +53,13 @@ fun check(cond: Boolean, msg: () -> String) {
 fun newClient(device: String): Pair<TidingsClient, Recorder> {
     val dir = Files.createTempDirectory("tidings-kt").toString()
     val cfg = ClientConfig(
+        // TLS only: the test harness's proxy, whose throwaway CA is pinned.
         httpUrl = System.getenv("TIDINGS_HTTP"),
-        mqttHost = "127.0.0.1",
-        mqttPort = System.getenv("TIDINGS_MQTT_PORT").toInt().toUShort(),
+        brokerUrl = System.getenv("TIDINGS_BROKER"),
         dataPath = dir,
         deviceId = device,
         keepAliveSecs = 30u,
+        pinnedCaPem = System.getenv("TIDINGS_CA_PEM"),
     )
     val c = TidingsClient(cfg)
     val rec = Recorder()
@@ -127,7 +128,7 @@ suspend fun scenario(): String {
     }
     delay(2000)
     check(ra.messages("queued one").size == 1 && ra.messages("queued two").size == 1) { "duplicates: ${ra.snapshot()}" }
-    val bodies = alice.history(conv.id, null, 50u).map { it.body }
+    val bodies = alice.history(conv.id, null, 50u).messages.map { it.body }
     check(bodies.count { it == "queued one" } == 1 && bodies.count { it == "queued two" } == 1) { "history $bodies" }
     alice.shutdown()
     bob.shutdown()

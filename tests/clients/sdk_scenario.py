@@ -18,13 +18,15 @@ import traceback
 sys.path.insert(0, os.environ["TIDINGS_BINDINGS_DIR"])
 import tidings_core as t  # noqa: E402
 
+# TLS only: the test harness's proxy, whose throwaway CA is pinned.
 HTTP = os.environ["TIDINGS_HTTP"]
-MQTT_PORT = int(os.environ["TIDINGS_MQTT_PORT"])
+BROKER = os.environ["TIDINGS_BROKER"]
+CA_PEM = os.environ["TIDINGS_CA_PEM"]
 
 
 def config(path, device):
-    return t.ClientConfig(http_url=HTTP, mqtt_host="127.0.0.1", mqtt_port=MQTT_PORT,
-                          data_path=path, device_id=device, keep_alive_secs=30)
+    return t.ClientConfig(http_url=HTTP, broker_url=BROKER, data_path=path, device_id=device,
+                          keep_alive_secs=30, pinned_ca_pem=CA_PEM)
 
 
 class Recorder(t.TidingsListener):
@@ -68,6 +70,63 @@ class Recorder(t.TidingsListener):
     async def message(self, body):
         return await self.wait_for(f"message {body!r}", lambda e: e.message if (
             isinstance(e, t.ClientEvent.MESSAGE) and e.message.body == body) else None)
+
+
+class DictKeystore(t.SecretStore):
+    """The app's keystore (Keychain / Android Keystore on a device), here a dict."""
+
+    def __init__(self, locked=False):
+        self.items = {}
+        self.locked = locked
+
+    def get(self, key):
+        return self.items.get(key)
+
+    def set(self, key, value):
+        if self.locked:
+            raise t.SdkError.Keystore(detail="the keystore is locked")
+        self.items[key] = value
+
+    def delete(self, key):
+        self.items.pop(key, None)
+
+
+def file_bytes(path):
+    out = b""
+    for name in os.listdir(path):
+        with open(os.path.join(path, name), "rb") as f:
+            out += f.read()
+    return out
+
+
+async def keystore_checks(result):
+    """Tokens only in the foreign keystore, never in the data path; a keystore that
+    throws is a typed error; wipe() leaves nothing behind."""
+    dc = tempfile.mkdtemp()
+    store = DictKeystore()
+    carol = t.TidingsClient.with_secret_store(config(dc, "carol-py"), store)
+    await carol.register("carol", "carol-password")
+    await carol.create_conversation("group", "carol notes", [])
+    tokens = json.loads(store.items["tidings.session"])
+    on_disk = file_bytes(dc)
+    assert b"carol notes" in on_disk, "positive control: the cache is on disk"
+    for tok in (tokens["access_token"], tokens["refresh_token"]):
+        assert tok and tok.encode() not in on_disk, "a token is in the data path"
+    assert "tidings-secrets.json" not in os.listdir(dc)
+    carol.shutdown()
+    again = t.TidingsClient.with_secret_store(config(dc, "carol-py"), store)
+    assert (await again.session()).username == "carol"
+    await again.wipe()
+    assert os.listdir(dc) == [], os.listdir(dc)
+    assert store.items == {}, store.items
+    locked = t.TidingsClient.with_secret_store(config(tempfile.mkdtemp(), "dan-py"),
+                                               DictKeystore(locked=True))
+    try:
+        await locked.register("dan", "dan-password")
+        raise AssertionError("a locked keystore was ignored")
+    except t.SdkError.Keystore as e:
+        result["keystore_error"] = str(e)
+    locked.shutdown()
 
 
 def new_client(path, device):
@@ -120,7 +179,7 @@ async def scenario():
     except t.SdkError.InvalidArgument as e:
         result["typed_error"] = str(e)
 
-    history = await alice.history(conv.id, None, 50)
+    history = (await alice.history(conv.id, None, 50)).messages
     assert [m.body for m in history] == ["hello from python", "hi back"], history
 
     # Offline: bob queues two messages while disconnected; the server restarts.
@@ -159,11 +218,12 @@ async def scenario():
         await asyncio.sleep(0.1)
     await asyncio.sleep(2)
     assert len(ra.messages("after kill 1")) == 1 and len(ra.messages("after kill 2")) == 1
-    history = await alice.history(conv.id, None, 50)
+    history = (await alice.history(conv.id, None, 50)).messages
     bodies = [m.body for m in history]
     for b in ["queued one", "queued two", "after kill 1", "after kill 2"]:
         assert bodies.count(b) == 1, bodies
     result["bodies"] = bodies
+    await keystore_checks(result)
     alice.shutdown()
     bob2.shutdown()
     result["ok"] = True

@@ -6,6 +6,7 @@
 
 pub mod proxy;
 pub mod recorder;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ pub struct Server {
     child: Option<Child>,
     pub http_port: u16,
     pub mqtt_port: u16,
+    /// MQTT over WebSocket (plain; the proxy's `wss` port forwards here).
+    pub ws_port: u16,
+    /// The TLS-terminating proxy in front of the three ports (see `tls.rs`).
+    pub proxy: Option<tls::TlsProxy>,
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
     /// Extra environment (configuration) for every start of this server.
@@ -62,6 +67,8 @@ impl Server {
             child: None,
             http_port: 0,
             mqtt_port: 0,
+            ws_port: 0,
+            proxy: None,
             dir: tempfile::tempdir().expect("tempdir"),
             logs: Arc::default(),
             env: env
@@ -72,8 +79,12 @@ impl Server {
         for attempt in 0..5 {
             s.http_port = free_port();
             s.mqtt_port = free_port();
+            s.ws_port = free_port();
             match s.try_spawn() {
-                Ok(()) => return s,
+                Ok(()) => {
+                    s.proxy = Some(tls::TlsProxy::start(s.http_port, s.mqtt_port, s.ws_port));
+                    return s;
+                }
                 Err(logs) if attempt < 4 => eprintln!("retrying server start: {logs}"),
                 Err(logs) => panic!("tidings did not start:\n{logs}"),
             }
@@ -83,6 +94,37 @@ impl Server {
 
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The plain MQTT broker URL.
+    pub fn mqtt(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    fn proxy(&self) -> &tls::TlsProxy {
+        self.proxy
+            .as_ref()
+            .expect("the TLS proxy runs once the server started")
+    }
+
+    /// The HTTP API through the TLS proxy.
+    pub fn https(&self) -> String {
+        format!("https://127.0.0.1:{}", self.proxy().https_port)
+    }
+
+    /// MQTT over TLS through the proxy.
+    pub fn mqtts(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.proxy().mqtts_port)
+    }
+
+    /// MQTT over secure WebSocket through the proxy (the server's WS listener).
+    pub fn wss(&self) -> String {
+        format!("wss://localhost:{}/mqtt", self.proxy().wss_port)
+    }
+
+    /// The PEM of the throwaway CA that signed the proxy's certificate.
+    pub fn ca_pem(&self) -> String {
+        self.proxy().pki.ca_pem.clone()
     }
 
     fn try_spawn(&mut self) -> Result<(), String> {
@@ -98,7 +140,10 @@ impl Server {
                 "TIDINGS_MQTT_LISTEN",
                 format!("127.0.0.1:{}", self.mqtt_port),
             )
-            .env("TIDINGS_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .env(
+                "TIDINGS_MQTT_WS_LISTEN",
+                format!("127.0.0.1:{}", self.ws_port),
+            )
             .env("TIDINGS_AUTH_JWT_SECRET", TEST_JWT_SECRET)
             .env("TIDINGS_LOG_FILTER", "info,tower_http=warn,rumqttd=warn")
             .env("TIDINGS_DATA_DIR", self.dir.path().join("data"))
@@ -283,12 +328,15 @@ pub fn have_tool(tool: &str, version_arg: &str) -> bool {
 }
 
 /// Runs a scenario program that prints `RESTART` when it wants the server restarted
-/// (answered with `OK` on its stdin) and a JSON result as its last stdout line.
-pub fn drive(mut cmd: Command, server: &mut Server) -> serde_json::Value {
+/// (answered with `OK` on its stdin) and a JSON result as its last stdout line. The
+/// program talks TLS only, through the proxy: `TIDINGS_HTTP` (https), `TIDINGS_BROKER`
+/// (`broker`: the server's `mqtts()` or `wss()`) and `TIDINGS_CA_PEM` (the pinned CA).
+pub fn drive(mut cmd: Command, server: &mut Server, broker: &str) -> serde_json::Value {
     use std::io::Write;
     let mut child = cmd
-        .env("TIDINGS_HTTP", server.http())
-        .env("TIDINGS_MQTT_PORT", server.mqtt_port.to_string())
+        .env("TIDINGS_HTTP", server.https())
+        .env("TIDINGS_BROKER", broker)
+        .env("TIDINGS_CA_PEM", server.ca_pem())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

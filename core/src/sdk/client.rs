@@ -16,6 +16,7 @@ use crate::sdk::conn::{self, Input};
 use crate::sdk::error::{Result, SdkError};
 use crate::sdk::http::{q, Api};
 use crate::sdk::local::LocalStore;
+use crate::sdk::secrets::{FileSecretStore, SecretStore};
 use crate::sdk::types::*;
 
 /// Delivers events to the app's listener on one dedicated thread, in order, so a slow
@@ -92,6 +93,10 @@ impl Running {
 
 pub(crate) struct Inner {
     pub config: ClientConfig,
+    /// The parsed `broker_url`.
+    pub broker: crate::sdk::config::Broker,
+    /// The rustls configuration MQTT shares with HTTPS (built once: the root store).
+    pub tls: Arc<rustls::ClientConfig>,
     pub api: Api,
     pub local: Arc<LocalStore>,
     pub handle: tokio::runtime::Handle,
@@ -105,6 +110,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn tls(&self) -> rumqttc::TlsConfiguration {
+        rumqttc::TlsConfiguration::Rustls(self.tls.clone())
+    }
+
     pub(crate) fn set_state(&self, state: ConnectionState) {
         let mut cur = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if *cur != state {
@@ -144,17 +153,35 @@ pub(crate) fn check_id(field: &str, id: &str) -> Result<()> {
 }
 
 impl Client {
-    /// Opens the local store under `config.data_path`; spawns its tasks on `handle`.
+    /// Opens the local store under `config.data_path`, with the session's tokens in a
+    /// 0600 file there ([`FileSecretStore`]); spawns its tasks on `handle`. Mobile apps
+    /// use [`Client::with_secret_store`] and the platform's keystore.
     pub fn new(config: ClientConfig, handle: tokio::runtime::Handle) -> Result<Client> {
+        let path = std::path::Path::new(&config.data_path).join(crate::sdk::local::SECRETS_FILE);
+        Client::with_secret_store(config, handle, Arc::new(FileSecretStore::new(path)))
+    }
+
+    /// Like [`Client::new`], with the session's tokens in `secrets` (the app's keystore)
+    /// and nowhere in the data path.
+    pub fn with_secret_store(
+        config: ClientConfig,
+        handle: tokio::runtime::Handle,
+        secrets: Arc<dyn SecretStore>,
+    ) -> Result<Client> {
         config.validate()?;
-        let local = Arc::new(LocalStore::open(
+        let local = Arc::new(LocalStore::open_with(
             std::path::Path::new(&config.data_path),
             &config.db_file(),
+            secrets,
         )?);
-        let api = Api::new(config.base_url(), &config.device_id, local.clone())?;
+        let api = Api::new(&config, local.clone())?;
+        let broker = config.broker()?;
+        let tls = Arc::new(config.tls_config()?);
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
+                broker,
+                tls,
                 api,
                 local,
                 handle,
@@ -289,6 +316,17 @@ impl Client {
     pub async fn logout(&self) -> Result<()> {
         self.disconnect();
         self.inner.api.logout().await
+    }
+
+    /// Deletes everything this client kept on the device, logged in or not: the tokens
+    /// in the secret store, the database file with its WAL and shared-memory files (and
+    /// the file store's file). Local only: the server session is not ended (call
+    /// `logout` first when online). The client is shut down afterwards; create a new one
+    /// to start over.
+    pub async fn wipe(&self) -> Result<()> {
+        self.shutdown();
+        self.inner.api.forget().await;
+        self.inner.local.destroy()
     }
 
     async fn me(&self) -> Result<String> {

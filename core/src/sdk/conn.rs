@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -27,6 +27,7 @@ use crate::protocol::event::{
 };
 use crate::protocol::{topics, Codec, JsonCodec, Topic};
 use crate::sdk::client::Inner;
+use crate::sdk::config::BrokerTransport;
 use crate::sdk::error::{Result, SdkError};
 use crate::sdk::types::*;
 
@@ -115,14 +116,19 @@ pub(crate) fn spawn(
 }
 
 /// MqttOptions from a validated config; none of the setters used here can panic with
-/// these values (keep-alive ≥ 1 s, non-empty client id, in-flight > 0).
+/// these values (keep-alive ≥ 1 s, non-empty client id, in-flight > 0). WebSocket
+/// transports dial the whole URL (rumqttc reads host and port from it).
 fn options(inner: &Inner, me: &str, token: String) -> MqttOptions {
     let cfg = &inner.config;
-    let mut o = MqttOptions::new(
-        format!("{me}:{}", cfg.device_id),
-        cfg.mqtt_host.clone(),
-        cfg.mqtt_port,
-    );
+    let broker = &inner.broker;
+    let (addr, transport) = match broker.transport {
+        BrokerTransport::Tcp => (broker.host.clone(), Transport::Tcp),
+        BrokerTransport::Tls => (broker.host.clone(), Transport::Tls(inner.tls())),
+        BrokerTransport::Ws => (broker.url.clone(), Transport::Ws),
+        BrokerTransport::Wss => (broker.url.clone(), Transport::Wss(inner.tls())),
+    };
+    let mut o = MqttOptions::new(format!("{me}:{}", cfg.device_id), addr, broker.port);
+    o.set_transport(transport);
     o.set_keep_alive(cfg.keep_alive())
         .set_credentials(me, token)
         .set_clean_session(true)
@@ -132,9 +138,34 @@ fn options(inner: &Inner, me: &str, token: String) -> MqttOptions {
     o
 }
 
+/// Whether a failed MQTT attempt was TLS refusing the server (certificate not trusted,
+/// wrong name, not TLS at all) rather than the network.
+fn mqtt_tls_failure(e: &ConnectionError) -> Option<String> {
+    match e {
+        ConnectionError::Tls(t) => Some(t.to_string()),
+        other => crate::sdk::error::tls_cause(other),
+    }
+}
+
+/// A TLS failure is shown, not retried into silence: the state becomes `TlsFailed` and
+/// one `tls` error event says why (once per streak). Retrying goes on with backoff,
+/// since a captive portal or a proxy mid-change fails the handshake too.
+fn report_tls(inner: &Inner, reported: &mut bool, detail: &str) {
+    inner.set_state(ConnectionState::TlsFailed);
+    if !*reported {
+        *reported = true;
+        inner.events.emit(ClientEvent::Error {
+            client_id: None,
+            code: "tls".into(),
+            detail: detail.to_owned(),
+        });
+    }
+}
+
 async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSender<Input>) {
     let mut attempt: u32 = 0;
     let mut failures: u32 = 0;
+    let mut tls_reported = false;
     loop {
         inner.set_state(ConnectionState::Connecting);
         let force = failures >= 2 && inner.api.token_rejected().await;
@@ -149,8 +180,11 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
                 inner.set_state(ConnectionState::LoggedOut);
                 return;
             }
-            Err(_) => {
-                inner.set_state(ConnectionState::WaitingToRetry);
+            Err(e) => {
+                match e {
+                    SdkError::Tls { detail } => report_tls(&inner, &mut tls_reported, &detail),
+                    _ => inner.set_state(ConnectionState::WaitingToRetry),
+                }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt = attempt.saturating_add(1);
                 continue;
@@ -161,12 +195,14 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
         let mut connected = false;
         let mut connected_at: Option<Instant> = None;
         let mut inbox_pending = false;
+        let mut tls_failure = None;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     connected_at = Some(Instant::now());
                     failures = 0;
+                    tls_reported = false;
                     inner
                         .subscribed
                         .lock()
@@ -186,6 +222,9 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "tidings sdk: mqtt connection ended");
+                    if !connected {
+                        tls_failure = mqtt_tls_failure(&e);
+                    }
                     break;
                 }
             }
@@ -198,7 +237,10 @@ async fn connection_loop(inner: Arc<Inner>, me: String, tx: mpsc::UnboundedSende
         if connected_at.is_some_and(|at| at.elapsed() >= STABLE_AFTER) {
             attempt = 0;
         }
-        inner.set_state(ConnectionState::WaitingToRetry);
+        match tls_failure {
+            Some(detail) => report_tls(&inner, &mut tls_reported, &detail),
+            None => inner.set_state(ConnectionState::WaitingToRetry),
+        }
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
     }

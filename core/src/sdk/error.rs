@@ -19,6 +19,15 @@ pub enum SdkError {
     /// The server could not be reached or the connection broke.
     #[error("network error: {detail}")]
     Network { detail: String },
+    /// The TLS handshake failed: the server's certificate is not trusted (not signed by
+    /// the pinned CA or a public root, wrong host name, expired) or the other end does
+    /// not speak TLS. Not retried into silence: check `pinned_ca_pem` and the URLs.
+    #[error("TLS error: {detail}")]
+    Tls { detail: String },
+    /// The app's secret store (Keychain, Android Keystore, or the SDK's file store)
+    /// failed to read, write or delete the session's tokens.
+    #[error("secret store error: {detail}")]
+    Keystore { detail: String },
     /// The server answered with an error.
     #[error("server error {status} ({code}): {detail}")]
     Server {
@@ -50,6 +59,50 @@ impl SdkError {
             code: code.into(),
             detail: detail.into(),
         }
+    }
+}
+
+/// The rustls error somewhere in `err`'s chain, if any. `io::Error::source()` skips the
+/// error it wraps (tokio-rustls reports handshake failures as an `io::Error` around a
+/// `rustls::Error`), so each link's wrapped error is looked at too.
+pub(crate) fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(t) = tls_cause(inner) {
+                    return Some(t);
+                }
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl SdkError {
+    /// A transport failure: [`SdkError::Tls`] when TLS refused it, else `Network`.
+    pub(crate) fn transport(err: &(dyn std::error::Error + 'static)) -> Self {
+        match tls_cause(err) {
+            Some(detail) => SdkError::Tls { detail },
+            None => SdkError::network(err),
+        }
+    }
+}
+
+impl From<reqwest::Error> for SdkError {
+    fn from(e: reqwest::Error) -> Self {
+        SdkError::transport(&e)
+    }
+}
+
+/// A foreign secret store that throws something other than [`SdkError`].
+impl From<uniffi::UnexpectedUniFFICallbackError> for SdkError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        SdkError::Keystore { detail: e.reason }
     }
 }
 

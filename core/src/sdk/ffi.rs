@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::sdk::client::Client;
 use crate::sdk::config::ClientConfig;
 use crate::sdk::error::{Result, SdkError};
+use crate::sdk::secrets::SecretStore;
 use crate::sdk::types::*;
 
 #[derive(uniffi::Object)]
@@ -55,12 +56,8 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-#[uniffi::export]
 impl TidingsClient {
-    /// Opens the local store and starts the SDK's runtime. Nothing touches the network
-    /// until `login`/`connect`.
-    #[uniffi::constructor]
-    pub fn new(config: ClientConfig) -> Result<Arc<Self>> {
+    fn build(config: ClientConfig, secrets: Option<Arc<dyn SecretStore>>) -> Result<Arc<Self>> {
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -71,13 +68,43 @@ impl TidingsClient {
         let handle = runtime.handle().clone();
         let client = {
             let _guard = runtime.enter();
-            Client::new(config, handle.clone())?
+            match secrets {
+                Some(s) => Client::with_secret_store(config, handle.clone(), s)?,
+                None => Client::new(config, handle.clone())?,
+            }
         };
         Ok(Arc::new(TidingsClient {
             runtime: Mutex::new(Some(runtime)),
             handle,
             client,
         }))
+    }
+}
+
+#[uniffi::export]
+impl TidingsClient {
+    /// Opens the local store and starts the SDK's runtime. Nothing touches the network
+    /// until `login`/`connect`.
+    #[uniffi::constructor]
+    pub fn new(config: ClientConfig) -> Result<Arc<Self>> {
+        TidingsClient::build(config, None)
+    }
+
+    /// Like `new`, with the session's tokens in the app's keystore (`secrets`: iOS
+    /// Keychain, Android Keystore-backed storage) instead of a 0600 file in the data
+    /// path. The SQLite file then holds no token.
+    #[uniffi::constructor]
+    pub fn with_secret_store(
+        config: ClientConfig,
+        secrets: Arc<dyn SecretStore>,
+    ) -> Result<Arc<Self>> {
+        TidingsClient::build(config, Some(secrets))
+    }
+
+    /// Deletes all local data (tokens, database files), logged in or not, and shuts the
+    /// client down. The server session is not ended: `logout` first when online.
+    pub async fn wipe(&self) -> Result<()> {
+        self.run(|c| async move { c.wipe().await }).await
     }
 
     pub fn set_listener(&self, listener: Arc<dyn TidingsListener>) {

@@ -10,6 +10,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::sdk::config::ClientConfig;
 use crate::sdk::error::{Result, SdkError};
 use crate::sdk::local::{LocalStore, StoredSession};
 use crate::sdk::types::SessionInfo;
@@ -55,8 +56,14 @@ async fn error_of(res: reqwest::Response) -> SdkError {
 }
 
 impl Api {
-    pub fn new(base: &str, device_id: &str, local: Arc<LocalStore>) -> Result<Api> {
+    pub fn new(config: &ClientConfig, local: Arc<LocalStore>) -> Result<Api> {
+        let (base, device_id) = (config.base_url(), config.device_id.as_str());
+        let https = base.starts_with("https://");
         let http = reqwest::Client::builder()
+            // The SDK's one rustls configuration (pinned CA or Mozilla's roots); an
+            // https:// API is never followed to http:// by a redirect.
+            .use_preconfigured_tls(config.tls_config()?)
+            .https_only(https)
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -127,8 +134,7 @@ impl Api {
             .post(self.url(path))
             .json(&json!({"username": username, "password": password, "device_id": self.device_id}))
             .send()
-            .await
-            .map_err(SdkError::network)?;
+            .await?;
         if !res.status().is_success() {
             return Err(error_of(res).await);
         }
@@ -160,6 +166,11 @@ impl Api {
             expires_at: now_secs() + expires_in,
         })
         .await
+    }
+
+    /// Drops the session from memory (the stores are the caller's business).
+    pub async fn forget(&self) {
+        self.session.lock().await.take();
     }
 
     pub async fn logout(&self) -> Result<()> {
@@ -195,8 +206,7 @@ impl Api {
             .post(self.url("/v1/auth/refresh"))
             .json(&json!({"refresh_token": current.refresh_token}))
             .send()
-            .await
-            .map_err(SdkError::network)?;
+            .await?;
         if !res.status().is_success() {
             let err = error_of(res).await;
             if matches!(err, SdkError::Auth { .. }) {
@@ -244,11 +254,7 @@ impl Api {
         let mut force = false;
         loop {
             let token = self.access_token(force).await?;
-            let res = build()
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(SdkError::network)?;
+            let res = build().bearer_auth(token).send().await?;
             if res.status() == StatusCode::UNAUTHORIZED && !force {
                 force = true;
                 continue;

@@ -3,20 +3,22 @@
 //! answers). One file per data path; a new client on the same path (after a crash or a
 //! kill) finds the outbox and resends it with the same ids.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Command;
 use crate::sdk::error::{Result, SdkError};
+use crate::sdk::secrets::{FileSecretStore, SecretStore, SESSION_SECRET_KEY};
 use crate::sdk::types::{Conversation, Message, ReactionCount, ReplyPreview};
 
 /// How many messages per conversation the cache keeps.
 pub const CACHED_MESSAGES_PER_CONVERSATION: i64 = 500;
 
-/// Stored tokens.
+/// The session: tokens (kept in the [`SecretStore`]) and who they belong to (kept in
+/// the SQLite file, without the tokens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSession {
     pub user_id: String,
@@ -34,13 +36,44 @@ pub struct OutboxEntry {
     pub command: Command,
 }
 
-pub struct LocalStore {
-    conn: Mutex<Connection>,
+/// What the SQLite file keeps of a session. Files written before the tokens moved to
+/// the secret store also hold `access_token` and `refresh_token`; they are moved out
+/// at the first read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRow {
+    user_id: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
 }
 
+/// The tokens, as kept under [`SESSION_SECRET_KEY`].
+#[derive(Serialize, Deserialize)]
+struct Tokens {
+    access_token: String,
+    refresh_token: String,
+}
+
+pub struct LocalStore {
+    conn: Mutex<Connection>,
+    file: PathBuf,
+    secrets: Arc<dyn SecretStore>,
+}
+
+/// The file store's name inside the data path (when the app gives no keystore).
+pub const SECRETS_FILE: &str = "tidings-secrets.json";
+
+// secure_delete: a deleted row (a legacy session with its tokens, a wiped account) is
+// overwritten with zeros, not left in free pages of the file.
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
+PRAGMA secure_delete = ON;
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     pos INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -143,8 +176,15 @@ fn prune(c: &Connection, conv: &str) -> rusqlite::Result<()> {
 }
 
 impl LocalStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with the tokens in a [`FileSecretStore`]
+    /// next to it.
     pub fn open(dir: &Path, file: &Path) -> Result<LocalStore> {
+        let secrets = Arc::new(FileSecretStore::new(dir.join(SECRETS_FILE)));
+        LocalStore::open_with(dir, file, secrets)
+    }
+
+    /// Opens (or creates) the store in `dir`, with the tokens in `secrets`.
+    pub fn open_with(dir: &Path, file: &Path, secrets: Arc<dyn SecretStore>) -> Result<LocalStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
             SdkError::config(format!("data_path {} is not writable: {e}", dir.display()))
         })?;
@@ -153,7 +193,35 @@ impl LocalStore {
         conn.execute_batch(SCHEMA)?;
         Ok(LocalStore {
             conn: Mutex::new(conn),
+            file: file.to_path_buf(),
+            secrets,
         })
+    }
+
+    /// Deletes everything this store kept: the tokens, then the database file and its
+    /// WAL and shared-memory files (the connection is closed first and replaced by an
+    /// empty in-memory one, so later calls see an empty store and recreate nothing).
+    pub fn destroy(&self) -> Result<()> {
+        self.secrets.delete(SESSION_SECRET_KEY.to_owned())?;
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let memory = Connection::open_in_memory()?;
+        memory.execute_batch(SCHEMA)?;
+        let old = std::mem::replace(&mut *conn, memory);
+        old.close().map_err(|(_, e)| e)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = self.file.clone().into_os_string();
+            name.push(suffix);
+            match std::fs::remove_file(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SdkError::Storage {
+                        detail: format!("remove {}: {e}", PathBuf::from(name).display()),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -179,11 +247,45 @@ impl LocalStore {
         })
     }
 
+    /// The session: who from the SQLite file, the tokens from the secret store. No
+    /// tokens there (the keystore was reset, another device restored a backup) is no
+    /// session. A row from before the secret store is migrated: tokens moved out, the
+    /// row rewritten without them.
     pub fn session(&self) -> Result<Option<StoredSession>> {
-        match self.get("session")? {
-            Some(s) => Ok(serde_json::from_str(&s).ok()),
-            None => Ok(None),
+        let Some(raw) = self.get("session")? else {
+            return Ok(None);
+        };
+        let Ok(mut row) = serde_json::from_str::<SessionRow>(&raw) else {
+            return Ok(None);
+        };
+        if let (Some(access_token), Some(refresh_token)) =
+            (row.access_token.take(), row.refresh_token.take())
+        {
+            self.put_tokens(&access_token, &refresh_token)?;
+            self.put("session", &serde_json::to_string(&row)?)?;
+            self.with(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))?;
         }
+        let Some(tokens) = self.secrets.get(SESSION_SECRET_KEY.to_owned())? else {
+            return Ok(None);
+        };
+        let Ok(tokens) = serde_json::from_str::<Tokens>(&tokens) else {
+            return Ok(None);
+        };
+        Ok(Some(StoredSession {
+            user_id: row.user_id,
+            username: row.username,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_at: row.expires_at,
+        }))
+    }
+
+    fn put_tokens(&self, access_token: &str, refresh_token: &str) -> Result<()> {
+        let tokens = serde_json::to_string(&Tokens {
+            access_token: access_token.to_owned(),
+            refresh_token: refresh_token.to_owned(),
+        })?;
+        self.secrets.set(SESSION_SECRET_KEY.to_owned(), tokens)
     }
 
     /// Saves tokens. A different user than the one the local data belongs to wipes
@@ -198,18 +300,30 @@ impl LocalStore {
         if owner.as_deref() != Some(s.user_id.as_str()) {
             self.put("owner", &s.user_id)?;
         }
-        self.put("session", &serde_json::to_string(s)?)
+        // Tokens first: a session row without tokens reads as no session, the reverse
+        // would pair the new tokens with the old row's user.
+        self.put_tokens(&s.access_token, &s.refresh_token)?;
+        let row = SessionRow {
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+            expires_at: s.expires_at,
+            access_token: None,
+            refresh_token: None,
+        };
+        self.put("session", &serde_json::to_string(&row)?)
     }
 
     pub fn clear_session(&self) -> Result<()> {
         self.with(|c| {
             c.execute("DELETE FROM kv WHERE key = 'session'", [])
                 .map(drop)
-        })
+        })?;
+        self.secrets.delete(SESSION_SECRET_KEY.to_owned())
     }
 
-    /// Forgets the account: session, outbox, cache and inbox position.
+    /// Forgets the account: tokens, session, outbox, cache and inbox position.
     pub fn wipe(&self) -> Result<()> {
+        self.secrets.delete(SESSION_SECRET_KEY.to_owned())?;
         self.with(|c| {
             c.execute_batch(
                 "DELETE FROM kv; DELETE FROM outbox; DELETE FROM conversations; DELETE FROM messages; \
@@ -661,6 +775,40 @@ mod tests {
         .unwrap();
         assert!(s.outbox().unwrap().is_empty());
         assert_eq!(s.last_iseq().unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file written before the secret store: its tokens move to the store at the
+    /// first read and are gone from the database's bytes (secure_delete, checkpoint).
+    #[test]
+    fn a_legacy_session_row_moves_its_tokens_to_the_secret_store() {
+        let dir = tempfile_dir();
+        let file = dir.join("db.sqlite3");
+        let s = LocalStore::open(&dir, &file).unwrap();
+        s.put(
+            "session",
+            r#"{"user_id":"u1","username":"a","access_token":"ACCESS-LEGACY-123","refresh_token":"REFRESH-LEGACY-456","expires_at":9}"#,
+        )
+        .unwrap();
+        let grep = |needle: &str| {
+            ["", "-wal"].iter().any(|suffix| {
+                let bytes =
+                    std::fs::read(format!("{}{suffix}", file.display())).unwrap_or_default();
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+        };
+        assert!(
+            grep("REFRESH-LEGACY-456"),
+            "positive control: the legacy row is on disk"
+        );
+        let session = s.session().unwrap().unwrap();
+        assert_eq!(session.refresh_token, "REFRESH-LEGACY-456");
+        assert_eq!(session.expires_at, 9);
+        assert!(!grep("REFRESH-LEGACY-456") && !grep("ACCESS-LEGACY-123"));
+        let secrets = std::fs::read_to_string(dir.join(SECRETS_FILE)).unwrap();
+        assert!(secrets.contains("REFRESH-LEGACY-456"));
+        // Read again (no legacy fields now): the same session.
+        assert_eq!(s.session().unwrap(), Some(session));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -313,6 +313,11 @@ pub enum ConnectionState {
     WaitingToRetry,
     /// The session is over (refresh refused): log in again.
     LoggedOut,
+    /// The last attempt failed the TLS handshake (the server's certificate is not
+    /// trusted, or it does not speak TLS); a `tls` error event says why. Still retrying
+    /// with backoff (a captive portal causes this too), but a wrong `pinned_ca_pem` or
+    /// URL will not fix itself.
+    TlsFailed,
 }
 
 /// Everything the SDK tells the app, through [`TidingsListener`].
