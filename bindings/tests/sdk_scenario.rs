@@ -282,7 +282,13 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
     let seen_before = bob.last_inbox_seq().unwrap();
     bob.connect().await.unwrap();
     wait_message(&rec_b, "while you were away").await;
-    assert!(bob.last_inbox_seq().unwrap() > seen_before);
+    // The position moves right after the event is applied (never before: a crash in
+    // between must not skip it).
+    rec_b
+        .wait_for("the inbox position to move", |_| {
+            (bob.last_inbox_seq().unwrap() > seen_before).then_some(())
+        })
+        .await;
     wait_message(&rec_a, "queued one").await;
     wait_message(&rec_a, "queued two").await;
     rec_b

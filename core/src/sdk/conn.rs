@@ -106,6 +106,7 @@ pub(crate) fn spawn(
             resync: false,
             sync_failure_reported: false,
             tx: tx.downgrade(),
+            ahead: Default::default(),
             sent: HashMap::new(),
             queue: SendQueue::default(),
         }
@@ -357,6 +358,9 @@ struct Processor {
     resync: bool,
     /// `sync_failed` was reported for the current outage (reported once, not per retry).
     sync_failure_reported: bool,
+    /// Inbox seqs of new messages that arrived live across a gap and were applied at
+    /// once (the app sees them without waiting for the sync); the sync skips them.
+    ahead: std::collections::BTreeSet<u64>,
     /// For the background tasks' results (weak: the loop ends when the client stops).
     tx: mpsc::WeakUnboundedSender<Input>,
     /// When each outbox entry was last published on this connection.
@@ -476,9 +480,21 @@ impl Processor {
         for event in events {
             let Some(iseq) = event.seq else { continue };
             if iseq > self.inner.local.last_iseq().unwrap_or(0) {
-                self.apply(event.body).await;
-                let _ = self.inner.local.set_last_iseq(iseq);
+                self.apply_in_order(iseq, event.body).await;
             }
+        }
+    }
+
+    /// Applies the next inbox event (unless it was applied ahead) and moves the
+    /// position past it.
+    async fn apply_in_order(&mut self, iseq: u64, body: EventBody) {
+        if !self.ahead.remove(&iseq) {
+            self.apply(body).await;
+        }
+        let _ = self.inner.local.set_last_iseq(iseq);
+        let passed: Vec<u64> = self.ahead.range(..=iseq).copied().collect();
+        for old in passed {
+            self.ahead.remove(&old);
         }
     }
 
@@ -665,12 +681,18 @@ impl Processor {
                             return; // already applied (sync overlap or duplicate)
                         }
                         if iseq > last + 1 {
-                            // A gap: fetch everything missed, this event included.
+                            // A gap: fetch everything missed. A new message is shown at
+                            // once (it depends on nothing before it); other events wait
+                            // for the sync, which brings them in order.
+                            if matches!(event.body, EventBody::Message(_))
+                                && self.ahead.insert(iseq)
+                            {
+                                self.apply(event.body).await;
+                            }
                             self.start_sync();
                             return;
                         }
-                        self.apply(event.body).await;
-                        let _ = self.inner.local.set_last_iseq(iseq);
+                        self.apply_in_order(iseq, event.body).await;
                     }
                     (None, Some(re)) => self.on_reply(re, event.body),
                     (None, None) => {
