@@ -270,7 +270,9 @@ impl Recorder {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let found = self.0.lock().unwrap().iter().find_map(|e| match e {
-                ClientEvent::Message { message } if message.body == body => Some(message.clone()),
+                ClientEvent::Message { message, .. } if message.body == body => {
+                    Some(message.clone())
+                }
                 _ => None,
             });
             if let Some(m) = found {

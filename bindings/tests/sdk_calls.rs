@@ -106,7 +106,13 @@ async fn the_calls_around_chat_work_against_the_server() {
         None
     );
 
-    // Invitations: carol lets nobody add her, so alice's add becomes an invitation.
+    // Invitations: carol lets nobody add her, so alice's add becomes an invitation,
+    // which reaches her live too.
+    let (carol_live, carol_rec) = client(&server, dirs[2].path(), "carol-phone");
+    drop(carol);
+    let carol = carol_live;
+    carol.connect().await.unwrap();
+    carol_rec.state(ConnectionState::Connected).await;
     let carol_token = server.access_token("carol", "carol-password").await;
     let res = reqwest::Client::new()
         .patch(format!("{}/v1/me", server.http()))
@@ -126,6 +132,22 @@ async fn the_calls_around_chat_work_against_the_server() {
         .find(|i| i.conversation_id == group.id)
         .expect("an invitation");
     assert_eq!(invitation.invited_by, a.user_id);
+    let live = carol_rec
+        .wait_for("the invitation event", |evs| {
+            evs.iter().find_map(|e| match e {
+                ClientEvent::Invitation { invitation } => Some(invitation.clone()),
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(
+        (
+            live.id.as_str(),
+            live.conversation_id.as_str(),
+            live.name.as_deref()
+        ),
+        (invitation.id.as_str(), group.id.as_str(), Some("calls"))
+    );
     carol.answer_invitation(&invitation.id, true).await.unwrap();
     assert!(role_of(&alice.members(&group.id).await.unwrap(), &c.user_id).is_some());
     assert!(carol.invitations().await.unwrap().is_empty());
@@ -350,6 +372,104 @@ async fn a_cancelled_upload_stops_sending_and_sends_no_message() {
         .await
         .unwrap();
     bob_rec.message("after the cancel").await;
+    alice.shutdown();
+    bob.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out() {
+    let server = Server::start();
+    // Alice's MQTT link holds every packet 1 s, so a published message stays unacked
+    // for a while.
+    let (slow_mqtt, _) =
+        common::proxy::slow(server.mqtt_port, 1 << 16, Duration::from_millis(1000)).await;
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = Client::new(
+        ClientConfig::new(
+            server.http(),
+            format!("mqtt://127.0.0.1:{slow_mqtt}"),
+            alice_dir.path().to_string_lossy(),
+            "alice-phone",
+        ),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let alice_rec = Arc::new(Recorder::default());
+    alice.set_listener(alice_rec.clone());
+    let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
+    alice.register("alice", "alice-password").await.unwrap();
+    let b = bob.register("bob", "bob-password").await.unwrap();
+    bob.connect().await.unwrap();
+    bob_rec.state(ConnectionState::Connected).await;
+    let conv = alice
+        .create_conversation("direct", None, vec![b.user_id.clone()])
+        .await
+        .unwrap();
+
+    // Offline: queued with their content, in order, and editable.
+    let first = alice
+        .send_text(&conv.id, "first draft", None, vec![])
+        .await
+        .unwrap();
+    let second = alice
+        .send_text(&conv.id, "second", None, vec![b.user_id.clone()])
+        .await
+        .unwrap();
+    let pending = alice.pending_messages().unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (p.client_id.as_str(), p.body.as_str(), p.sent))
+            .collect::<Vec<_>>(),
+        vec![
+            (first.as_str(), "first draft", false),
+            (second.as_str(), "second", false)
+        ]
+    );
+    assert_eq!(pending[1].mentions, vec![b.user_id.clone()]);
+    alice.edit_pending(&first, "first, edited").unwrap();
+    assert!(matches!(
+        alice.edit_pending(&first, ""),
+        Err(SdkError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        alice.edit_pending("nope", "x"),
+        Err(SdkError::InvalidArgument { ref code, .. }) if code == "not_found"
+    ));
+
+    // Online: once handed to the network it can no longer be edited.
+    alice.connect().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !alice
+        .pending_messages()
+        .unwrap()
+        .iter()
+        .any(|p| p.client_id == first && p.sent)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first message never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let late = alice.edit_pending(&first, "too late");
+    assert!(
+        matches!(late, Err(SdkError::InvalidArgument { ref code, .. }) if code == "already_sent"),
+        "{late:?}"
+    );
+    // Bob gets the edited text, never the draft or the late edit.
+    let got = bob_rec.message("first, edited").await;
+    assert_eq!(got.client_msg_id, first);
+    bob_rec.message("second").await;
+    assert!(!bob_rec.got_message("first draft") && !bob_rec.got_message("too late"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !alice.pending_messages().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     alice.shutdown();
     bob.shutdown();
 }

@@ -87,9 +87,20 @@ async fn live_traffic_and_the_outbox_go_first_while_catching_up_is_slow() {
     let live_sent = Instant::now();
     alice_rec.message("live").await;
     let live_in = live_sent.elapsed();
-    // Catching up still happens, in the background.
+    // Catching up still happens, in the background, and says so.
     alice_rec.message("missed").await;
     let synced = start.elapsed();
+    let historical = |body: &str| {
+        alice_rec.all().iter().find_map(|e| match e {
+            ClientEvent::Message {
+                message,
+                historical,
+            } if message.body == body => Some(*historical),
+            _ => None,
+        })
+    };
+    assert_eq!(historical("missed"), Some(true));
+    assert_eq!(historical("live"), Some(false));
     eprintln!(
         "connected {connected:?}, queued delivered {queued_out:?}, live in {live_in:?}, synced {synced:?}"
     );

@@ -59,7 +59,7 @@ impl Recorder {
         self.all()
             .into_iter()
             .filter_map(|e| match e {
-                ClientEvent::Message { message } if message.body == body => Some(message),
+                ClientEvent::Message { message, .. } if message.body == body => Some(message),
                 _ => None,
             })
             .collect()
@@ -95,7 +95,7 @@ async fn wait_message(rec: &Recorder, body: &str) -> Message {
     let body = body.to_owned();
     rec.wait_for(&format!("message {body:?}"), |evs| {
         evs.iter().find_map(|e| match e {
-            ClientEvent::Message { message } if message.body == body => Some(message.clone()),
+            ClientEvent::Message { message, .. } if message.body == body => Some(message.clone()),
             _ => None,
         })
     })
@@ -275,7 +275,7 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
     rec_a
         .wait_for("own message stored", |evs| {
             evs.iter()
-                .any(|e| matches!(e, ClientEvent::Message { message } if message.body == "while you were away"))
+                .any(|e| matches!(e, ClientEvent::Message { message, .. } if message.body == "while you were away"))
                 .then_some(())
         })
         .await;
@@ -517,7 +517,7 @@ async fn a_gap_in_the_inbox_sequence_triggers_a_sync() {
             let n = evs
                 .iter()
                 .filter(
-                    |e| matches!(e, ClientEvent::Message { message } if message.body == "lost one"),
+                    |e| matches!(e, ClientEvent::Message { message, .. } if message.body == "lost one"),
                 )
                 .count();
             (n == 2).then_some(())

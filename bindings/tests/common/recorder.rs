@@ -57,7 +57,9 @@ impl Recorder {
     pub async fn message(&self, body: &str) -> Message {
         self.wait_for(&format!("message {body:?}"), |evs| {
             evs.iter().find_map(|e| match e {
-                ClientEvent::Message { message } if message.body == body => Some(message.clone()),
+                ClientEvent::Message { message, .. } if message.body == body => {
+                    Some(message.clone())
+                }
                 _ => None,
             })
         })
@@ -72,5 +74,5 @@ impl Recorder {
 pub fn has_message(events: &[ClientEvent], body: &str) -> bool {
     events
         .iter()
-        .any(|e| matches!(e, ClientEvent::Message { message } if message.body == body))
+        .any(|e| matches!(e, ClientEvent::Message { message, .. } if message.body == body))
 }

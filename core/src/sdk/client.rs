@@ -712,6 +712,84 @@ impl Client {
             .collect())
     }
 
+    /// Messages queued on this device and not stored yet, oldest first, with their
+    /// content: what a chat screen shows as "sending" (local echo), also after a
+    /// restart.
+    pub fn pending_messages(&self) -> Result<Vec<PendingMessage>> {
+        Ok(self
+            .inner
+            .local
+            .outbox()?
+            .into_iter()
+            .filter_map(|e| match e.command.op {
+                Op::Send {
+                    conv,
+                    body,
+                    reply_to,
+                    mentions,
+                    attachment,
+                } => Some(PendingMessage {
+                    client_id: e.id,
+                    conversation_id: conv,
+                    body,
+                    reply_to,
+                    mentions,
+                    attachment_id: attachment,
+                    queued_at: e.created_at,
+                    sent: e.published,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Changes the text of a queued message that has not gone out yet. Once it was
+    /// handed to the network the server may already have it: `already_sent` (edit the
+    /// stored message instead, or abort the pending one).
+    pub fn edit_pending(&self, client_id: &str, body: &str) -> Result<()> {
+        let entry = self
+            .inner
+            .local
+            .outbox()?
+            .into_iter()
+            .find(|e| e.id == client_id)
+            .ok_or_else(|| SdkError::invalid("not_found", "no such pending message"))?;
+        let Op::Send {
+            conv,
+            reply_to,
+            mentions,
+            attachment,
+            ..
+        } = entry.command.op
+        else {
+            return Err(SdkError::invalid(
+                "invalid",
+                "only a queued message can be edited",
+            ));
+        };
+        let cmd = Command {
+            v: entry.command.v,
+            id: entry.id,
+            op: Op::Send {
+                conv,
+                body: body.to_owned(),
+                reply_to,
+                mentions,
+                attachment,
+            },
+        };
+        cmd.validate()
+            .map_err(|e| SdkError::invalid(e.code.as_str(), e.message))?;
+        if self.inner.local.outbox_replace_unpublished(&cmd)? {
+            Ok(())
+        } else {
+            Err(SdkError::invalid(
+                "already_sent",
+                "the message went out already; edit it once stored, or abort it",
+            ))
+        }
+    }
+
     /// Tries the queues that were given up on (a `wedged` error) again.
     pub fn retry_wedged(&self) {
         self.inner.notify(Input::RetryWedged);

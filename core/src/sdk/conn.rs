@@ -480,16 +480,16 @@ impl Processor {
         for event in events {
             let Some(iseq) = event.seq else { continue };
             if iseq > self.inner.local.last_iseq().unwrap_or(0) {
-                self.apply_in_order(iseq, event.body).await;
+                self.apply_in_order(iseq, event.body, true).await;
             }
         }
     }
 
     /// Applies the next inbox event (unless it was applied ahead) and moves the
     /// position past it.
-    async fn apply_in_order(&mut self, iseq: u64, body: EventBody) {
+    async fn apply_in_order(&mut self, iseq: u64, body: EventBody, historical: bool) {
         if !self.ahead.remove(&iseq) {
-            self.apply(body).await;
+            self.apply(body, historical).await;
         }
         let _ = self.inner.local.set_last_iseq(iseq);
         let passed: Vec<u64> = self.ahead.range(..=iseq).copied().collect();
@@ -625,7 +625,13 @@ impl Processor {
             if paced && !self.sent.contains_key(&e.id) && !self.queue.take_token(now) {
                 continue;
             }
-            let Ok(payload) = JsonCodec.encode_command(&e.command) else {
+            // What is published is what the outbox holds now (an edit may have changed
+            // it since it was read above); from here on it cannot be edited.
+            let command = match self.inner.local.outbox_mark_published(&e.id) {
+                Ok(Some(c)) => c,
+                _ => continue, // aborted meanwhile
+            };
+            let Ok(payload) = JsonCodec.encode_command(&command) else {
                 continue;
             };
             if client
@@ -687,12 +693,12 @@ impl Processor {
                             if matches!(event.body, EventBody::Message(_))
                                 && self.ahead.insert(iseq)
                             {
-                                self.apply(event.body).await;
+                                self.apply(event.body, false).await;
                             }
                             self.start_sync();
                             return;
                         }
-                        self.apply_in_order(iseq, event.body).await;
+                        self.apply_in_order(iseq, event.body, false).await;
                     }
                     (None, Some(re)) => self.on_reply(re, event.body),
                     (None, None) => {
@@ -787,8 +793,9 @@ impl Processor {
         }
     }
 
-    /// Applies one durable inbox event: cache, outbox, listener.
-    async fn apply(&mut self, body: EventBody) {
+    /// Applies one durable inbox event: cache, outbox, listener. `historical`: it came
+    /// from catching up, not live.
+    async fn apply(&mut self, body: EventBody, historical: bool) {
         let local = &self.inner.local;
         match body {
             EventBody::Message(view) => {
@@ -805,7 +812,10 @@ impl Processor {
                     });
                     self.flush(false);
                 }
-                self.emit(ClientEvent::Message { message: m });
+                self.emit(ClientEvent::Message {
+                    message: m,
+                    historical,
+                });
             }
             EventBody::MessageUpdated(view) => {
                 let m = Message::from(view);
@@ -862,13 +872,20 @@ impl Processor {
                 self.emit(ClientEvent::Conversation { conversation: conv });
                 self.watch_conversation(&id);
             }
-            // Invitations are answered over HTTP (`GET /v1/invitations`); the SDK has no
-            // call for them yet.
             // The SDK catches up over HTTP; `sync`/`conversations` answer commands it
             // never sends.
+            EventBody::Invitation(i) => self.emit(ClientEvent::Invitation {
+                invitation: Invitation {
+                    id: i.id,
+                    conversation_id: i.conv,
+                    name: i.name,
+                    invited_by: i.by,
+                    role: None,
+                    created_at: i.created_at,
+                },
+            }),
             EventBody::Ack(_)
             | EventBody::Error(_)
-            | EventBody::Invitation(_)
             | EventBody::Sync(_)
             | EventBody::Conversations(_) => {}
         }

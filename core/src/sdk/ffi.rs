@@ -292,6 +292,14 @@ impl TidingsClient {
         self.client.retry_wedged()
     }
 
+    pub fn pending_messages(&self) -> Result<Vec<PendingMessage>> {
+        self.client.pending_messages()
+    }
+
+    pub fn edit_pending(&self, client_id: String, body: String) -> Result<()> {
+        self.client.edit_pending(&client_id, &body)
+    }
+
     pub fn abort_pending(&self, client_id: String) -> Result<bool> {
         self.client.abort_pending(&client_id)
     }

@@ -34,6 +34,10 @@ pub struct StoredSession {
 pub struct OutboxEntry {
     pub id: String,
     pub command: Command,
+    /// Unix milliseconds when it was queued.
+    pub created_at: i64,
+    /// It was handed to the network at least once (the server may have it).
+    pub published: bool,
 }
 
 /// What the SQLite file keeps of a session. Files written before the tokens moved to
@@ -191,6 +195,7 @@ impl LocalStore {
         let conn = Connection::open(file)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        add_published_column(&conn)?;
         Ok(LocalStore {
             conn: Mutex::new(conn),
             file: file.to_path_buf(),
@@ -206,6 +211,7 @@ impl LocalStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let memory = Connection::open_in_memory()?;
         memory.execute_batch(SCHEMA)?;
+        add_published_column(&memory)?;
         let old = std::mem::replace(&mut *conn, memory);
         old.close().map_err(|(_, e)| e)?;
         for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -367,19 +373,50 @@ impl LocalStore {
 
     /// Every pending command, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        let rows: Vec<(String, String)> = self.with(|c| {
-            let mut st = c.prepare("SELECT id, command FROM outbox ORDER BY pos")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows: Vec<(String, String, i64, bool)> = self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id, command, created_at, published FROM outbox ORDER BY pos")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             rows.collect()
         })?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, json)| {
-                serde_json::from_str(&json)
-                    .ok()
-                    .map(|command| OutboxEntry { id, command })
+            .filter_map(|(id, json, created_at, published)| {
+                serde_json::from_str(&json).ok().map(|command| OutboxEntry {
+                    id,
+                    command,
+                    created_at,
+                    published,
+                })
             })
             .collect())
+    }
+
+    /// Marks a command as handed to the network and returns it as stored now: from here
+    /// on the server may have it, so it can no longer be edited locally.
+    pub fn outbox_mark_published(&self, id: &str) -> Result<Option<Command>> {
+        let json: Option<String> = self.with(|c| {
+            c.query_row(
+                "UPDATE outbox SET published = 1 WHERE id = ?1 RETURNING command",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Replaces a command that was never handed to the network; false if it was (or
+    /// is gone).
+    pub fn outbox_replace_unpublished(&self, cmd: &Command) -> Result<bool> {
+        let json = serde_json::to_string(cmd)?;
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET command = ?2 WHERE id = ?1 AND published = 0",
+                params![cmd.id, json],
+            )
+            .map(|n| n == 1)
+        })
     }
 
     pub fn save_conversation(&self, conv: &Conversation) -> Result<()> {
@@ -631,6 +668,19 @@ impl LocalStore {
         out.reverse();
         Ok(out)
     }
+}
+
+/// `outbox.published` (added after the first release of the file format).
+fn add_published_column(c: &Connection) -> rusqlite::Result<()> {
+    let has: bool = c.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'published'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        c.execute_batch("ALTER TABLE outbox ADD COLUMN published INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn message_row(c: &Connection, id: &str) -> Result<Option<Message>> {

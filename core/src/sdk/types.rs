@@ -325,6 +325,9 @@ pub enum ConnectionState {
 pub enum ClientEvent {
     Message {
         message: Message,
+        /// Caught up on (sync after being offline), not live: an app would not ring
+        /// for it.
+        historical: bool,
     },
     MessageUpdated {
         message: Message,
@@ -354,6 +357,10 @@ pub enum ClientEvent {
     },
     Conversation {
         conversation: Conversation,
+    },
+    /// Someone invited this user into a group (answer with `answer_invitation`).
+    Invitation {
+        invitation: Invitation,
     },
     /// An outbox entry was accepted by the server (stored).
     Sent {
@@ -448,9 +455,13 @@ pub struct UnreadTotal {
 pub struct Invitation {
     pub id: String,
     pub conversation_id: String,
+    /// The group's name (in the live event; the list has the conversation id only).
+    #[serde(default)]
+    pub name: Option<String>,
     pub invited_by: String,
-    /// `owner`, `admin` or `member`.
-    pub role: String,
+    /// `owner`, `admin` or `member` (in the list; the live event does not say).
+    #[serde(default)]
+    pub role: Option<String>,
     pub created_at: i64,
 }
 
@@ -461,4 +472,20 @@ pub struct AttachmentRequest {
     pub url: String,
     /// The value of the `Authorization` header.
     pub authorization: String,
+}
+
+/// A message this device queued and the server has not stored yet, for local echo.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PendingMessage {
+    /// The outbox id (the message's `client_msg_id` once stored).
+    pub client_id: String,
+    pub conversation_id: String,
+    pub body: String,
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    pub attachment_id: Option<String>,
+    /// Unix milliseconds when it was queued.
+    pub queued_at: i64,
+    /// Handed to the network at least once (it can no longer be edited, only aborted).
+    pub sent: bool,
 }
