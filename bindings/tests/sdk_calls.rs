@@ -1,7 +1,7 @@
 //! The SDK calls around chatting, against a real server: people search, members and
 //! roles, invitations, mute, rooms, unread counts that stay current in the cache,
-//! attachment downloads (and refusals for outsiders), and cancellation: a cancelled
-//! upload through the FFI object stops sending and sends no message.
+//! attachment downloads (and refusals for outsiders), attachments queued offline, and
+//! aborting: an upload in progress stops sending and sends no message.
 
 mod common;
 
@@ -272,7 +272,7 @@ async fn the_calls_around_chat_work_against_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_upload_stops_sending_and_sends_no_message() {
+async fn an_aborted_upload_stops_sending_and_sends_no_message() {
     let server = Server::start();
     let (proxy, sent) =
         common::proxy::slow(server.http_port, 64 * 1024, Duration::from_millis(50)).await;
@@ -299,24 +299,31 @@ async fn a_cancelled_upload_stops_sending_and_sends_no_message() {
         .await
         .unwrap();
 
-    // 20 MiB at ~1.3 MB/s would take ~16 s; the app gives up after 1 s.
+    // 20 MiB at ~1.3 MB/s would take ~16 s. Queueing returns at once; the upload
+    // runs in the background and the app gives up on it after 1 s.
     let file = vec![b'x'; 20 * 1024 * 1024];
     let before = sent.load(Ordering::SeqCst);
-    let upload = alice.send_attachment(
-        conv.id.clone(),
-        file,
-        "text/plain".into(),
-        Some("big.txt".into()),
-        "the big file".into(),
-    );
-    let gave_up = tokio::time::timeout(Duration::from_secs(1), upload).await;
-    assert!(
-        gave_up.is_err(),
-        "the upload cannot finish in 1 s on this link"
-    );
+    let queued = tokio::time::timeout(
+        Duration::from_secs(2),
+        alice.send_attachment(
+            conv.id.clone(),
+            file,
+            "text/plain".into(),
+            Some("big.txt".into()),
+            "the big file".into(),
+        ),
+    )
+    .await
+    .expect("queueing does not wait for the upload")
+    .unwrap();
+    let pending = alice.pending_messages().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].attachment_file.is_some() && pending[0].attachment_id.is_none());
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let at_cancel = sent.load(Ordering::SeqCst) - before;
-    // Control: the upload was really on the wire when it was cancelled.
+    // Control: the upload was really on the wire when it was aborted.
     assert!(at_cancel > 200_000, "only {at_cancel} bytes went up");
+    assert!(alice.abort_pending(queued.clone()).unwrap());
 
     // Aborted: after what the sockets had already buffered drains, the uplink goes
     // quiet. A detached task would keep it busy until all 20 MiB were through.
@@ -470,6 +477,102 @@ async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    alice.shutdown();
+    bob.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_queue_offline_and_a_refused_file_is_reported_once() {
+    let server = Server::start();
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, alice_rec) = client(&server, alice_dir.path(), "alice-phone");
+    let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
+    alice.register("alice", "alice-password").await.unwrap();
+    let b = bob.register("bob", "bob-password").await.unwrap();
+    bob.connect().await.unwrap();
+    bob_rec.state(ConnectionState::Connected).await;
+    let conv = alice
+        .create_conversation("direct", None, vec![b.user_id.clone()])
+        .await
+        .unwrap();
+
+    // Not connected: both queue, in order, with a text message between them.
+    let notes: Vec<u8> = b"meeting notes\n".repeat(500);
+    let good = alice
+        .send_attachment(
+            &conv.id,
+            notes.clone(),
+            "text/plain",
+            Some("notes.txt".into()),
+            "notes",
+        )
+        .await
+        .unwrap();
+    alice
+        .send_text(&conv.id, "after the notes", None, vec![])
+        .await
+        .unwrap();
+    let bad = alice
+        .send_attachment(
+            &conv.id,
+            vec![1, 2, 3],
+            "application/x-unknown",
+            None,
+            "odd",
+        )
+        .await
+        .unwrap();
+    let pending = alice.pending_messages().unwrap();
+    assert_eq!(pending.len(), 3);
+    let file = pending[0]
+        .attachment_file
+        .clone()
+        .expect("a local file for the preview");
+    assert_eq!(std::fs::read(&file).unwrap(), notes);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a queued attachment is private");
+    }
+
+    alice.connect().await.unwrap();
+    let with_file = bob_rec.message("notes").await;
+    let attachment = with_file.attachment.expect("sent with its attachment");
+    assert_eq!(
+        bob.download_attachment(&attachment.id).await.unwrap(),
+        notes
+    );
+    let next = bob_rec.message("after the notes").await;
+    assert!(next.seq > with_file.seq, "the queue kept its order");
+    let refused = alice_rec
+        .wait_for("the refusal of the odd file", |evs| {
+            evs.iter().find_map(|e| match e {
+                ClientEvent::Error {
+                    client_id: Some(id),
+                    code,
+                    ..
+                } if *id == bad => Some(code.clone()),
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(refused, "unsupported_type");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !alice.pending_messages().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            alice.pending_messages()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !std::path::Path::new(&file).exists(),
+        "the uploaded file was removed"
+    );
+    assert!(!bob_rec.got_message("odd"));
+    assert!(alice.pending().unwrap().iter().all(|id| *id != good));
     alice.shutdown();
     bob.shutdown();
 }

@@ -429,8 +429,12 @@ impl Client {
         .await
     }
 
-    /// Uploads `bytes`, then sends a message with the attachment (needs the network for
-    /// the upload; the send itself goes through the outbox).
+    /// Queues a message with an attachment; returns its client id at once, online or
+    /// not. The bytes wait in a private file in the data folder; once connected they are
+    /// uploaded in the background, then the message goes out in its conversation's
+    /// order. `pending_messages` lists it meanwhile (with the file, for local echo);
+    /// `abort_pending` stops it, upload included. A refusal of the file itself
+    /// (type, size) is an `Error` event with this client id.
     pub async fn send_attachment(
         &self,
         conversation_id: &str,
@@ -439,6 +443,8 @@ impl Client {
         filename: Option<String>,
         caption: &str,
     ) -> Result<String> {
+        self.alive()?;
+        self.me().await?;
         check_id("conversation_id", conversation_id)?;
         if bytes.is_empty() || bytes.len() as u64 > crate::protocol::limits::MAX_UPLOAD_BYTES {
             return Err(SdkError::invalid(
@@ -446,22 +452,27 @@ impl Client {
                 "attachment must be 1 byte to 25 MiB",
             ));
         }
-        let uploaded = self
-            .inner
-            .api
-            .upload(bytes, mime, filename.as_deref())
-            .await?;
-        let id = uploaded["id"]
-            .as_str()
-            .ok_or_else(|| SdkError::network("upload answer has no id"))?;
-        self.enqueue(Op::Send {
-            conv: conversation_id.to_owned(),
-            body: caption.to_owned(),
-            reply_to: None,
-            mentions: vec![],
-            attachment: Some(id.to_owned()),
-        })
-        .await
+        if mime.trim().is_empty() || mime.len() > 255 {
+            return Err(SdkError::invalid("invalid", "mime must be a media type"));
+        }
+        let cmd = Command {
+            v: crate::protocol::PROTOCOL_VERSION,
+            id: new_id(),
+            op: Op::Send {
+                conv: conversation_id.to_owned(),
+                body: caption.to_owned(),
+                reply_to: None,
+                mentions: vec![],
+                attachment: None,
+            },
+        };
+        cmd.validate()
+            .map_err(|e| SdkError::invalid(e.code.as_str(), e.message))?;
+        self.inner
+            .local
+            .outbox_push_with_file(&cmd, &bytes, mime, filename.as_deref())?;
+        self.inner.notify(Input::Flush);
+        Ok(cmd.id)
     }
 
     pub async fn edit(&self, message_id: &str, body: &str) -> Result<String> {
@@ -729,6 +740,13 @@ impl Client {
                     mentions,
                     attachment,
                 } => Some(PendingMessage {
+                    attachment_file: self
+                        .inner
+                        .local
+                        .pending_file(&e.id)
+                        .ok()
+                        .flatten()
+                        .map(|f| f.path.to_string_lossy().into_owned()),
                     client_id: e.id,
                     conversation_id: conv,
                     body,
@@ -799,6 +817,7 @@ impl Client {
     /// if it was there. A wedged conversation queue moves on to its next command.
     pub fn abort_pending(&self, client_id: &str) -> Result<bool> {
         let removed = self.inner.local.outbox_remove(client_id)?;
+        self.inner.notify(Input::Aborted(client_id.to_owned()));
         self.inner.notify(Input::RetryWedged);
         Ok(removed)
     }

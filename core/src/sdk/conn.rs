@@ -67,6 +67,10 @@ pub(crate) enum Input {
     SyncDone(std::result::Result<(), String>),
     /// Typing and presence filters to subscribe, found by a background fetch.
     Topics(Vec<String>),
+    /// The upload of a queued attachment message ended (the attachment id, or why not).
+    Uploaded(String, std::result::Result<String, SdkError>),
+    /// The app aborted a queued command: stop its upload if one runs.
+    Aborted(String),
 }
 
 /// Exponential backoff with full jitter in the upper half: `[d/2, d]`.
@@ -107,6 +111,7 @@ pub(crate) fn spawn(
             sync_failure_reported: false,
             tx: tx.downgrade(),
             ahead: Default::default(),
+            uploads: HashMap::new(),
             sent: HashMap::new(),
             queue: SendQueue::default(),
         }
@@ -361,6 +366,8 @@ struct Processor {
     /// Inbox seqs of new messages that arrived live across a gap and were applied at
     /// once (the app sees them without waiting for the sync); the sync skips them.
     ahead: std::collections::BTreeSet<u64>,
+    /// Uploads of queued attachment messages in progress, by outbox id.
+    uploads: HashMap<String, tokio::task::JoinHandle<()>>,
     /// For the background tasks' results (weak: the loop ends when the client stops).
     tx: mpsc::WeakUnboundedSender<Input>,
     /// When each outbox entry was last published on this connection.
@@ -435,6 +442,13 @@ impl Processor {
                 Input::Subscribe(conv) => self.watch_conversation(&conv),
                 Input::SyncPage(events) => self.apply_synced(events).await,
                 Input::SyncDone(result) => self.sync_done(result),
+                Input::Uploaded(id, result) => self.uploaded(id, result),
+                Input::Aborted(id) => {
+                    if let Some(upload) = self.uploads.remove(&id) {
+                        upload.abort();
+                    }
+                    self.flush(false);
+                }
                 Input::Topics(topics) => {
                     if self.online {
                         for t in topics {
@@ -610,6 +624,14 @@ impl Processor {
             {
                 continue;
             }
+            // A message whose attachment is not uploaded yet holds its conversation's
+            // queue until the upload is done.
+            if let Ok(Some(file)) = self.inner.local.pending_file(&e.id) {
+                if !self.uploads.contains_key(&e.id) {
+                    self.start_upload(e.id.clone(), file);
+                }
+                continue;
+            }
             let due = match self.sent.get(&e.id) {
                 None => true,
                 Some(at) => stale && now.duration_since(*at) >= RESEND_AFTER,
@@ -646,6 +668,75 @@ impl Processor {
                 return;
             }
         }
+    }
+
+    /// Uploads a queued message's file in the background.
+    fn start_upload(&mut self, id: String, file: crate::sdk::local::PendingFile) {
+        let Some(tx) = self.tx.upgrade() else { return };
+        let inner = self.inner.clone();
+        let key = id.clone();
+        let task = self.inner.handle.spawn(async move {
+            let result = match tokio::fs::read(&file.path).await {
+                Ok(bytes) => inner
+                    .api
+                    .upload(bytes, &file.mime, file.filename.as_deref())
+                    .await
+                    .and_then(|v| {
+                        v["id"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| SdkError::network("upload answer has no id"))
+                    }),
+                Err(e) => Err(SdkError::Storage {
+                    detail: format!("{}: {e}", file.path.display()),
+                }),
+            };
+            let _ = tx.send(Input::Uploaded(key, result));
+        });
+        self.uploads.insert(id, task);
+    }
+
+    /// A queued attachment's upload ended: the message goes out, waits to try again,
+    /// or (refused for good: type, size) is dropped and reported.
+    fn uploaded(&mut self, id: String, result: std::result::Result<String, SdkError>) {
+        self.uploads.remove(&id);
+        let error = match result {
+            Ok(attachment) => {
+                let _ = self.inner.local.attach_uploaded(&id, &attachment);
+                self.flush(false);
+                return;
+            }
+            Err(e) => e,
+        };
+        let permanent = match &error {
+            SdkError::Server { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            SdkError::InvalidArgument { .. } | SdkError::Storage { .. } => true,
+            _ => false,
+        };
+        if permanent {
+            let code = match &error {
+                SdkError::Server { code, .. } => code.clone(),
+                _ => "upload_failed".to_owned(),
+            };
+            if self.inner.local.outbox_remove(&id).unwrap_or(false) {
+                self.emit(ClientEvent::Error {
+                    client_id: Some(id),
+                    code,
+                    detail: error.to_string(),
+                });
+            }
+        } else if self.retry_later(&id) {
+            self.emit(ClientEvent::Error {
+                client_id: Some(id),
+                code: "wedged".into(),
+                detail: format!(
+                    "the attachment could not be uploaded ({error}); retry_wedged() or abort_pending()"
+                ),
+            });
+        }
+        self.flush(false);
     }
 
     /// A retryable refusal of command `re`: its conversation waits (backoff with

@@ -97,6 +97,14 @@ CREATE TABLE IF NOT EXISTS messages (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conv_seq ON messages (conv, seq);
+-- The file of a queued attachment message, until it is uploaded (the outbox row's
+-- command gets the attachment id then, and this row and the file go).
+CREATE TABLE IF NOT EXISTS outbox_files (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    mime TEXT NOT NULL,
+    filename TEXT
+);
 -- Seq ranges of a conversation the cache holds completely (every message from lo to
 -- hi that this user may see). Between two ranges is a gap: messages the device has
 -- never been given, so offline paging stops there instead of skipping over them.
@@ -107,6 +115,14 @@ CREATE TABLE IF NOT EXISTS covered (
     PRIMARY KEY (conv, lo)
 );
 ";
+
+/// The file of a queued attachment message, not uploaded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFile {
+    pub path: PathBuf,
+    pub mime: String,
+    pub filename: Option<String>,
+}
 
 /// A page the cache answered: messages oldest first, whether older ones exist, and
 /// whether the page stopped at a gap.
@@ -227,7 +243,7 @@ impl LocalStore {
                 }
             }
         }
-        Ok(())
+        remove_dir_if_there(&self.files_dir())
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -333,9 +349,10 @@ impl LocalStore {
         self.with(|c| {
             c.execute_batch(
                 "DELETE FROM kv; DELETE FROM outbox; DELETE FROM conversations; DELETE FROM messages; \
-                 DELETE FROM covered;",
+                 DELETE FROM covered; DELETE FROM outbox_files;",
             )
-        })
+        })?;
+        remove_dir_if_there(&self.files_dir())
     }
 
     /// The last inbox seq applied (0 = none).
@@ -365,10 +382,104 @@ impl LocalStore {
 
     /// Removes an entry; true if it was there.
     pub fn outbox_remove(&self, id: &str) -> Result<bool> {
-        self.with(|c| {
+        let file = self.pending_file(id)?;
+        let removed = self.with(|c| {
+            c.execute("DELETE FROM outbox_files WHERE id = ?1", [id])?;
             c.execute("DELETE FROM outbox WHERE id = ?1", [id])
                 .map(|n| n > 0)
+        })?;
+        if let Some(f) = file {
+            let _ = std::fs::remove_file(f.path);
+        }
+        Ok(removed)
+    }
+
+    /// Where queued attachments wait for their upload.
+    fn files_dir(&self) -> PathBuf {
+        self.file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("outbox-files")
+    }
+
+    /// Queues a message whose attachment is still to be uploaded: the bytes go to a
+    /// file only this user can read, then the command and the file's row go in one
+    /// transaction (a crash in between leaves at most an orphan file).
+    pub fn outbox_push_with_file(
+        &self,
+        cmd: &Command,
+        bytes: &[u8],
+        mime: &str,
+        filename: Option<&str>,
+    ) -> Result<()> {
+        let dir = self.files_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SdkError::config(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(&cmd.id);
+        write_private(&path, bytes)
+            .map_err(|e| SdkError::config(format!("{}: {e}", path.display())))?;
+        let json = serde_json::to_string(cmd)?;
+        let now = now_ms();
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO outbox (id, command, created_at) VALUES (?1, ?2, ?3)",
+            params![cmd.id, json, now],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox_files (id, path, mime, filename) VALUES (?1, ?2, ?3, ?4)",
+            params![cmd.id, path.to_string_lossy(), mime, filename],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The file a queued message still has to upload, if any.
+    pub fn pending_file(&self, id: &str) -> Result<Option<PendingFile>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT path, mime, filename FROM outbox_files WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(PendingFile {
+                        path: PathBuf::from(r.get::<_, String>(0)?),
+                        mime: r.get(1)?,
+                        filename: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
         })
+    }
+
+    /// The upload of a queued message finished: its command names the attachment now,
+    /// and the local file goes. False if the message was aborted meanwhile.
+    pub fn attach_uploaded(&self, id: &str, attachment_id: &str) -> Result<bool> {
+        let file = self.pending_file(id)?;
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let json: Option<String> = tx
+            .query_row("SELECT command FROM outbox WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(mut cmd) = json.and_then(|j| serde_json::from_str::<Command>(&j).ok()) else {
+            return Ok(false);
+        };
+        if let crate::protocol::Op::Send { attachment, .. } = &mut cmd.op {
+            *attachment = Some(attachment_id.to_owned());
+        }
+        tx.execute(
+            "UPDATE outbox SET command = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(&cmd)?],
+        )?;
+        tx.execute("DELETE FROM outbox_files WHERE id = ?1", [id])?;
+        tx.commit()?;
+        drop(conn);
+        if let Some(f) = file {
+            let _ = std::fs::remove_file(f.path);
+        }
+        Ok(true)
     }
 
     /// Every pending command, oldest first.
@@ -670,6 +781,18 @@ impl LocalStore {
     }
 }
 
+/// Writes a file readable by this user only (queued attachments may be private).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// `outbox.published` (added after the first release of the file format).
 fn add_published_column(c: &Connection) -> rusqlite::Result<()> {
     let has: bool = c.query_row(
@@ -681,6 +804,16 @@ fn add_published_column(c: &Connection) -> rusqlite::Result<()> {
         c.execute_batch("ALTER TABLE outbox ADD COLUMN published INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
+}
+
+fn remove_dir_if_there(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SdkError::Storage {
+            detail: format!("{}: {e}", dir.display()),
+        }),
+    }
 }
 
 fn message_row(c: &Connection, id: &str) -> Result<Option<Message>> {

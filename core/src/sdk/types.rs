@@ -483,7 +483,10 @@ pub struct PendingMessage {
     pub body: String,
     pub reply_to: Option<String>,
     pub mentions: Vec<String>,
+    /// The uploaded attachment's id.
     pub attachment_id: Option<String>,
+    /// The attachment's local file while it waits for its upload (for a preview).
+    pub attachment_file: Option<String>,
     /// Unix milliseconds when it was queued.
     pub queued_at: i64,
     /// Handed to the network at least once (it can no longer be edited, only aborted).
