@@ -51,6 +51,21 @@ pub struct LimitsConfig {
     /// burst refilled per minute.
     #[serde(flatten)]
     pub group: tidings_rest::ApiLimits,
+    /// Where the buckets live: `auto` (the default) keeps them in PostgreSQL when the
+    /// database is PostgreSQL and `broker.mode = "external"` (several nodes share one
+    /// budget per user and per address) and in this node's memory otherwise; `local`
+    /// and `database` force one. `database` needs PostgreSQL.
+    pub shared: SharedLimits,
+    /// Seconds between sweeps of full shared buckets (their rows carry no state).
+    pub sweep_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedLimits {
+    Auto,
+    Local,
+    Database,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +163,8 @@ impl Default for Config {
                 send_burst: tidings_core::protocol::limits::SEND_BURST,
                 send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
                 group: tidings_rest::ApiLimits::default(),
+                shared: SharedLimits::Auto,
+                sweep_secs: 60,
             },
             log: LogConfig {
                 filter: "info".into(),

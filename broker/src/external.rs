@@ -22,14 +22,19 @@
 //! clients of a removed member or an ended session are disconnected by a session
 //! takeover with their client ids ([`kick_revoked`]), and come back through the hooks.
 //!
+//! Presence is not decided here: the broker's connect/disconnect events reach the
+//! REST API's hooks, which publish it through the hub (and so through this bridge).
+//! Rate limits are the worker's as in embedded mode, shared by every node when
+//! `limits.shared` says so (PostgreSQL).
+//!
 //! Not carried over from the embedded broker: the compact profile (per-connection
-//! topics `i`/`o`), presence, a device credential's command limits (the broker does
-//! not tell which credential published; the hooks refuse the inbox to credentials
-//! limited to some conversations), and the echo preference.
+//! topics `i`/`o`), a device credential's command limits (the broker does not tell
+//! which credential published; the hooks refuse the inbox to credentials limited to
+//! some conversations), and the echo preference.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +43,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tidings_core::protocol::ids::is_server_id;
-use tidings_core::ratelimit::RateLimiter;
 use tidings_store::{Backend, Revocation, Store};
 use tokio::sync::{mpsc, watch};
 
@@ -209,7 +213,7 @@ pub(crate) async fn start(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
-    sends: Arc<Mutex<RateLimiter>>,
+    sends: Arc<tidings_store::ratelimit::Budget>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<ExternalLink>, Vec<tokio::task::JoinHandle<()>>)> {
     config.validate().map_err(|e| anyhow::anyhow!(e))?;
