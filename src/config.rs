@@ -251,6 +251,27 @@ mod tests {
     }
 
     #[test]
+    fn where_rate_limits_live_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.shared, SharedLimits::Auto);
+            assert_eq!(c.limits.sweep_secs, 60);
+            jail.set_env("TIDINGS_LIMITS_SHARED", "database");
+            jail.set_env("TIDINGS_LIMITS_SWEEP_SECS", "5");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.shared, SharedLimits::Database);
+            assert_eq!(c.limits.sweep_secs, 5);
+            // A typo stops the start rather than falling back to per-node limits.
+            jail.set_env("TIDINGS_LIMITS_SHARED", "postgres");
+            assert!(
+                Config::load(None).is_err(),
+                "unknown limits.shared accepted"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn http_limits_and_trusted_proxies_from_the_environment() {
         use std::net::IpAddr;
         let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
