@@ -633,3 +633,87 @@ async fn presence_across_broker_nodes() {
     let again = watcher.next(&topic, "alice online again").await;
     assert_eq!(again["online"], true, "{again}");
 }
+
+/// Issue 12: a device credential limited to some conversations, or receive-only,
+/// publishes its commands behind the broker on its own `u/{uid}/out/{credential}`
+/// topic; the ACL hook admits only that credential there, and the worker holds each
+/// command to the credential's grant. A send into a granted conversation is stored
+/// and delivered (positive control); one outside the grant, or from a receive-only
+/// credential, is not; a credential cannot use another's topic.
+#[tokio::test]
+async fn limited_device_credentials_send_within_their_grant() {
+    let c = cluster(&[]).await;
+    let alice = register(&c.a, "alice").await;
+    let bob = register(&c.b, "bob").await;
+    let granted = conversation(&c.a, &alice, "group", &[&bob]).await;
+    let other = conversation(&c.a, &alice, "group", &[&bob]).await;
+    let (cam_id, cam) = device_credential(
+        &c.a,
+        &alice,
+        json!({ "name": "camera", "conversations": [granted] }),
+    )
+    .await;
+    let (screen_id, screen) = device_credential(
+        &c.b,
+        &alice,
+        json!({ "name": "screen", "mode": "receive_only" }),
+    )
+    .await;
+
+    // A credential that may send anywhere: the target of the forgery below.
+    let (full_id, _full) = device_credential(&c.a, &alice, json!({ "name": "full" })).await;
+
+    let mut bob_dev = Device::connect(c.mqtt2, &bob, "phone").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !bob_dev.subscribe(&format!("u/{}/in", bob.id)).await {
+        assert!(tokio::time::Instant::now() < deadline, "bob's own inbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publish = |dev: &Device, topic: String, conv: &str, id: &str| {
+        let command = json!({ "op": "send", "id": id, "conv": conv, "body": id });
+        let client = dev.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, command.to_string())
+                .await
+                .expect("publish");
+        }
+    };
+    let cam_dev = Device::connect(c.mqtt1, &cam, "camera").await;
+    let cam_topic = format!("u/{}/out/{cam_id}", alice.id);
+    publish(&cam_dev, cam_topic.clone(), &other, "cam-outside").await;
+    publish(&cam_dev, cam_topic.clone(), &granted, "cam-inside").await;
+    bob_dev
+        .expect("the camera's message in its conversation", |_, v| {
+            v["type"] == "message" && v["body"] == "cam-inside"
+        })
+        .await;
+
+    let screen_dev = Device::connect(c.mqtt2, &screen, "screen").await;
+    let screen_topic = format!("u/{}/out/{screen_id}", alice.id);
+    publish(&screen_dev, screen_topic, &granted, "screen-send").await;
+    // The camera on the unlimited credential's topic: refused by the broker (which
+    // may disconnect it), so nothing is stored under that wider grant.
+    publish(
+        &cam_dev,
+        format!("u/{}/out/{full_id}", alice.id),
+        &other,
+        "forged",
+    )
+    .await;
+    // Positive control after the refusals, through the same path.
+    let cam_again = Device::connect(c.mqtt2, &cam, "camera2").await;
+    publish(&cam_again, cam_topic, &granted, "cam-last").await;
+    bob_dev
+        .expect("the camera's last message", |_, v| {
+            v["type"] == "message" && v["body"] == "cam-last"
+        })
+        .await;
+    let bodies: Vec<String> = all_synced(&c.b, &bob)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .filter_map(|e| e["body"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(bodies, ["cam-inside", "cam-last"], "stored: {bodies:?}");
+}

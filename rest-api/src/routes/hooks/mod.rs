@@ -350,12 +350,18 @@ async fn access(
                 && device_may_subscribe(&session.grant, topic)
                 && (session.grant.conversations.is_none() || !is_inbox(topic))
         }
-        Action::Publish { qos, retain } => {
-            may_publish(user, topic, qos, retain, &index)
-                && device_may_publish(&session.grant, topic)
-                && (!is_outbox(topic)
-                    || (session.grant.can_send && session.grant.conversations.is_none()))
-        }
+        Action::Publish { qos, retain } => match tidings_store::acl::credential_outbox(topic) {
+            // A session's own command topic: the worker reads the session id from it
+            // and checks each command against that credential's grant, so any
+            // credential may publish there, and only there.
+            Some((owner, sid)) => owner == user && sid == session.id && qos <= 1 && !retain,
+            None => {
+                may_publish(user, topic, qos, retain, &index)
+                    && device_may_publish(&session.grant, topic)
+                    && (!is_outbox(topic)
+                        || (session.grant.can_send && session.grant.conversations.is_none()))
+            }
+        },
     };
     if allowed {
         Decision::Allow { superuser: false }
@@ -375,9 +381,10 @@ fn is_inbox(topic: &str) -> bool {
 }
 
 /// `u/{uid}/out`. The worker behind an external broker cannot tell which credential
-/// published a command (the embedded front door checks each against the grant), so
-/// only credentials that may send into every conversation of theirs publish commands
-/// there; the others use the REST API, which checks the grant per request.
+/// published a command there (the embedded front door checks each against the grant),
+/// so only credentials that may send into every conversation of theirs publish
+/// commands there; the others publish on their own `u/{uid}/out/{credential id}`,
+/// which names the credential to the worker.
 fn is_outbox(topic: &str) -> bool {
     matches!(
         topic.split('/').collect::<Vec<_>>().as_slice(),
