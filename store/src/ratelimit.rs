@@ -148,6 +148,9 @@ impl Budget {
 /// the longest refill time of the budgets sharing the table), every `every`, until the
 /// process ends. Without it, a table keyed by client address would only grow.
 pub async fn sweep(store: Arc<dyn Store>, idle_ms: i64, every: std::time::Duration) {
+    // A budget that never refills (0 per minute) would make the idle time unbounded; a
+    // month is past any refill time worth keeping and within PostgreSQL's intervals.
+    let idle_ms = idle_ms.clamp(1000, 30 * 24 * 3_600_000);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
