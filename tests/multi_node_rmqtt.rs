@@ -24,6 +24,10 @@ const NODE_SECRET: &str = "node-secret-node-secret-node-secret-0123";
 const CLOSED: &str = "$closed";
 const SUBACK: &str = "$suback";
 
+/// One cluster (two rmqtt nodes, two Tidings nodes) at a time: four at once on a
+/// two-core CI machine starved each other past the tests' timeouts.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Rmqtt {
     child: Child,
 }
@@ -213,6 +217,7 @@ async fn all_synced(server: &Server, who: &Account) -> Vec<Value> {
 
 #[tokio::test]
 async fn two_tidings_nodes_behind_a_two_node_rmqtt_cluster() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     const BURST: usize = 100;
     let (mqtt1, mqtt2, grpc1, grpc2) = (free_port(), free_port(), free_port(), free_port());
     let hooks_b = free_port();
@@ -521,6 +526,7 @@ async fn send_and_count(
 /// control: the limit is per user, not global).
 #[tokio::test]
 async fn one_send_budget_across_two_nodes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     const BURST: usize = 20;
     const REST_SENDS: usize = 5;
     const SENT: usize = 60;
@@ -588,6 +594,7 @@ async fn one_send_budget_across_two_nodes() {
 /// node sees both.
 #[tokio::test]
 async fn presence_across_broker_nodes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let c = cluster(&[]).await;
     let alice = register(&c.a, "alice").await;
     let bob = register(&c.b, "bob").await;
@@ -642,6 +649,7 @@ async fn presence_across_broker_nodes() {
 /// credential, is not; a credential cannot use another's topic.
 #[tokio::test]
 async fn limited_device_credentials_send_within_their_grant() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let c = cluster(&[]).await;
     let alice = register(&c.a, "alice").await;
     let bob = register(&c.b, "bob").await;
