@@ -308,6 +308,13 @@ fn options_for(
     let addr = &config.addrs[attempt % config.addrs.len()];
     let (host, port) = parse_addr(addr).map_err(|e| anyhow::anyhow!(e))?;
     let mut options = MqttOptions::new(client_id, host, port);
+    // The bridge writes many small publishes (acks, deliveries) whose latency is the
+    // point; with Nagle on, each waited for the broker's delayed ACK (the `nodes`
+    // bench saw a 24 ms median at 250 msg/s). rumqttc still writes what is queued in
+    // one go, so batching under load is kept.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
         .set_clean_start(true)
