@@ -399,6 +399,11 @@ pub fn mosquitto_version(path: &Path) -> String {
 
 impl Mosquitto {
     pub fn start(binary: &Path) -> Result<Mosquitto> {
+        Self::start_with(binary, "")
+    }
+
+    /// [`Mosquitto::start`] with more configuration lines.
+    pub fn start_with(binary: &Path, extra: &str) -> Result<Mosquitto> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
@@ -409,7 +414,7 @@ impl Mosquitto {
             f,
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
              max_queued_messages 1000000\nmax_inflight_messages 0\n\
-             log_dest stderr\nlog_type error\nlog_type warning"
+             log_dest stderr\nlog_type error\nlog_type warning\n{extra}"
         )?;
         drop(f);
         let mut child = Command::new(binary)

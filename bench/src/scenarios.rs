@@ -1028,7 +1028,12 @@ async fn scenario_nodes(ctx: &mut Ctx) -> Result<()> {
     if let Some(t) = ctx.tidings.as_mut() {
         t.stop();
     }
-    let broker_port = ctx.mosquitto()?.port;
+    // A broker of its own: between the nodes and the devices every message crosses
+    // it four times in small packets, so Nagle is off (`set_tcp_nodelay`, off by
+    // default in Mosquitto), as a deployment in front of Tidings would have it.
+    let mosquitto_bin = ctx.mosquitto_bin.clone().context("mosquitto was not looked for")?;
+    let broker = Mosquitto::start_with(&mosquitto_bin, "set_tcp_nodelay true")?;
+    let broker_port = broker.port;
     let bin = ctx.server_bin.clone().context("no tidings binary")?;
     let node_options = |i: usize| TidingsOptions {
         binary: bin.clone(),
