@@ -1031,7 +1031,10 @@ async fn scenario_nodes(ctx: &mut Ctx) -> Result<()> {
     // A broker of its own: between the nodes and the devices every message crosses
     // it four times in small packets, so Nagle is off (`set_tcp_nodelay`, off by
     // default in Mosquitto), as a deployment in front of Tidings would have it.
-    let mosquitto_bin = ctx.mosquitto_bin.clone().context("mosquitto was not looked for")?;
+    let mosquitto_bin = ctx
+        .mosquitto_bin
+        .clone()
+        .context("mosquitto was not looked for")?;
     let broker = Mosquitto::start_with(&mosquitto_bin, "set_tcp_nodelay true")?;
     let broker_port = broker.port;
     let bin = ctx.server_bin.clone().context("no tidings binary")?;
