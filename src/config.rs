@@ -51,6 +51,21 @@ pub struct LimitsConfig {
     /// burst refilled per minute.
     #[serde(flatten)]
     pub group: tidings_rest::ApiLimits,
+    /// Where the buckets live: `auto` (the default) keeps them in PostgreSQL when the
+    /// database is PostgreSQL and `broker.mode = "external"` (several nodes share one
+    /// budget per user and per address) and in this node's memory otherwise; `local`
+    /// and `database` force one. `database` needs PostgreSQL.
+    pub shared: SharedLimits,
+    /// Seconds between sweeps of full shared buckets (their rows carry no state).
+    pub sweep_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedLimits {
+    Auto,
+    Local,
+    Database,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +163,8 @@ impl Default for Config {
                 send_burst: tidings_core::protocol::limits::SEND_BURST,
                 send_per_second: tidings_core::protocol::limits::SEND_PER_SECOND,
                 group: tidings_rest::ApiLimits::default(),
+                shared: SharedLimits::Auto,
+                sweep_secs: 60,
             },
             log: LogConfig {
                 filter: "info".into(),
@@ -229,6 +246,27 @@ mod tests {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.data_dir, PathBuf::from("/var/lib/tidings"));
             assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:2883");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn where_rate_limits_live_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.shared, SharedLimits::Auto);
+            assert_eq!(c.limits.sweep_secs, 60);
+            jail.set_env("TIDINGS_LIMITS_SHARED", "database");
+            jail.set_env("TIDINGS_LIMITS_SWEEP_SECS", "5");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.shared, SharedLimits::Database);
+            assert_eq!(c.limits.sweep_secs, 5);
+            // A typo stops the start rather than falling back to per-node limits.
+            jail.set_env("TIDINGS_LIMITS_SHARED", "postgres");
+            assert!(
+                Config::load(None).is_err(),
+                "unknown limits.shared accepted"
+            );
             Ok(())
         });
     }

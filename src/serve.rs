@@ -7,12 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::collections::HashMap;
 use tidings_auth::TokenKeys;
-use tidings_core::ratelimit::RateLimiter;
+use tidings_store::ratelimit::Budget;
+use tidings_store::Backend;
 
 use tidings_store::{PushPlatform, Store};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, SharedLimits};
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     std::fs::create_dir_all(&config.data_dir)
@@ -148,6 +149,21 @@ fn push_providers(
     Ok(providers)
 }
 
+/// Whether the rate limits live in the database for every node (`limits.shared`).
+fn shared_limits(config: &Config, backend: Backend) -> anyhow::Result<bool> {
+    Ok(match config.limits.shared {
+        SharedLimits::Local => false,
+        SharedLimits::Database if backend != Backend::Postgres => {
+            anyhow::bail!("limits.shared = \"database\" needs PostgreSQL")
+        }
+        SharedLimits::Database => true,
+        SharedLimits::Auto => {
+            backend == Backend::Postgres
+                && config.broker.mode == tidings_broker::BrokerMode::External
+        }
+    })
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -158,11 +174,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let providers = push_providers(&config.push, &store)?;
     let keys = Arc::new(load_keys(&config)?);
-    // One send budget per user, whether they send over MQTT or HTTP.
-    let sends = Arc::new(std::sync::Mutex::new(RateLimiter::new(
-        config.limits.send_burst,
-        config.limits.send_per_second,
-    )));
+    // One send budget per user, whether they send over MQTT or HTTP; with several
+    // nodes, whichever node the command or request reaches.
+    let shared_limits = shared_limits(&config, store.backend())?;
+    let send_per_minute = config.limits.send_per_second.saturating_mul(60);
+    let sends = Arc::new(if shared_limits {
+        Budget::shared(
+            store.clone(),
+            "send",
+            config.limits.send_burst,
+            send_per_minute,
+        )
+    } else {
+        Budget::local("send", config.limits.send_burst, send_per_minute)
+    });
+    tracing::info!(shared = shared_limits, "rate limits");
 
     let realtime = Arc::new(match config.broker.mode {
         tidings_broker::BrokerMode::Embedded => tidings_broker::start(
@@ -229,12 +255,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.uploads.clone(),
     )
     .with_send_limiter(sends)
-    .with_api_limits(config.limits.group)
+    .with_api_limits(config.limits.group, shared_limits)
     .with_refresh_grace(config.auth.refresh_grace_secs)
     .with_probe(Arc::new(MqttProbe(realtime.clone())))
     .with_trusted_proxies(config.http.trusted_proxies.clone())
     .with_hooks(config.hooks.clone())
     .with_push(push);
+    if shared_limits {
+        tokio::spawn(tidings_store::ratelimit::sweep(
+            state.store.clone(),
+            state.limits.longest_refill_ms(),
+            std::time::Duration::from_secs(config.limits.sweep_secs.max(1)),
+        ));
+    }
     let hooks_router = tidings_rest::hooks_router(state.clone());
     if config.hooks.enabled && config.hooks.listen.is_none() {
         tracing::warn!(

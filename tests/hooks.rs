@@ -909,3 +909,90 @@ async fn hooks_can_live_on_an_internal_listener_only() {
         "the internal listener serves the hooks alone"
     );
 }
+
+// --- client events (presence behind an external broker) ------------------------------
+
+/// EMQX's webhook (`client.connected` / `client.disconnected`) and VerneMQ's
+/// (`on_register` / `on_client_offline`, told apart by the `vernemq-hook` header) move
+/// a user's presence; rmqtt's web-hook does the same live in tests/multi_node_rmqtt.rs.
+/// On PostgreSQL, the only backend that keeps the cross-node count. The presence is
+/// published through this node's hub, where a real MQTT subscriber of the embedded
+/// front door sees it. Controls: a second client of the same user changes nothing, an
+/// unknown client id and a malformed event are answered and change nothing.
+#[tokio::test]
+async fn client_events_move_presence() {
+    let server = start(Db::Postgres).await;
+    let w = world(&server).await;
+    let topic = format!("u/{}/p", w.alice.id);
+    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
+    watcher.subscribe(&topic).await;
+    let wait = std::time::Duration::from_millis(700);
+
+    // The auth hook records which session each client id connected with.
+    for device in ["phone", "laptop"] {
+        let id = format!("{}:{device}", w.alice.id);
+        let reply = emqx_authn(&server, &id, &w.alice.id, &w.alice.access).await;
+        assert_eq!(reply["result"], "allow", "{reply}");
+    }
+    let phone = client_id(&w.alice);
+    let laptop = format!("{}:laptop", w.alice.id);
+    let emqx = |event: &str, clientid: &str| json!({ "event": event, "clientid": clientid, "username": "ignored", "connected_at": 0 });
+
+    // Noise first: an unknown client and a malformed body.
+    let ok = json_of(
+        post_json(
+            &server,
+            "/v1/hooks/emqx/events",
+            &emqx("client.connected", "nobody:x"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(ok, json!({}));
+    json_of(post_raw(&server, "/v1/hooks/emqx/events", "application/json", "{").await).await;
+    assert_eq!(
+        watcher.next_json(&topic, wait).await,
+        None,
+        "noise moved presence"
+    );
+
+    json_of(
+        post_json(
+            &server,
+            "/v1/hooks/emqx/events",
+            &emqx("client.connected", &phone),
+        )
+        .await,
+    )
+    .await;
+    let online = watcher.expect(&topic, "alice online", |_| true).await;
+    assert_eq!(online["online"], true, "{online}");
+
+    // VerneMQ: the laptop registers (she is online already), then both go.
+    let vernemq = |hook: &str, id: &str| {
+        client()
+            .post(server.url("/v1/hooks/vernemq/events"))
+            .header("vernemq-hook", hook)
+            .json(&json!({ "client_id": id, "mountpoint": "" }))
+            .send()
+    };
+    let reply = json_of(vernemq("on_register", &laptop).await.expect("hook")).await;
+    assert_eq!(reply["result"], "ok");
+    json_of(
+        post_json(
+            &server,
+            "/v1/hooks/emqx/events",
+            &emqx("client.disconnected", &phone),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        watcher.next_json(&topic, wait).await,
+        None,
+        "offline while the laptop is connected"
+    );
+    json_of(vernemq("on_client_offline", &laptop).await.expect("hook")).await;
+    let offline = watcher.expect(&topic, "alice offline", |_| true).await;
+    assert_eq!(offline["online"], false, "{offline}");
+}

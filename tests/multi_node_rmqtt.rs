@@ -24,6 +24,10 @@ const NODE_SECRET: &str = "node-secret-node-secret-node-secret-0123";
 const CLOSED: &str = "$closed";
 const SUBACK: &str = "$suback";
 
+/// One cluster (two rmqtt nodes, two Tidings nodes) at a time: four at once on a
+/// two-core CI machine starved each other past the tests' timeouts.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Rmqtt {
     child: Child,
 }
@@ -121,6 +125,11 @@ impl Device {
         }
     }
 
+    /// Drops the connection (its socket closes, as when a phone loses the network).
+    fn drop_connection(self) {
+        self._task.abort();
+    }
+
     /// Subscribes and returns whether the broker granted it.
     async fn subscribe(&mut self, filter: &str) -> bool {
         self.client
@@ -208,6 +217,7 @@ async fn all_synced(server: &Server, who: &Account) -> Vec<Value> {
 
 #[tokio::test]
 async fn two_tidings_nodes_behind_a_two_node_rmqtt_cluster() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     const BURST: usize = 100;
     let (mqtt1, mqtt2, grpc1, grpc2) = (free_port(), free_port(), free_port(), free_port());
     let hooks_b = free_port();
@@ -411,4 +421,307 @@ async fn two_tidings_nodes_behind_a_two_node_rmqtt_cluster() {
     bursts.dedup();
     assert_eq!(total, bursts.len(), "a message was stored twice");
     assert_eq!(bursts.len(), BURST, "an acked message is missing");
+}
+
+/// Two rmqtt nodes and two Tidings nodes on one PostgreSQL database, as above: Tidings
+/// node A's worker on broker node 1, B's on broker node 2, B serving the hooks (and
+/// receiving rmqtt's web-hook events) for both broker nodes.
+struct Cluster {
+    mqtt1: u16,
+    mqtt2: u16,
+    a: Server,
+    b: Server,
+    _rmqtt: (Rmqtt, Rmqtt),
+}
+
+async fn cluster(env: &[(&str, &str)]) -> Cluster {
+    let (mqtt1, mqtt2, grpc1, grpc2) = (free_port(), free_port(), free_port(), free_port());
+    let hooks_b = free_port();
+    let peers = format!("1@127.0.0.1:{grpc1},2@127.0.0.1:{grpc2}");
+    let hooks_url = format!("http://127.0.0.1:{hooks_b}");
+    let rmqtt = (
+        start_rmqtt(1, mqtt1, grpc1, &peers, &hooks_url),
+        start_rmqtt(2, mqtt2, grpc2, &peers, &hooks_url),
+    );
+    let url = fresh_pg_database().await;
+    let opts = |broker: u16, hooks: Option<u16>| {
+        let mut o = Options::new(Db::Postgres);
+        o.database_url = Some(url.clone());
+        o.env = vec![
+            ("TIDINGS_BROKER_MODE".into(), "external".into()),
+            ("TIDINGS_BROKER_ADDRS".into(), format!("127.0.0.1:{broker}")),
+            ("TIDINGS_BROKER_USERNAME".into(), NODE_USER.into()),
+            ("TIDINGS_BROKER_PASSWORD".into(), NODE_SECRET.into()),
+            ("TIDINGS_HOOKS_NODE_USERNAME".into(), NODE_USER.into()),
+            ("TIDINGS_HOOKS_NODE_SECRET".into(), NODE_SECRET.into()),
+        ];
+        o.env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        if let Some(port) = hooks {
+            o.env.push(("TIDINGS_HOOKS_ENABLED".into(), "true".into()));
+            o.env
+                .push(("TIDINGS_HOOKS_LISTEN".into(), format!("127.0.0.1:{port}")));
+        }
+        o
+    };
+    let b = Server::start_with(opts(mqtt2, Some(hooks_b))).await;
+    let a = Server::start_with(opts(mqtt1, None)).await;
+    ready(&b).await;
+    ready(&a).await;
+    Cluster {
+        mqtt1,
+        mqtt2,
+        a,
+        b,
+        _rmqtt: rmqtt,
+    }
+}
+
+/// Sends `n` commands as `who`, alternately through `inbox` and `other` (devices on
+/// different broker nodes), and counts, from the inbox `inbox` follows, how many were
+/// acked and how many refused `rate_limited`; every command gets one of the two or
+/// the test fails.
+async fn send_and_count(
+    inbox: &mut Device,
+    other: &Device,
+    who: &Account,
+    conv: &str,
+    prefix: &str,
+    n: usize,
+) -> (usize, usize) {
+    for i in 0..n {
+        let dev = if i % 2 == 0 { &*inbox } else { other };
+        dev.send(&who.id, conv, &format!("{prefix}-{i}"), "budget")
+            .await;
+    }
+    let (mut acked, mut limited) = (BTreeSet::new(), BTreeSet::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked.len() + limited.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{prefix}: {} acked, {} rate_limited of {n}",
+            acked.len(),
+            limited.len()
+        );
+        for (_, v) in inbox.drain(Duration::from_millis(200)).await {
+            let Some(re) = v["re"].as_str().filter(|r| r.starts_with(prefix)) else {
+                continue;
+            };
+            if v["type"] == "ack" {
+                acked.insert(re.to_owned());
+            } else if v["type"] == "error" {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                limited.insert(re.to_owned());
+            }
+        }
+    }
+    (acked.len(), limited.len())
+}
+
+/// Issue 12: with several nodes the broker spreads one user's commands over them, and
+/// per-node budgets would give the user one budget per node. On PostgreSQL in external
+/// mode the budget is one row shared by every node: one user sending through both
+/// broker nodes (so through both Tidings nodes' workers) and over HTTP gets the
+/// configured budget in total; two users each get their own whole budget (the positive
+/// control: the limit is per user, not global).
+#[tokio::test]
+async fn one_send_budget_across_two_nodes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    const BURST: usize = 20;
+    const REST_SENDS: usize = 5;
+    const SENT: usize = 60;
+    let c = cluster(&[
+        ("TIDINGS_LIMITS_SEND_BURST", "20"),
+        ("TIDINGS_LIMITS_SEND_PER_SECOND", "1"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let alice = register(&c.a, "alice").await;
+    let bob = register(&c.b, "bob").await;
+    let conv = conversation(&c.a, &alice, "group", &[&bob]).await;
+
+    // Alice spends part of her budget over HTTP, through node B.
+    for i in 0..REST_SENDS {
+        let res = client()
+            .post(c.b.url(&format!("/v1/conversations/{conv}/messages")))
+            .bearer_auth(&alice.access)
+            .json(&json!({ "client_msg_id": format!("rest-{i}"), "body": "over http" }))
+            .send()
+            .await
+            .expect("send over http");
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+    // Then sends over MQTT from a device on each broker node.
+    let mut alice_1 = Device::connect(c.mqtt1, &alice, "phone").await;
+    assert!(alice_1.subscribe(&format!("u/{}/in", alice.id)).await);
+    let alice_2 = Device::connect(c.mqtt2, &alice, "laptop").await;
+    let (acked, limited) = send_and_count(&mut alice_1, &alice_2, &alice, &conv, "a", SENT).await;
+    // Both Tidings nodes took some of her commands, or this proves nothing.
+    let (on_a, on_b) = (
+        c.a.metric("tidings_messages_stored_total").await,
+        c.b.metric("tidings_messages_stored_total").await,
+    );
+    assert!(
+        on_a > 0.0 && on_b > 0.0,
+        "the share split: A {on_a}, B {on_b}"
+    );
+    // The bucket refills at 1/s while the test runs; per-node budgets would have let
+    // through up to twice the burst.
+    let refill = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        acked + REST_SENDS >= BURST && acked + REST_SENDS <= BURST + refill,
+        "alice got {acked} + {REST_SENDS} over HTTP of a budget of {BURST} (+{refill} refilled); {limited} refused"
+    );
+    assert_eq!(acked + limited, SENT);
+    assert!(limited >= SENT - BURST - refill, "{limited} refused");
+
+    // Bob's budget is his own: he gets the whole burst, through both nodes too.
+    let mut bob_1 = Device::connect(c.mqtt1, &bob, "phone").await;
+    assert!(bob_1.subscribe(&format!("u/{}/in", bob.id)).await);
+    let bob_2 = Device::connect(c.mqtt2, &bob, "laptop").await;
+    let (bob_acked, _) = send_and_count(&mut bob_1, &bob_2, &bob, &conv, "b", 2 * BURST).await;
+    let refill = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        bob_acked >= BURST && bob_acked <= BURST + refill,
+        "bob got {bob_acked} of his own {BURST}"
+    );
+}
+
+/// Issue 12: presence behind an external broker. rmqtt's web-hook tells Tidings node B
+/// when a client connects to or leaves either broker node; the per-user count is a
+/// PostgreSQL row set, so "online" goes out once for the first connection on any broker
+/// node and "offline" once when the last one goes, and a watcher on the other broker
+/// node sees both.
+#[tokio::test]
+async fn presence_across_broker_nodes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let c = cluster(&[]).await;
+    let alice = register(&c.a, "alice").await;
+    let bob = register(&c.b, "bob").await;
+    let mallory = register(&c.b, "mallory").await;
+    conversation(&c.a, &alice, "direct", &[&bob]).await;
+    let topic = format!("u/{}/p", alice.id);
+
+    let mut watcher = Device::connect(c.mqtt2, &bob, "phone").await;
+    // The hooks run on node B, which hears of the conversation node A created by
+    // NOTIFY: give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !watcher.subscribe(&topic).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob may follow alice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Negative control: presence is not shared with a stranger.
+    let mut stranger = Device::connect(c.mqtt2, &mallory, "phone").await;
+    assert!(
+        !stranger.subscribe(&topic).await,
+        "a stranger follows alice"
+    );
+
+    let phone = Device::connect(c.mqtt1, &alice, "phone").await;
+    let online = watcher.next(&topic, "alice online").await;
+    assert_eq!(online["online"], true, "{online}");
+    // A second device, on the other broker node: she was online already.
+    let laptop = Device::connect(c.mqtt2, &alice, "laptop").await;
+    phone.drop_connection();
+    let between = watcher.drain(Duration::from_secs(2)).await;
+    assert!(
+        !between.iter().any(|(t, _)| t == &topic),
+        "presence changed while a device was still connected: {between:?}"
+    );
+    laptop.drop_connection();
+    let offline = watcher.next(&topic, "alice offline").await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["last_seen"].as_i64().is_some(), "{offline}");
+    // Back on, from the node A side again: "online" once more.
+    let _phone = Device::connect(c.mqtt1, &alice, "phone").await;
+    let again = watcher.next(&topic, "alice online again").await;
+    assert_eq!(again["online"], true, "{again}");
+}
+
+/// Issue 12: a device credential limited to some conversations, or receive-only,
+/// publishes its commands behind the broker on its own `u/{uid}/out/{credential}`
+/// topic; the ACL hook admits only that credential there, and the worker holds each
+/// command to the credential's grant. A send into a granted conversation is stored
+/// and delivered (positive control); one outside the grant, or from a receive-only
+/// credential, is not; a credential cannot use another's topic.
+#[tokio::test]
+async fn limited_device_credentials_send_within_their_grant() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let c = cluster(&[]).await;
+    let alice = register(&c.a, "alice").await;
+    let bob = register(&c.b, "bob").await;
+    let granted = conversation(&c.a, &alice, "group", &[&bob]).await;
+    let other = conversation(&c.a, &alice, "group", &[&bob]).await;
+    let (cam_id, cam) = device_credential(
+        &c.a,
+        &alice,
+        json!({ "name": "camera", "conversations": [granted] }),
+    )
+    .await;
+    let (screen_id, screen) = device_credential(
+        &c.b,
+        &alice,
+        json!({ "name": "screen", "mode": "receive_only" }),
+    )
+    .await;
+
+    // A credential that may send anywhere: the target of the forgery below.
+    let (full_id, _full) = device_credential(&c.a, &alice, json!({ "name": "full" })).await;
+
+    let mut bob_dev = Device::connect(c.mqtt2, &bob, "phone").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !bob_dev.subscribe(&format!("u/{}/in", bob.id)).await {
+        assert!(tokio::time::Instant::now() < deadline, "bob's own inbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publish = |dev: &Device, topic: String, conv: &str, id: &str| {
+        let command = json!({ "op": "send", "id": id, "conv": conv, "body": id });
+        let client = dev.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, command.to_string())
+                .await
+                .expect("publish");
+        }
+    };
+    let cam_dev = Device::connect(c.mqtt1, &cam, "camera").await;
+    let cam_topic = format!("u/{}/out/{cam_id}", alice.id);
+    publish(&cam_dev, cam_topic.clone(), &other, "cam-outside").await;
+    publish(&cam_dev, cam_topic.clone(), &granted, "cam-inside").await;
+    bob_dev
+        .expect("the camera's message in its conversation", |_, v| {
+            v["type"] == "message" && v["body"] == "cam-inside"
+        })
+        .await;
+
+    let screen_dev = Device::connect(c.mqtt2, &screen, "screen").await;
+    let screen_topic = format!("u/{}/out/{screen_id}", alice.id);
+    publish(&screen_dev, screen_topic, &granted, "screen-send").await;
+    // The camera on the unlimited credential's topic: refused by the broker (which
+    // may disconnect it), so nothing is stored under that wider grant.
+    publish(
+        &cam_dev,
+        format!("u/{}/out/{full_id}", alice.id),
+        &other,
+        "forged",
+    )
+    .await;
+    // Positive control after the refusals, through the same path.
+    let cam_again = Device::connect(c.mqtt2, &cam, "camera2").await;
+    publish(&cam_again, cam_topic, &granted, "cam-last").await;
+    bob_dev
+        .expect("the camera's last message", |_, v| {
+            v["type"] == "message" && v["body"] == "cam-last"
+        })
+        .await;
+    let bodies: Vec<String> = all_synced(&c.b, &bob)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .filter_map(|e| e["body"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(bodies, ["cam-inside", "cam-last"], "stored: {bodies:?}");
 }

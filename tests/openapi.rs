@@ -77,6 +77,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("post", "/v1/hooks/rmqtt/auth"),
     ("get", "/v1/hooks/rmqtt/acl"),
     ("post", "/v1/hooks/rmqtt/acl"),
+    ("post", "/v1/hooks/emqx/events"),
+    ("post", "/v1/hooks/vernemq/events"),
+    ("post", "/v1/hooks/rmqtt/events"),
 ];
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];

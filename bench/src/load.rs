@@ -275,10 +275,22 @@ pub async fn connect_many(
     Ok(c.conns)
 }
 
-/// Which processes' CPU a step charges.
+/// Which processes' CPU a step charges (several for several Tidings nodes; their CPU
+/// and RSS are summed).
 #[derive(Clone, Copy)]
-pub struct Watched {
-    pub server: u32,
+pub struct Watched<'a> {
+    pub servers: &'a [u32],
+}
+
+fn sample_all(pids: &[u32]) -> Result<procs::ProcSample> {
+    let mut sum = procs::ProcSample::default();
+    for pid in pids {
+        let s = procs::sample(*pid)?;
+        sum.cpu_secs += s.cpu_secs;
+        sum.rss_kib += s.rss_kib;
+        sum.hwm_kib += s.hwm_kib;
+    }
+    Ok(sum)
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -320,7 +332,7 @@ pub async fn run_step(
     set: &LoadSet,
     rate: f64,
     duration: Duration,
-    watched: Watched,
+    watched: Watched<'_>,
 ) -> Result<StepResult> {
     let step = set.rec.new_step();
     let slot = &set.rec.slots[step];
@@ -331,7 +343,7 @@ pub async fn run_step(
 
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let interval_ns = 1e9 / rate;
-    let cpu0 = procs::sample(watched.server)?;
+    let cpu0 = sample_all(watched.servers)?;
     let gen0 = procs::self_cpu_secs();
     let busy0 = procs::machine_busy_secs();
     let start = Instant::now() + Duration::from_millis(20);
@@ -379,7 +391,7 @@ pub async fn run_step(
         }
     }
     let end = Instant::now();
-    let cpu1 = procs::sample(watched.server)?;
+    let cpu1 = sample_all(watched.servers)?;
     let gen1 = procs::self_cpu_secs();
     let busy1 = procs::machine_busy_secs();
     let received = slot.received.load(Ordering::Relaxed);

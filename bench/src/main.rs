@@ -52,6 +52,10 @@ pub enum Cmd {
     Store,
     /// CPU per message with few and with many extra idle users connected.
     Users,
+    /// Two Tidings nodes vs one behind the same external broker (Mosquitto), on
+    /// PostgreSQL (`--db`, required): the pairs load, a ratio on one machine. Not part
+    /// of `all` (it needs PostgreSQL).
+    Nodes,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -209,6 +209,11 @@ pub struct TidingsOptions {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub jwt_secret: String,
+    /// More `TIDINGS_*` settings (the `nodes` scenario's external-broker mode).
+    pub extra_env: Vec<(String, String)>,
+    /// Whether the node opens its own MQTT listener (not in external-broker mode,
+    /// where devices connect to the broker).
+    pub mqtt_listener: bool,
 }
 
 /// A running Tidings, killed on drop.
@@ -267,6 +272,9 @@ impl Tidings {
         if let Some(url) = &opts.database_url {
             cmd.env("TIDINGS_DATABASE_URL", url);
         }
+        for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", opts.binary.display()))?;
@@ -292,7 +300,7 @@ impl Tidings {
                             .and_then(|r| r.split_whitespace().next())
                         {
                             t.http = format!("http://{addr}");
-                            if wait_tcp(mqtt_port, Duration::from_secs(10)) {
+                            if !opts.mqtt_listener || wait_tcp(mqtt_port, Duration::from_secs(10)) {
                                 return Ok(t);
                             }
                             return Err(format!("MQTT port not open:\n{}", t.logs.text()));
@@ -391,6 +399,11 @@ pub fn mosquitto_version(path: &Path) -> String {
 
 impl Mosquitto {
     pub fn start(binary: &Path) -> Result<Mosquitto> {
+        Self::start_with(binary, "")
+    }
+
+    /// [`Mosquitto::start`] with more configuration lines.
+    pub fn start_with(binary: &Path, extra: &str) -> Result<Mosquitto> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
@@ -401,7 +414,7 @@ impl Mosquitto {
             f,
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
              max_queued_messages 1000000\nmax_inflight_messages 0\n\
-             log_dest stderr\nlog_type error\nlog_type warning"
+             log_dest stderr\nlog_type error\nlog_type warning\n{extra}"
         )?;
         drop(f);
         let mut child = Command::new(binary)

@@ -110,7 +110,12 @@ fn noop() -> OnPublish {
 /// Tidings pairs: receiver `2i+1` subscribed to its inbox, sender `2i` subscribed to
 /// its own (where its `ack`/`error` replies arrive, as every device does).
 async fn tidings_pairs(ctx: &Ctx, n: usize, device: &str) -> Result<LoadSet> {
-    let port = ctx.tidings()?.mqtt_port;
+    tidings_pairs_on(ctx, ctx.tidings()?.mqtt_port, n, device).await
+}
+
+/// The same pairs, connected to `port`: Tidings' own listener, or the external broker
+/// in front of Tidings nodes.
+async fn tidings_pairs_on(ctx: &Ctx, port: u16, n: usize, device: &str) -> Result<LoadSet> {
     let rec = Recorder::new();
     let mut rspecs = Vec::with_capacity(n);
     let mut sspecs = Vec::with_capacity(n);
@@ -225,16 +230,21 @@ fn log_step(label: &str, s: &StepResult) {
 async fn step_search(
     opts: &Opts,
     set: &LoadSet,
-    pid: u32,
+    pids: &[u32],
     label: &str,
 ) -> Result<(Vec<StepResult>, Option<f64>, bool)> {
+    let quiesce = || async {
+        for pid in pids {
+            procs::quiesce(*pid, QUIESCE).await;
+        }
+    };
     let dur = Duration::from_secs_f64(opts.duration.max(0.5));
     let mut steps = Vec::new();
     let mut pass: Option<f64> = None;
     let mut fail: Option<f64> = None;
     for &rate in &opts.rates {
-        procs::quiesce(pid, QUIESCE).await;
-        let s = load::run_step(set, rate, dur, Watched { server: pid }).await?;
+        quiesce().await;
+        let s = load::run_step(set, rate, dur, Watched { servers: pids }).await?;
         log_step(label, &s);
         let ok = s.passes(opts.p99_limit_ms);
         steps.push(s);
@@ -258,8 +268,8 @@ async fn step_search(
             if mid <= lo || mid >= hi {
                 break;
             }
-            procs::quiesce(pid, QUIESCE).await;
-            let s = load::run_step(set, mid, dur, Watched { server: pid }).await?;
+            quiesce().await;
+            let s = load::run_step(set, mid, dur, Watched { servers: pids }).await?;
             log_step(label, &s);
             if s.passes(opts.p99_limit_ms) {
                 lo = mid;
@@ -270,7 +280,7 @@ async fn step_search(
             steps.push(s);
         }
     }
-    procs::quiesce(pid, QUIESCE).await;
+    quiesce().await;
     Ok((steps, pass, all_passed))
 }
 
@@ -288,7 +298,7 @@ async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
     let pid = ctx.tidings()?.pid;
     say!("pairs: connecting {n} Tidings pairs");
     let set = tidings_pairs(ctx, n, "p").await?;
-    let (t_steps, t_max, t_all) = step_search(&ctx.opts, &set, pid, "tidings  ").await?;
+    let (t_steps, t_max, t_all) = step_search(&ctx.opts, &set, &[pid], "tidings  ").await?;
     let (acks, errors) = (
         set.rec.acks.load(Ordering::Relaxed),
         set.rec.errors.load(Ordering::Relaxed),
@@ -306,7 +316,7 @@ async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
     let mpid = ctx.mosquitto()?.pid;
     say!("pairs: connecting {n} Mosquitto pairs");
     let mset = mosquitto_pairs(mport, n, ctx.opts.client).await?;
-    let (m_steps, m_max, m_all) = step_search(&ctx.opts, &mset, mpid, "mosquitto").await?;
+    let (m_steps, m_max, m_all) = step_search(&ctx.opts, &mset, &[mpid], "mosquitto").await?;
     mset.close();
 
     let mut rates: Vec<f64> = t_steps
@@ -476,7 +486,7 @@ async fn scenario_clients(ctx: &mut Ctx) -> Result<()> {
     for kind in [ClientKind::Raw, ClientKind::Rumqttc] {
         let set = mosquitto_pairs(port, n, kind).await?;
         procs::quiesce(pid, QUIESCE).await;
-        let r = load::run_step(&set, rate, dur, Watched { server: pid }).await?;
+        let r = load::run_step(&set, rate, dur, Watched { servers: &[pid] }).await?;
         log_step(&format!("{kind:?}"), &r);
         set.close();
         s.push_str(&format!(
@@ -583,7 +593,7 @@ async fn scenario_fanout(ctx: &mut Ctx) -> Result<()> {
     let mut steps = Vec::new();
     for &r in &ctx.opts.fanout_rates {
         procs::quiesce(pid, QUIESCE).await;
-        let st = load::run_step(&set, r, ctx.duration(), Watched { server: pid }).await?;
+        let st = load::run_step(&set, r, ctx.duration(), Watched { servers: &[pid] }).await?;
         log_step("fanout", &st);
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0}% |\n",
@@ -662,7 +672,7 @@ async fn scenario_users(ctx: &mut Ctx) -> Result<()> {
             &set,
             ctx.opts.users_rate,
             ctx.duration(),
-            Watched { server: pid },
+            Watched { servers: &[pid] },
         )
         .await?;
         log_step(&format!("users+{k}"), &st);
@@ -964,6 +974,206 @@ async fn scenario_store(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Waits until a node's `/readyz` answers 200 (in external-broker mode: connected and
+/// subscribed to its share of the commands).
+async fn wait_ready(http: &str, logs: impl Fn() -> String) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = client
+            .get(format!("{http}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("a Tidings node was not ready within 30 s:\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `tidings_messages_stored_total` of one node (to show both nodes took a share).
+async fn stored_total(http: &str) -> f64 {
+    let Ok(res) = reqwest::get(format!("{http}/metrics")).await else {
+        return 0.0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("tidings_messages_stored_total"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 12's "two nodes vs one, same machine": the pairs load through Mosquitto (one
+/// broker, `$share` round robin) in front of one Tidings node on PostgreSQL, then the
+/// same connected devices with a second node joining the share group. The same
+/// offered rates; CPU is the Tidings processes' (summed for two). A ratio on one
+/// machine, not a scaling claim: both nodes, the broker, PostgreSQL and the generator
+/// share its cores.
+async fn scenario_nodes(ctx: &mut Ctx) -> Result<()> {
+    let n = ctx.opts.pairs;
+    if !(ctx.db_url.starts_with("postgres:") || ctx.db_url.starts_with("postgresql:")) {
+        bail!(
+            "nodes needs PostgreSQL, which the nodes share: pass --db postgres://USER@HOST/DB \
+             (an empty database)"
+        );
+    }
+    ctx.ensure_directs(n).await?;
+    // The embedded-mode server only prepared the accounts; the nodes take its place.
+    if let Some(t) = ctx.tidings.as_mut() {
+        t.stop();
+    }
+    // A broker of its own: between the nodes and the devices every message crosses
+    // it four times in small packets, so Nagle is off (`set_tcp_nodelay`, off by
+    // default in Mosquitto), as a deployment in front of Tidings would have it.
+    let mosquitto_bin = ctx
+        .mosquitto_bin
+        .clone()
+        .context("mosquitto was not looked for")?;
+    let broker = Mosquitto::start_with(&mosquitto_bin, "set_tcp_nodelay true")?;
+    let broker_port = broker.port;
+    let bin = ctx.server_bin.clone().context("no tidings binary")?;
+    let node_options = |i: usize| TidingsOptions {
+        binary: bin.clone(),
+        data_dir: ctx._data.path().join(format!("node{i}")),
+        database_url: Some(ctx.db_url.clone()),
+        jwt_secret: ctx.secret.clone(),
+        extra_env: vec![
+            ("TIDINGS_BROKER_MODE".into(), "external".into()),
+            (
+                "TIDINGS_BROKER_ADDRS".into(),
+                format!("127.0.0.1:{broker_port}"),
+            ),
+            (
+                "TIDINGS_BROKER_CLIENT_ID".into(),
+                format!("tidings-bench-node{i}"),
+            ),
+        ],
+        mqtt_listener: false,
+    };
+    say!("nodes: starting node 1 behind Mosquitto on {broker_port}");
+    let mut one = Tidings::start(&node_options(1))?;
+    wait_ready(&one.http, || one.logs()).await?;
+    say!("nodes: connecting {n} pairs to the broker");
+    let set = tidings_pairs_on(ctx, broker_port, n, "n").await?;
+    let (one_steps, one_max, one_all) = step_search(&ctx.opts, &set, &[one.pid], "1 node ").await?;
+    let one_stored = stored_total(&one.http).await;
+
+    say!("nodes: starting node 2");
+    let mut two = Tidings::start(&node_options(2))?;
+    wait_ready(&two.http, || two.logs()).await?;
+    let (two_steps, two_max, two_all) =
+        step_search(&ctx.opts, &set, &[one.pid, two.pid], "2 nodes").await?;
+    let (a, b) = (
+        stored_total(&one.http).await - one_stored,
+        stored_total(&two.http).await,
+    );
+    let (acks, errors) = (
+        set.rec.acks.load(Ordering::Relaxed),
+        set.rec.errors.load(Ordering::Relaxed),
+    );
+    set.close();
+    one.stop();
+    two.stop();
+    if b == 0.0 {
+        bail!("node 2 stored nothing: the broker did not share the commands");
+    }
+
+    let mut rates: Vec<f64> = one_steps
+        .iter()
+        .chain(&two_steps)
+        .map(|s| s.offered_rate)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let mut s = format!(
+        "## nodes: one Tidings node vs two behind one broker, {n} pairs, {} s per step\n\n\
+         Mosquitto (Debian, no auth) is the external broker; each node takes \
+         `$share/tidings/u/+/out` and publishes acks and deliveries back through it; both \
+         nodes share one PostgreSQL database (`--db`), rate limits included. The same \
+         connected devices and offered rates for both runs. Server CPU = the Tidings \
+         processes (both, summed, for two nodes) per delivered message; Mosquitto and \
+         PostgreSQL are in the machine's other load, not in it. A step passes with \
+         p99 < {} ms and nothing lost.\n\n\
+         | offered msg/s | 1 node delivered/s | p50 ms | p99 | lost | µs/msg | CPU \
+         | 2 nodes delivered/s | p50 ms | p99 | lost | µs/msg | CPU | CPU/msg 2 ÷ 1 |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        ctx.opts.duration, ctx.opts.p99_limit_ms
+    );
+    let cols = |x: Option<&StepResult>| {
+        x.map_or_else(
+            || "| – | – | – | – | – | – ".to_owned(),
+            |t| {
+                format!(
+                    "| {} | {} | {} | {} | {:.0} | {:.0}% ",
+                    int(t.delivered_rate),
+                    ms(t.p50_ms),
+                    ms(t.p99_ms),
+                    int(t.lost as f64),
+                    t.server_cpu_us_per_msg,
+                    t.server_cpu_util * 100.0
+                )
+            },
+        )
+    };
+    for r in &rates {
+        let o = one_steps.iter().find(|x| x.offered_rate == *r);
+        let t = two_steps.iter().find(|x| x.offered_rate == *r);
+        let ratio = match (o, t) {
+            (Some(o), Some(t)) if o.server_cpu_us_per_msg > 0.0 => {
+                format!("{:.2}×", t.server_cpu_us_per_msg / o.server_cpu_us_per_msg)
+            }
+            _ => "–".into(),
+        };
+        s.push_str(&format!(
+            "| {} {}{}| {ratio} |\n",
+            int(*r),
+            cols(o),
+            cols(t)
+        ));
+    }
+    let ratio_max = match (one_max, two_max) {
+        (Some(o), Some(t)) if o > 0.0 => format!(
+            "{:.2}{}",
+            t / o,
+            if two_all {
+                " (a lower bound: two nodes passed every rate offered)"
+            } else {
+                ""
+            }
+        ),
+        _ => "–".into(),
+    };
+    s.push_str(&format!(
+        "\n- Max rate with p99 < {} ms and nothing lost: **1 node {}**, **2 nodes {}**; ratio 2 ÷ 1: **{ratio_max}**.\n\
+         - With two nodes, node 1 stored {} messages and node 2 {} (the broker's share split).\n\
+         - Senders got {} `ack` and {} `error` replies over both runs.\n",
+        ctx.opts.p99_limit_ms,
+        max_rate_text(one_max, one_all),
+        max_rate_text(two_max, two_all),
+        int(a),
+        int(b),
+        int(acks as f64),
+        int(errors as f64),
+    ));
+    ctx.report.summary.push(format!(
+        "nodes: max rate 1 node {}, 2 nodes {} (ratio {ratio_max}), same machine",
+        max_rate_text(one_max, one_all),
+        max_rate_text(two_max, two_all)
+    ));
+    ctx.report.json.insert(
+        "nodes".into(),
+        json!({ "one": one_steps, "two": two_steps, "one_max": one_max, "two_max": two_max }),
+    );
+    ctx.report.sections.push(s);
+    Ok(())
+}
+
 fn scenario_name(c: Cmd) -> &'static str {
     match c {
         Cmd::All => "all",
@@ -975,6 +1185,7 @@ fn scenario_name(c: Cmd) -> &'static str {
         Cmd::Logins => "logins",
         Cmd::Store => "store",
         Cmd::Users => "users",
+        Cmd::Nodes => "nodes",
     }
 }
 
@@ -1005,7 +1216,19 @@ pub async fn run(cli: Cli) -> Result<bool> {
     };
     let nofile = procs::raise_nofile_limit();
     let needs_server = plan.iter().any(|c| *c != Cmd::Store);
-    let needs_peer = plan.iter().any(|c| matches!(c, Cmd::Pairs | Cmd::Clients));
+    let needs_peer = plan
+        .iter()
+        .any(|c| matches!(c, Cmd::Pairs | Cmd::Clients | Cmd::Nodes));
+    // The nodes share a database: without PostgreSQL there is nothing to measure, and
+    // saying so now beats registering users first.
+    if plan.contains(&Cmd::Nodes)
+        && !opts
+            .db
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres:") || u.starts_with("postgresql:"))
+    {
+        bail!("nodes needs PostgreSQL, which the nodes share: pass --db postgres://USER@HOST/DB (an empty database)");
+    }
     // Look for both before doing anything slow, so a missing one fails at once.
     let server_bin = if needs_server {
         Some(procs::find_server(opts.server.as_deref())?)
@@ -1091,6 +1314,8 @@ pub async fn run(cli: Cli) -> Result<bool> {
             data_dir: ctx._data.path().join("data"),
             database_url: Some(ctx.db_url.clone()),
             jwt_secret: ctx.secret.clone(),
+            extra_env: Vec::new(),
+            mqtt_listener: true,
         })?);
     }
 
@@ -1115,6 +1340,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
             Cmd::Idle => scenario_idle(&mut ctx).await,
             Cmd::Logins => scenario_logins(&mut ctx).await,
             Cmd::Store => scenario_store(&mut ctx).await,
+            Cmd::Nodes => scenario_nodes(&mut ctx).await,
             Cmd::All | Cmd::Smoke => Ok(()),
         };
         let secs = t0.elapsed().as_secs_f64();

@@ -196,6 +196,18 @@ impl EventSink for Fanout {
             self.mirror(&first.body);
         }
     }
+
+    fn presence(&self, user: &str, online: bool, last_seen: Option<i64>) {
+        crate::presence::publish(
+            self.hub(),
+            user,
+            tidings_core::protocol::ephemeral::Presence {
+                v: 1,
+                online,
+                last_seen: if online { None } else { last_seen },
+            },
+        );
+    }
 }
 
 /// `u/{uid}/in/c`: the inbox in CBOR (string keys, the same fields as JSON).

@@ -89,14 +89,35 @@ impl ConnHandle {
         client_id: String,
         tx: mpsc::Sender<Outbound>,
     ) -> Arc<ConnHandle> {
+        Self::sharing_as(
+            id,
+            user,
+            client_id,
+            String::new(),
+            DeviceGrant::default(),
+            tx,
+        )
+    }
+
+    /// [`ConnHandle::sharing`] for a command a known device credential (`session`)
+    /// published: the worker holds it to `grant`, as it would that credential's own
+    /// connection.
+    pub fn sharing_as(
+        id: ConnId,
+        user: String,
+        client_id: String,
+        session: String,
+        grant: DeviceGrant,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Arc<ConnHandle> {
         let (close, _) = watch::channel(None);
         Arc::new(ConnHandle {
             id,
             user,
             device: String::new(),
             client_id,
-            session: String::new(),
-            grant: DeviceGrant::default(),
+            session,
+            grant,
             tx,
             close,
             closed: AtomicBool::new(false),

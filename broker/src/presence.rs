@@ -141,7 +141,7 @@ pub async fn run(
     }
 }
 
-fn publish(hub: &Hub, user: &str, presence: Presence) {
+pub(crate) fn publish(hub: &Hub, user: &str, presence: Presence) {
     match serde_json::to_vec(&presence) {
         Ok(payload) => hub.retain(&topics::presence(user), payload.into()),
         Err(e) => tracing::error!(error = %e, "could not encode presence"),

@@ -9,12 +9,11 @@
 //! second.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tidings_auth::TokenKeys;
-use tidings_core::ratelimit::RateLimiter;
 use tidings_store::{Backend, Revocation, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -119,7 +118,7 @@ pub async fn start(
     limits: MqttLimits,
     store: Arc<dyn Store>,
     keys: Arc<TokenKeys>,
-    sends: Arc<Mutex<RateLimiter>>,
+    sends: Arc<tidings_store::ratelimit::Budget>,
 ) -> anyhow::Result<Realtime> {
     let index = store.membership();
     let hub = Arc::new(Hub::new(index.clone()));
@@ -226,7 +225,7 @@ pub async fn start_external(
     config: crate::external::BrokerConfig,
     limits: MqttLimits,
     store: Arc<dyn Store>,
-    sends: Arc<Mutex<RateLimiter>>,
+    sends: Arc<tidings_store::ratelimit::Budget>,
 ) -> anyhow::Result<Realtime> {
     let hub = Arc::new(Hub::new(store.membership()));
     let fanout = Arc::new(Fanout::new(hub.clone()));

@@ -1,9 +1,9 @@
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tidings_core::protocol::limits::{
     AUTH_BURST, AUTH_PER_MINUTE, REFRESH_GRACE_SECS, SEND_BURST, SEND_PER_SECOND,
 };
-use tidings_core::ratelimit::RateLimiter;
+use tidings_store::ratelimit::Budget;
 
 use tidings_auth::TokenKeys;
 use tidings_store::{EventSink, Store};
@@ -78,20 +78,21 @@ pub trait ReadinessProbe: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
-/// Request-rate limits kept in memory (one process; see ARCHITECTURE.md).
+/// Request-rate limits: in memory on one node, or shared by every node through
+/// PostgreSQL when the binary asks for it (`with_shared_limits`; see DEPLOY.md).
 pub struct Limits {
     /// Password and token attempts, per client address.
-    pub auth: Mutex<RateLimiter>,
+    pub auth: Budget,
     /// Messages sent, per user: shared with the MQTT worker when the binary wires them
     /// together, so one budget covers both ways of sending.
-    pub sends: Arc<Mutex<RateLimiter>>,
+    pub sends: Arc<Budget>,
     /// Conversations created, per user.
-    pub conversations: Mutex<RateLimiter>,
+    pub conversations: Budget,
     /// Renames and topic changes, per conversation: each one is an event in every
     /// member's inbox, so the budget protects the members, whoever the admin is.
-    pub renames: Mutex<RateLimiter>,
+    pub renames: Budget,
     /// Calls adding members, per user.
-    pub member_adds: Mutex<RateLimiter>,
+    pub member_adds: Budget,
 }
 
 /// Budgets the HTTP API enforces besides sends (see [`Limits`]), each a burst refilled
@@ -128,33 +129,62 @@ impl Default for ApiLimits {
 
 impl Limits {
     fn new() -> Self {
-        Self::with_sends(Arc::new(Mutex::new(RateLimiter::new(
+        Self::with_sends(Arc::new(Budget::local(
+            "send",
             SEND_BURST,
-            SEND_PER_SECOND,
-        ))))
+            SEND_PER_SECOND * 60,
+        )))
     }
 
-    fn with_sends(sends: Arc<Mutex<RateLimiter>>) -> Self {
-        Self::with(sends, ApiLimits::default())
+    fn with_sends(sends: Arc<Budget>) -> Self {
+        Self::with(sends, ApiLimits::default(), None)
     }
 
-    fn with(sends: Arc<Mutex<RateLimiter>>, group: ApiLimits) -> Self {
-        let bucket = |burst, per_minute| Mutex::new(RateLimiter::per_minute(burst, per_minute));
+    /// `shared`: keep the budgets in this store for every node (PostgreSQL).
+    fn with(sends: Arc<Budget>, group: ApiLimits, shared: Option<&Arc<dyn Store>>) -> Self {
+        let bucket = |name, burst, per_minute| match shared {
+            Some(store) => Budget::shared(store.clone(), name, burst, per_minute),
+            None => Budget::local(name, burst, per_minute),
+        };
         Limits {
-            auth: bucket(group.auth_burst, group.auth_per_minute),
+            auth: bucket("auth", group.auth_burst, group.auth_per_minute),
             sends,
-            conversations: bucket(group.conversations_burst, group.conversations_per_minute),
-            renames: bucket(group.renames_burst, group.renames_per_minute),
-            member_adds: bucket(group.member_adds_burst, group.member_adds_per_minute),
+            conversations: bucket(
+                "conversations",
+                group.conversations_burst,
+                group.conversations_per_minute,
+            ),
+            renames: bucket("renames", group.renames_burst, group.renames_per_minute),
+            member_adds: bucket(
+                "member_adds",
+                group.member_adds_burst,
+                group.member_adds_per_minute,
+            ),
         }
+    }
+
+    /// The longest time any of these budgets takes to refill: shared buckets idle for
+    /// longer are full, and the sweeper may delete them.
+    pub fn longest_refill_ms(&self) -> i64 {
+        [
+            &self.auth,
+            &*self.sends,
+            &self.conversations,
+            &self.renames,
+            &self.member_adds,
+        ]
+        .iter()
+        .map(|b| b.refill_ms())
+        .max()
+        .unwrap_or(0)
     }
 }
 
 /// Takes a token from `limiter` for `key`, or the 429 to return.
-pub fn rate_limit(limiter: &Mutex<RateLimiter>, key: &str) -> Result<(), crate::error::ApiError> {
-    let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+pub async fn rate_limit(limiter: &Budget, key: &str) -> Result<(), crate::error::ApiError> {
     limiter
-        .check(key, tidings_store::now_ms())
+        .check(key)
+        .await
         .map_err(crate::error::ApiError::rate_limited)
 }
 
@@ -190,15 +220,17 @@ impl AppState {
 
     /// Uses `sends` as the per-user send budget (the one the MQTT worker also takes from).
     /// Called while building the state, before any request took an auth token.
-    pub fn with_send_limiter(mut self, sends: Arc<Mutex<RateLimiter>>) -> Self {
+    pub fn with_send_limiter(mut self, sends: Arc<Budget>) -> Self {
         self.limits = Arc::new(Limits::with_sends(sends));
         self
     }
 
-    /// Uses these budgets for logins and group operations. Called while building the
+    /// Uses these budgets for logins and group operations, kept in the store for every
+    /// node when `shared` (several nodes on PostgreSQL). Called while building the
     /// state, before any request took a token.
-    pub fn with_api_limits(mut self, group: ApiLimits) -> Self {
-        self.limits = Arc::new(Limits::with(self.limits.sends.clone(), group));
+    pub fn with_api_limits(mut self, group: ApiLimits, shared: bool) -> Self {
+        let store = shared.then_some(&self.store);
+        self.limits = Arc::new(Limits::with(self.limits.sends.clone(), group, store));
         self
     }
 

@@ -94,6 +94,20 @@ pub fn may_publish(
     }
 }
 
+/// `u/{uid}/out/{session}`: a session's own command topic behind an external broker,
+/// where the worker cannot otherwise tell which credential published a command. The
+/// broker's ACL hook lets only the client of that session publish there, so the
+/// session id in the topic is the credential's, and the worker checks each command
+/// against its grant. Answers `(uid, session)`.
+pub fn credential_outbox(topic: &str) -> Option<(&str, &str)> {
+    match topic.split('/').collect::<Vec<_>>().as_slice() {
+        ["u", owner, "out", session] if is_server_id(owner) && is_server_id(session) => {
+            Some((*owner, *session))
+        }
+        _ => None,
+    }
+}
+
 /// What a device credential's grant adds to the ACL: a send-only credential reads
 /// nothing, and one limited to some conversations follows only their topics.
 pub fn device_may_subscribe(grant: &DeviceGrant, filter: &str) -> bool {
@@ -119,6 +133,24 @@ pub fn device_may_publish(grant: &DeviceGrant, topic: &str) -> bool {
 mod tests {
     use super::*;
     use tidings_core::protocol::ids::new_id;
+
+    #[test]
+    fn credential_outboxes_name_user_and_session() {
+        let (uid, sid) = (new_id(), new_id());
+        assert_eq!(
+            credential_outbox(&format!("u/{uid}/out/{sid}")),
+            Some((uid.as_str(), sid.as_str()))
+        );
+        for topic in [
+            format!("u/{uid}/out"),
+            format!("u/{uid}/out/x"),
+            format!("u/{uid}/out/{sid}/more"),
+            format!("u/{uid}/in/{sid}"),
+            format!("u/x/out/{sid}"),
+        ] {
+            assert_eq!(credential_outbox(&topic), None, "{topic}");
+        }
+    }
 
     struct World {
         me: String,

@@ -13,6 +13,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    /// This backend does not do that (shared multi-node state on SQLite).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]

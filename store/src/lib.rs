@@ -20,6 +20,7 @@ mod error;
 pub mod membership;
 pub mod model;
 mod postgres;
+pub mod ratelimit;
 pub mod sink;
 mod sql_store;
 mod sqlite;

@@ -72,6 +72,140 @@ impl PgStore {
     async fn before_search(&self) -> crate::StoreResult<()> {
         Ok(())
     }
+
+    /// One multi-row upsert for a whole batch of charges. The bucket arithmetic is in
+    /// `DO UPDATE`, which reads the row's latest committed version under its row lock,
+    /// so two nodes charging one key at once serialize there and neither grants a token
+    /// the other took. Keys are inserted in sorted order, so two batches locking the
+    /// same keys cannot deadlock. The clock is the database's (`statement_timestamp`).
+    async fn take_rate_tokens_here(
+        &self,
+        burst: f64,
+        per_ms: f64,
+        wants: &[(String, u32)],
+    ) -> crate::StoreResult<Vec<(String, u32, f64)>> {
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = wants.iter().map(|(k, _)| k.as_str()).collect();
+        let counts: Vec<i32> = wants
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
+        // The bucket after refilling since its last charge, capped at `burst`.
+        const REFILLED: &str = "LEAST($1, b.tokens + GREATEST(0.0, \
+            EXTRACT(EPOCH FROM (EXCLUDED.updated_at - b.updated_at))::float8 * 1000.0) * $2)";
+        let sql = format!(
+            "INSERT INTO rate_buckets AS b (key, tokens, taken, updated_at) \
+             SELECT k, $1 - LEAST(n, FLOOR($1)::int), LEAST(n, FLOOR($1)::int), statement_timestamp() \
+             FROM UNNEST($3::text[], $4::int[]) AS w(k, n) ORDER BY k \
+             ON CONFLICT (key) DO UPDATE SET \
+             taken = LEAST(EXCLUDED.taken, FLOOR({REFILLED})::int), \
+             tokens = {REFILLED} - LEAST(EXCLUDED.taken, FLOOR({REFILLED})::int), \
+             updated_at = GREATEST(b.updated_at, EXCLUDED.updated_at) \
+             RETURNING key, taken, tokens"
+        );
+        // A bucket's update lost in a crash costs at most one burst of extra tokens,
+        // so its commit need not wait for the WAL flush the batch's write pays anyway.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&sql)
+            .bind(burst)
+            .bind(per_ms)
+            .bind(&keys)
+            .bind(&counts)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                let taken: i32 = r.try_get("taken")?;
+                Ok((
+                    r.try_get("key")?,
+                    u32::try_from(taken).unwrap_or(0),
+                    r.try_get("tokens")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn sweep_rate_buckets_here(&self, idle_ms: i64) -> crate::StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM rate_buckets WHERE updated_at < statement_timestamp() - make_interval(secs => $1)",
+        )
+        .bind(idle_ms as f64 / 1000.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Serializes one user's presence changes across nodes, without touching the
+    /// `users` row the write batches lock for the inbox counter.
+    async fn lock_presence(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        user: &str,
+    ) -> crate::StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidings.presence'), hashtext($1))")
+            .bind(user)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn broker_client_event_here(
+        &self,
+        client_id: &str,
+        up: bool,
+        at: i64,
+    ) -> crate::StoreResult<Option<(String, Option<bool>)>> {
+        let mut tx = self.pool.begin().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "SELECT s.user_id FROM mqtt_clients m JOIN sessions s ON s.id = m.session_id \
+             WHERE m.client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else {
+            return Ok(None);
+        };
+        Self::lock_presence(&mut tx, &user).await?;
+        const LIVE: &str = "SELECT count(*) FROM broker_connections \
+            WHERE user_id = $1 AND connected_at > disconnected_at";
+        let before: i64 = sqlx::query_scalar(LIVE)
+            .bind(&user)
+            .fetch_one(&mut *tx)
+            .await?;
+        // Only ever forward in time, so a late event cannot undo a newer one.
+        let sql = if up {
+            "INSERT INTO broker_connections (client_id, user_id, connected_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (client_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
+             connected_at = GREATEST(broker_connections.connected_at, EXCLUDED.connected_at)"
+        } else {
+            "INSERT INTO broker_connections (client_id, user_id, disconnected_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (client_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
+             disconnected_at = GREATEST(broker_connections.disconnected_at, EXCLUDED.disconnected_at)"
+        };
+        sqlx::query(sql)
+            .bind(client_id)
+            .bind(&user)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        let after: i64 = sqlx::query_scalar(LIVE)
+            .bind(&user)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let change = match (before > 0, after > 0) {
+            (false, true) => Some(true),
+            (true, false) => Some(false),
+            _ => None,
+        };
+        Ok(Some((user, change)))
+    }
 }
 
 /// The whole membership index as the database has it now.

@@ -951,6 +951,23 @@ macro_rules! impl_sql_store {
                 rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
             }
 
+            async fn take_rate_tokens(
+                &self,
+                burst: f64,
+                per_ms: f64,
+                wants: &[(String, u32)],
+            ) -> StoreResult<Vec<(String, u32, f64)>> {
+                self.take_rate_tokens_here(burst, per_ms, wants).await
+            }
+
+            async fn sweep_rate_buckets(&self, idle_ms: i64) -> StoreResult<u64> {
+                self.sweep_rate_buckets_here(idle_ms).await
+            }
+
+            async fn broker_client_event(&self, client_id: &str, up: bool, at: i64) -> StoreResult<Option<(String, Option<bool>)>> {
+                self.broker_client_event_here(client_id, up, at).await
+            }
+
             async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>> {
                 let rows = sqlx::query("SELECT client_id FROM mqtt_clients WHERE session_id = $1 ORDER BY client_id")
                     .bind(session)

@@ -106,6 +106,34 @@ impl SqliteStore {
     async fn before_search(&self) -> crate::StoreResult<()> {
         index_pending(&self.writer).await
     }
+
+    // One node per SQLite database: its in-memory limiter and presence tracker are
+    // exact, so the shared versions (PostgreSQL, migration 0008) are not kept here.
+    async fn take_rate_tokens_here(
+        &self,
+        _: f64,
+        _: f64,
+        _: &[(String, u32)],
+    ) -> crate::StoreResult<Vec<(String, u32, f64)>> {
+        Err(crate::StoreError::Unsupported(
+            "shared rate limits need PostgreSQL",
+        ))
+    }
+
+    async fn sweep_rate_buckets_here(&self, _: i64) -> crate::StoreResult<u64> {
+        Ok(0)
+    }
+
+    async fn broker_client_event_here(
+        &self,
+        _: &str,
+        _: bool,
+        _: i64,
+    ) -> crate::StoreResult<Option<(String, Option<bool>)>> {
+        Err(crate::StoreError::Unsupported(
+            "external-broker presence needs PostgreSQL",
+        ))
+    }
 }
 
 /// Moves queued messages into the search index every [`INDEX_EVERY`], until `stop`

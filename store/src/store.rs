@@ -97,6 +97,34 @@ pub trait Store: Send + Sync + 'static {
     async fn mqtt_clients_of_user(&self, user: &str) -> StoreResult<Vec<String>>;
     async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>>;
 
+    // --- state several nodes share (PostgreSQL only; migration 0008) ----------------
+    /// Charges token buckets shared by every node: for each `(key, wanted)`, grants up
+    /// to `wanted` tokens from a bucket of `burst` refilled at `per_ms` per millisecond,
+    /// all in one statement. Answers `(key, granted, tokens left)` per distinct key (in
+    /// no particular order). Keys must be distinct. SQLite: `Unsupported` (one node; the
+    /// in-memory limiter is exact there).
+    async fn take_rate_tokens(
+        &self,
+        burst: f64,
+        per_ms: f64,
+        wants: &[(String, u32)],
+    ) -> StoreResult<Vec<(String, u32, f64)>>;
+    /// Deletes buckets untouched for `idle_ms` (full ones, when that is at least the
+    /// longest refill time): forgetting them changes no decision.
+    async fn sweep_rate_buckets(&self, idle_ms: i64) -> StoreResult<u64>;
+    /// An external broker reported `client_id` connected (`up`) or gone at `at` (the
+    /// broker's time when it says, else the node's). Events may arrive out of order:
+    /// a client is live while its latest connect is later than its latest disconnect.
+    /// Answers the client's user and, when this event changed whether the user has any
+    /// live connection on any broker node, `Some(online)`. `None` for a client id no
+    /// auth hook recorded (the nodes' own connections).
+    async fn broker_client_event(
+        &self,
+        client_id: &str,
+        up: bool,
+        at: i64,
+    ) -> StoreResult<Option<(String, Option<bool>)>>;
+
     // --- conversations and members --------------------------------------------------
     /// Creates a conversation and its members, and stores a `conversation` event in each
     /// member's inbox. A direct conversation that exists for the pair is returned instead.

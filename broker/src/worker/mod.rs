@@ -15,7 +15,8 @@
 pub mod ops;
 mod query;
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc::Receiver;
 use crate::connection::AckCode;
 use crate::fanout::{decode_command, Fanout};
 use crate::hub::{ConnHandle, Outbound};
-use tidings_core::ratelimit::RateLimiter;
+use tidings_store::ratelimit::Budget;
 
 /// Most commands in one store transaction.
 pub const MAX_BATCH: usize = 256;
@@ -93,8 +94,9 @@ enum Pending {
 pub struct Worker {
     store: Arc<dyn Store>,
     fanout: Arc<Fanout>,
-    /// Shared with the REST API: one per-user send budget, whichever way a user sends.
-    limiter: Arc<Mutex<RateLimiter>>,
+    /// Shared with the REST API: one per-user send budget, whichever way a user sends
+    /// (and, on PostgreSQL with several nodes, whichever node takes the command).
+    limiter: Arc<Budget>,
 }
 
 /// A batch after its write: the answers in arrival order and what the store said of
@@ -127,11 +129,7 @@ fn ack_code(code: ErrorCode) -> AckCode {
 }
 
 impl Worker {
-    pub fn new(
-        store: Arc<dyn Store>,
-        fanout: Arc<Fanout>,
-        limiter: Arc<Mutex<RateLimiter>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, fanout: Arc<Fanout>, limiter: Arc<Budget>) -> Self {
         Worker {
             store,
             fanout,
@@ -165,18 +163,15 @@ impl Worker {
         tracing::info!("persistence worker stopped");
     }
 
-    fn allowed(&self, user: &str, now: i64) -> bool {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(user, now)
-    }
-
     /// Decides and stores one batch; the replier answers it.
     async fn process(&self, items: impl Iterator<Item = Inbound>) -> Stored {
         let now = now_ms();
-        let mut answers = Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
         let mut ops = Vec::new();
+        // Commands past every check but the rate limit, in arrival order, and how many
+        // tokens each user needs for them.
+        let mut accepted: Vec<(usize, Command)> = Vec::new();
+        let mut wanted: HashMap<String, u32> = HashMap::new();
         for item in items {
             let (from, payload, pkid, compact) = match item {
                 Inbound::Command {
@@ -224,26 +219,13 @@ impl Worker {
                     Ok(()) => match ops::grant_refusal(&from.grant, &cmd.op) {
                         Some((code, why)) => refuse(Some(cmd.id), code, why.into(), ack_code(code)),
                         None if cmd.op.is_query() => Pending::Query(Box::new(cmd)),
-                        None if ops::is_rate_limited(&cmd.op) && !self.allowed(&from.user, now) => {
-                            refuse(
-                                Some(cmd.id),
-                                ErrorCode::RateLimited,
-                                "too many messages; retry later with the same id".into(),
-                                AckCode::QuotaExceeded,
-                            )
-                        }
                         None => {
-                            let command_id = cmd.id.clone();
-                            match ops::write_op(&from.user, cmd, now) {
-                                Some(op) => {
-                                    ops.push(op);
-                                    Pending::Stored {
-                                        op: ops.len() - 1,
-                                        command_id,
-                                    }
-                                }
-                                None => Pending::AckOnly(AckCode::Success),
+                            // Decided below, once the batch's tokens are charged.
+                            if ops::is_rate_limited(&cmd.op) {
+                                *wanted.entry(from.user.clone()).or_insert(0) += 1;
                             }
+                            accepted.push((answers.len(), cmd));
+                            Pending::AckOnly(AckCode::Success)
                         }
                     },
                 },
@@ -257,6 +239,50 @@ impl Worker {
                 reply_to,
                 outcome,
             });
+        }
+        // One charge for the whole batch: a single statement when the budget is shared
+        // by several nodes (PostgreSQL), in-memory buckets otherwise.
+        let mut granted: HashMap<String, u32> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            let asks: Vec<(&str, u32)> = wanted.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+            let got = self.limiter.take(&asks).await;
+            asks.iter()
+                .zip(got)
+                .map(|((user, _), (n, _))| ((*user).to_owned(), n))
+                .collect()
+        };
+        for (at, cmd) in accepted {
+            let answer = &mut answers[at];
+            let Some(user) = answer.from.as_ref().map(|f| f.user.clone()) else {
+                continue;
+            };
+            if ops::is_rate_limited(&cmd.op) {
+                let left = granted.entry(user.clone()).or_insert(0);
+                if *left == 0 {
+                    answer.outcome = Pending::Refused(
+                        Box::new(Event::error(
+                            Some(cmd.id),
+                            ErrorCode::RateLimited,
+                            "too many messages; retry later with the same id",
+                        )),
+                        AckCode::QuotaExceeded,
+                    );
+                    continue;
+                }
+                *left -= 1;
+            }
+            let command_id = cmd.id.clone();
+            answer.outcome = match ops::write_op(&user, cmd, now) {
+                Some(op) => {
+                    ops.push(op);
+                    Pending::Stored {
+                        op: ops.len() - 1,
+                        command_id,
+                    }
+                }
+                None => Pending::AckOnly(AckCode::Success),
+            };
         }
         let written = if ops.is_empty() {
             Ok(Vec::new())

@@ -204,8 +204,8 @@ pub async fn create_account(
 /// One token per attempt from this client address (register, login and refresh share
 /// it). The address is the client behind a trusted proxy, not the proxy: keyed on the
 /// proxy, one client's bad logins would lock everyone out.
-fn limit_attempts(state: &AppState, client: ClientAddr) -> ApiResult<()> {
-    crate::state::rate_limit(&state.limits.auth, &client.0.to_string())
+async fn limit_attempts(state: &AppState, client: ClientAddr) -> ApiResult<()> {
+    crate::state::rate_limit(&state.limits.auth, &client.0.to_string()).await
 }
 
 /// Create an account and log in.
@@ -216,7 +216,7 @@ pub async fn register(
     client: ClientAddr,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<(StatusCode, Json<TokensResponse>)> {
-    limit_attempts(&state, client)?;
+    limit_attempts(&state, client).await?;
     check_device(&req.device_id)?;
     let user = create_account(
         &state.store,
@@ -238,7 +238,7 @@ pub async fn login(
     client: ClientAddr,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
-    limit_attempts(&state, client)?;
+    limit_attempts(&state, client).await?;
     check_device(&req.device_id)?;
     let wrong = || ApiError::unauthorized("invalid_credentials", "wrong username or password");
     if req.password.len() > PASSWORD_MAX {
@@ -279,7 +279,7 @@ pub async fn refresh(
     client: ClientAddr,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokensResponse>> {
-    limit_attempts(&state, client)?;
+    limit_attempts(&state, client).await?;
     // Derived from the presented token, so a retry names the same successor as the
     // rotation whose reply was lost, and the store can recognise it by its hash.
     let new_token = state.keys.successor_refresh_token(&req.refresh_token);

@@ -373,7 +373,7 @@ pub async fn create(
     };
     let mut members = vec![(auth.user_id.clone(), creator_role)];
     members.extend(others.into_iter().map(|u| (u, Role::Member)));
-    rate_limit(&state.limits.conversations, &auth.user_id)?;
+    rate_limit(&state.limits.conversations, &auth.user_id).await?;
     let created = state
         .store
         .create_conversation(NewConversation {
@@ -503,7 +503,7 @@ pub async fn update(
         Some(t) => bounded("topic", Some(t), MAX_CONVERSATION_TOPIC_BYTES)?,
         None => conv.topic,
     };
-    rate_limit(&state.limits.renames, &id)?;
+    rate_limit(&state.limits.renames, &id).await?;
     let (updated, deliveries) = state
         .store
         .update_conversation(&id, name, topic, now_ms())
@@ -550,7 +550,7 @@ pub async fn add_members(
         ));
     }
     let users = other_users(&state, &auth.user_id, req.user_ids).await?;
-    rate_limit(&state.limits.member_adds, &auth.user_id)?;
+    rate_limit(&state.limits.member_adds, &auth.user_id).await?;
     let (users, invited) = consent(&state, &auth.user_id, users).await?;
     if !invited.is_empty() {
         let invited: Vec<(String, Role)> = invited.into_iter().map(|u| (u, role)).collect();

@@ -98,7 +98,7 @@ pub async fn delete_me(
     auth: AuthUser,
     ApiJson(req): ApiJson<DeleteAccountRequest>,
 ) -> ApiResult<StatusCode> {
-    crate::state::rate_limit(&state.limits.auth, &auth.user_id)?;
+    crate::state::rate_limit(&state.limits.auth, &auth.user_id).await?;
     let account = state
         .store
         .find_account(&auth.user_id)

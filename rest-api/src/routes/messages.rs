@@ -191,7 +191,7 @@ pub async fn send(
     };
     cmd.validate()
         .map_err(|e| ApiError::from_code(e.code, e.message))?;
-    rate_limit(&state.limits.sends, &auth.user_id)?;
+    rate_limit(&state.limits.sends, &auth.user_id).await?;
     let Op::Send {
         conv,
         body,

@@ -8,6 +8,9 @@
 //! RMQTT_GRPC_ADDR    this node's gRPC listener, e.g. 127.0.0.1:5364
 //! RMQTT_PEERS        every node's gRPC address, e.g. 1@127.0.0.1:5364,2@127.0.0.1:5365
 //! RMQTT_HOOKS        base URL of a Tidings hooks listener, e.g. http://127.0.0.1:9181
+//!
+//! Client connects and disconnects are posted to Tidings' `/v1/hooks/rmqtt/events`
+//! by rmqtt's web-hook plugin: that is how presence works behind this broker.
 
 use std::net::SocketAddr;
 
@@ -62,6 +65,17 @@ headers = {{ content-type = "application/x-www-form-urlencoded" }}
 params = {{ access = "%A", username = "%u", clientid = "%c", topic = "%t" }}
 "#
     );
+    // Only the two events presence needs; the plugin's other events (every publish)
+    // would cost a request each.
+    let web_hook = format!(
+        r#"
+urls = ["{hooks}/v1/hooks/rmqtt/events"]
+http_timeout = "5s"
+retry_max_elapsed_time = "10s"
+rule.client_connected = [{{action = "client_connected"}}]
+rule.client_disconnected = [{{action = "client_disconnected"}}]
+"#
+    );
     let acl = r#"rules = [["deny", "all"]]"#;
     let cluster = format!("node_grpc_addrs = [{}]", peers.join(", "));
 
@@ -69,6 +83,7 @@ params = {{ access = "%A", username = "%u", clientid = "%c", topic = "%t" }}
         .node_id(node_id)
         .plugins_config_map_add("rmqtt-auth-http", auth_http)
         .plugins_config_map_add("rmqtt-acl", acl)
+        .plugins_config_map_add("rmqtt-web-hook", web_hook)
         .plugins_config_map_add("rmqtt-cluster-broadcast", cluster)
         // With the default `round_robin`, every command went to the same one of two
         // workers in this two-node cluster (observed, not explained); `random` spreads
@@ -84,6 +99,9 @@ params = {{ access = "%A", username = "%u", clientid = "%c", topic = "%t" }}
     rmqtt_plugins::auth_http::register_named(&scx, "rmqtt-auth-http", true, false)
         .await
         .map_err(|e| format!("rmqtt-auth-http: {e}"))?;
+    rmqtt_plugins::web_hook::register_named(&scx, "rmqtt-web-hook", true, false)
+        .await
+        .map_err(|e| format!("rmqtt-web-hook: {e}"))?;
     rmqtt_plugins::shared_subscription::register_named(
         &scx,
         "rmqtt-shared-subscription",

@@ -25,6 +25,47 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(emqx_authn))
         .routes(routes!(emqx_authz))
+        .routes(routes!(emqx_events))
+}
+
+/// An EMQX 5 webhook (a rule on `$events/client_connected` and
+/// `$events/client_disconnected` whose action POSTs the event as JSON).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EmqxEvent {
+    /// `client.connected` or `client.disconnected`; others are ignored.
+    pub event: String,
+    pub clientid: String,
+    /// Milliseconds since the epoch.
+    pub connected_at: Option<i64>,
+    pub disconnected_at: Option<i64>,
+}
+
+/// EMQX webhook: a client connected or disconnected (presence).
+#[utoipa::path(post, path = "/v1/hooks/emqx/events", tag = "hooks",
+    request_body(content = EmqxEvent, content_type = "application/json"),
+    responses((status = 200, description = "Recorded, ignored or malformed (counted): always `{}`")))]
+pub async fn emqx_events(State(state): State<AppState>, body: Bytes) -> Json<serde_json::Value> {
+    match serde_json::from_slice::<EmqxEvent>(&body) {
+        Ok(event) => {
+            let up = match event.event.as_str() {
+                "client.connected" => Some(true),
+                "client.disconnected" => Some(false),
+                _ => None,
+            };
+            if let Some(up) = up {
+                let at = if up {
+                    event.connected_at
+                } else {
+                    event.disconnected_at
+                };
+                super::client_event(&state, DIALECT, &event.clientid, up, at).await;
+            }
+        }
+        Err(e) => {
+            malformed(DIALECT, "event", &e.to_string());
+        }
+    }
+    Json(serde_json::json!({}))
 }
 
 /// EMQX's authentication request (the template above).

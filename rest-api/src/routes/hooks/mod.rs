@@ -101,6 +101,51 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(rmqtt::router())
 }
 
+/// A client connected (`up`) or went away at the broker, as one of its event hooks
+/// says (rmqtt's web-hook, EMQX's webhook, VerneMQ's `on_register`/`on_client_offline`):
+/// recorded in the store, and when it changed whether the user has any live
+/// connection on any broker node, this node publishes their presence (`u/{uid}/p`)
+/// through the broker. `at` is the broker's time when the event carries it.
+/// Best effort, like presence in embedded mode: a failure is logged and counted, and
+/// the broker is told all is well (a retry would only repeat the same event).
+pub async fn client_event(
+    state: &AppState,
+    dialect: &'static str,
+    client_id: &str,
+    up: bool,
+    at: Option<i64>,
+) {
+    let at = at.filter(|t| *t > 0).unwrap_or_else(now_ms);
+    let outcome = match state.store.broker_client_event(client_id, up, at).await {
+        Ok(Some((user, Some(online)))) => {
+            let mut last_seen = None;
+            if !online {
+                if let Err(e) = state.store.set_last_seen(&user, at).await {
+                    tracing::warn!(error = %e, %user, "could not record last seen");
+                }
+                // When the setting cannot be read, err on the side of hiding.
+                let hidden = state.store.hides_last_seen(&user).await.unwrap_or(true);
+                last_seen = (!hidden).then_some(at);
+            }
+            state.sink.presence(&user, online, last_seen);
+            if online {
+                "online"
+            } else {
+                "offline"
+            }
+        }
+        Ok(Some(_)) => "unchanged",
+        // The nodes' own connections and clients no auth hook admitted.
+        Ok(None) => "unknown_client",
+        Err(e) => {
+            tracing::warn!(error = %e, dialect, "could not record a broker client event");
+            "error"
+        }
+    };
+    metrics::counter!("tidings_hook_client_events_total", "dialect" => dialect, "outcome" => outcome)
+        .increment(1);
+}
+
 /// What a client asks to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -305,12 +350,18 @@ async fn access(
                 && device_may_subscribe(&session.grant, topic)
                 && (session.grant.conversations.is_none() || !is_inbox(topic))
         }
-        Action::Publish { qos, retain } => {
-            may_publish(user, topic, qos, retain, &index)
-                && device_may_publish(&session.grant, topic)
-                && (!is_outbox(topic)
-                    || (session.grant.can_send && session.grant.conversations.is_none()))
-        }
+        Action::Publish { qos, retain } => match tidings_store::acl::credential_outbox(topic) {
+            // A session's own command topic: the worker reads the session id from it
+            // and checks each command against that credential's grant, so any
+            // credential may publish there, and only there.
+            Some((owner, sid)) => owner == user && sid == session.id && qos <= 1 && !retain,
+            None => {
+                may_publish(user, topic, qos, retain, &index)
+                    && device_may_publish(&session.grant, topic)
+                    && (!is_outbox(topic)
+                        || (session.grant.can_send && session.grant.conversations.is_none()))
+            }
+        },
     };
     if allowed {
         Decision::Allow { superuser: false }
@@ -330,9 +381,10 @@ fn is_inbox(topic: &str) -> bool {
 }
 
 /// `u/{uid}/out`. The worker behind an external broker cannot tell which credential
-/// published a command (the embedded front door checks each against the grant), so
-/// only credentials that may send into every conversation of theirs publish commands
-/// there; the others use the REST API, which checks the grant per request.
+/// published a command there (the embedded front door checks each against the grant),
+/// so only credentials that may send into every conversation of theirs publish
+/// commands there; the others publish on their own `u/{uid}/out/{credential id}`,
+/// which names the credential to the worker.
 fn is_outbox(topic: &str) -> bool {
     matches!(
         topic.split('/').collect::<Vec<_>>().as_slice(),

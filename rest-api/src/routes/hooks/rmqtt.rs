@@ -26,6 +26,48 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(rmqtt_auth, rmqtt_auth_get))
         .routes(routes!(rmqtt_acl, rmqtt_acl_get))
+        .routes(routes!(rmqtt_events))
+}
+
+/// An event from rmqtt's `rmqtt-web-hook` plugin. Only `client_connected` and
+/// `client_disconnected` mean something here; other actions are acknowledged and
+/// ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RmqttEvent {
+    pub action: String,
+    pub clientid: String,
+    /// Milliseconds since the epoch, on `client_connected`.
+    pub connected_at: Option<i64>,
+    /// Milliseconds since the epoch, on `client_disconnected`.
+    pub disconnected_at: Option<i64>,
+}
+
+/// rmqtt web-hook: a client connected to or disconnected from a broker node (presence).
+#[utoipa::path(post, path = "/v1/hooks/rmqtt/events", tag = "hooks",
+    request_body(content = RmqttEvent, content_type = "application/json"),
+    responses((status = 200, description = "Recorded, ignored or malformed (counted): always `{}`, since a retry would repeat the same event")))]
+pub async fn rmqtt_events(State(state): State<AppState>, body: Bytes) -> Json<serde_json::Value> {
+    match serde_json::from_slice::<RmqttEvent>(&body) {
+        Ok(event) => {
+            let up = match event.action.as_str() {
+                "client_connected" => Some(true),
+                "client_disconnected" => Some(false),
+                _ => None,
+            };
+            if let Some(up) = up {
+                let at = if up {
+                    event.connected_at
+                } else {
+                    event.disconnected_at
+                };
+                super::client_event(&state, DIALECT, &event.clientid, up, at).await;
+            }
+        }
+        Err(e) => {
+            malformed(DIALECT, "event", &e.to_string());
+        }
+    }
+    Json(serde_json::json!({}))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -27,6 +27,47 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(vernemq_auth_on_register))
         .routes(routes!(vernemq_auth_on_subscribe))
         .routes(routes!(vernemq_auth_on_publish))
+        .routes(routes!(vernemq_events))
+}
+
+/// VerneMQ's `on_register`/`on_register_m5` (connected) and `on_client_offline`/
+/// `on_client_gone` (gone) webhooks; the `vernemq-hook` header says which. Their
+/// bodies carry the client id (and no time: the node's clock is used).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ClientEvent {
+    pub client_id: String,
+}
+
+/// VerneMQ webhooks for presence: a client registered or went offline.
+#[utoipa::path(post, path = "/v1/hooks/vernemq/events", tag = "hooks",
+    request_body(content = ClientEvent, content_type = "application/json"),
+    responses((status = 200, description = "Always `{\"result\":\"ok\"}` (notifications; a refusal would change nothing)")))]
+pub async fn vernemq_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Json<Value> {
+    let hook = headers
+        .get("vernemq-hook")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let up = match hook {
+        "on_register" | "on_register_m5" => Some(true),
+        "on_client_offline" | "on_client_gone" => Some(false),
+        _ => None,
+    };
+    match (up, serde_json::from_slice::<ClientEvent>(&body)) {
+        (Some(up), Ok(event)) => {
+            super::client_event(&state, DIALECT, &event.client_id, up, None).await;
+        }
+        (None, _) => {
+            malformed(DIALECT, "event", "vernemq-hook header");
+        }
+        (_, Err(e)) => {
+            malformed(DIALECT, "event", &e.to_string());
+        }
+    }
+    ok()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
