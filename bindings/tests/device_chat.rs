@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::recorder::Recorder;
 use common::Server;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -255,34 +256,6 @@ impl Device {
 }
 
 // ------------------------------------------------------------------- the SDK side
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ClientEvent>>);
-
-impl TidingsListener for Recorder {
-    fn on_event(&self, event: ClientEvent) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    async fn message(&self, body: &str) -> Message {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.0.lock().unwrap().iter().find_map(|e| match e {
-                ClientEvent::Message { message, .. } if message.body == body => {
-                    Some(message.clone())
-                }
-                _ => None,
-            });
-            if let Some(m) = found {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "the SDK user never got {body:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 async fn http_json(req: reqwest::RequestBuilder, status: u16) -> Value {
     let res = req.send().await.expect("http");

@@ -6,27 +6,15 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::recorder::Recorder;
+use common::recorder::{client, client_with, wait_until};
 use common::Server;
 use tidings_core::sdk::ffi::TidingsClient;
 use tidings_core::sdk::*;
 
 fn config(server: &Server, http: String, dir: &std::path::Path, device: &str) -> ClientConfig {
     ClientConfig::new(http, server.mqtt(), dir.to_string_lossy(), device)
-}
-
-fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
-    let c = Client::new(
-        config(server, server.http(), dir, device),
-        tokio::runtime::Handle::current(),
-    )
-    .expect("client");
-    let rec = Arc::new(Recorder::default());
-    c.set_listener(rec.clone());
-    (c, rec)
 }
 
 fn role_of(members: &[Member], user: &str) -> Option<String> {
@@ -391,18 +379,12 @@ async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out(
     let (slow_mqtt, _) =
         common::proxy::slow(server.mqtt_port, 1 << 16, Duration::from_millis(1000)).await;
     let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = Client::new(
-        ClientConfig::new(
-            server.http(),
-            format!("mqtt://127.0.0.1:{slow_mqtt}"),
-            alice_dir.path().to_string_lossy(),
-            "alice-phone",
-        ),
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
-    let alice_rec = Arc::new(Recorder::default());
-    alice.set_listener(alice_rec.clone());
+    let (alice, _) = client_with(ClientConfig::new(
+        server.http(),
+        format!("mqtt://127.0.0.1:{slow_mqtt}"),
+        alice_dir.path().to_string_lossy(),
+        "alice-phone",
+    ));
     let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
     alice.register("alice", "alice-password").await.unwrap();
     let b = bob.register("bob", "bob-password").await.unwrap();
@@ -446,19 +428,14 @@ async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out(
 
     // Online: once handed to the network it can no longer be edited.
     alice.connect().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !alice
-        .pending_messages()
-        .unwrap()
-        .iter()
-        .any(|p| p.client_id == first && p.sent)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first message never went out"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the first message to go out", || {
+        alice
+            .pending_messages()
+            .unwrap()
+            .iter()
+            .any(|p| p.client_id == first && p.sent)
+    })
+    .await;
     let late = alice.edit_pending(&first, "too late");
     assert!(
         matches!(late, Err(SdkError::InvalidArgument { ref code, .. }) if code == "already_sent"),
@@ -469,14 +446,10 @@ async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out(
     assert_eq!(got.client_msg_id, first);
     bob_rec.message("second").await;
     assert!(!bob_rec.got_message("first draft") && !bob_rec.got_message("too late"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !alice.pending_messages().unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outbox never drained"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the outbox to drain", || {
+        alice.pending_messages().unwrap().is_empty()
+    })
+    .await;
     alice.shutdown();
     bob.shutdown();
 }
@@ -558,15 +531,10 @@ async fn attachments_queue_offline_and_a_refused_file_is_reported_once() {
         })
         .await;
     assert_eq!(refused, "unsupported_type");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !alice.pending_messages().unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            alice.pending_messages()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the outbox to drain", || {
+        alice.pending_messages().unwrap().is_empty()
+    })
+    .await;
     assert!(
         !std::path::Path::new(&file).exists(),
         "the uploaded file was removed"

@@ -7,23 +7,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::recorder::Recorder;
+use common::recorder::client;
 use common::Server;
 use serde_json::{json, Value};
 use tidings_core::sdk::*;
-
-fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
-    let c = Client::new(
-        ClientConfig::new(server.http(), server.mqtt(), dir.to_string_lossy(), device),
-        tokio::runtime::Handle::current(),
-    )
-    .expect("client");
-    let rec = Arc::new(Recorder::default());
-    c.set_listener(rec.clone());
-    (c, rec)
-}
 
 /// Posts a message over HTTP; returns (id, seq).
 async fn post(

@@ -8,7 +8,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::recorder::Recorder;
 use common::Server;
 use tidings_core::sdk::*;
 
@@ -50,18 +49,7 @@ impl TidingsLogger for Throws {
 async fn the_app_logger_gets_sdk_lines_at_its_level() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::new(
-        ClientConfig::new(
-            server.http(),
-            server.mqtt(),
-            dir.path().to_string_lossy(),
-            "phone",
-        ),
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
-    let rec = Arc::new(Recorder::default());
-    client.set_listener(rec.clone());
+    let (client, rec) = common::recorder::client(&server, dir.path(), "phone");
 
     let info = Arc::new(Lines::default());
     set_logger(info.clone(), LogLevel::Info).unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::recorder::Recorder;
+use common::recorder::{client_with, Recorder};
 use common::Server;
 use tidings_core::sdk::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,14 +21,12 @@ fn client(
     dir: &std::path::Path,
     device: &str,
 ) -> (Client, Arc<Recorder>) {
-    let c = Client::new(
-        ClientConfig::new(http, broker, dir.to_string_lossy(), device),
-        tokio::runtime::Handle::current(),
-    )
-    .expect("client");
-    let rec = Arc::new(Recorder::default());
-    c.set_listener(rec.clone());
-    (c, rec)
+    client_with(ClientConfig::new(
+        http,
+        broker,
+        dir.to_string_lossy(),
+        device,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,68 +6,19 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::recorder::{client_with, Recorder};
 use common::Server;
 use tidings_core::sdk::*;
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ClientEvent>>);
-
-impl TidingsListener for Recorder {
-    fn on_event(&self, event: ClientEvent) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    fn all(&self) -> Vec<ClientEvent> {
-        self.0.lock().unwrap().clone()
-    }
-
-    async fn wait_for<T>(&self, what: &str, f: impl Fn(&[ClientEvent]) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = f(&self.0.lock().unwrap()) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:#?}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until the last connection-state event is Connected.
-    async fn connected(&self) {
-        self.wait_for("connected", |evs| {
-            evs.iter()
-                .rev()
-                .find_map(|e| match e {
-                    ClientEvent::ConnectionState { state } => Some(*state),
-                    _ => None,
-                })
-                .filter(|s| *s == ConnectionState::Connected)
-        })
-        .await;
-    }
-
-    fn messages_with_body(&self, body: &str) -> Vec<Message> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match e {
-                ClientEvent::Message { message, .. } if message.body == body => Some(message),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
 /// Every client of the scenario goes through the TLS proxy (HTTPS + MQTT over TLS)
 /// and trusts only the run's throwaway CA.
+fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
+    client_with(config(server, dir, device))
+}
+
 fn config(server: &Server, dir: &std::path::Path, device: &str) -> ClientConfig {
     ClientConfig {
         pinned_ca_pem: Some(server.ca_pem()),
@@ -80,26 +31,8 @@ fn config(server: &Server, dir: &std::path::Path, device: &str) -> ClientConfig 
     }
 }
 
-fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
-    let c = Client::new(
-        config(server, dir, device),
-        tokio::runtime::Handle::current(),
-    )
-    .expect("client");
-    let rec = Arc::new(Recorder::default());
-    c.set_listener(rec.clone());
-    (c, rec)
-}
-
 async fn wait_message(rec: &Recorder, body: &str) -> Message {
-    let body = body.to_owned();
-    rec.wait_for(&format!("message {body:?}"), |evs| {
-        evs.iter().find_map(|e| match e {
-            ClientEvent::Message { message, .. } if message.body == body => Some(message.clone()),
-            _ => None,
-        })
-    })
-    .await
+    rec.message(body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +55,8 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
 
     alice.connect().await.unwrap();
     bob.connect().await.unwrap();
-    rec_a.connected().await;
-    rec_b.connected().await;
+    rec_a.state(ConnectionState::Connected).await;
+    rec_b.state(ConnectionState::Connected).await;
 
     let conv = alice
         .create_conversation("direct", None, vec![sb.user_id.clone()])
@@ -267,7 +200,7 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
     assert_eq!(bob.pending().unwrap(), vec![q1.clone(), q2.clone()]);
     tokio::task::block_in_place(|| server.restart());
     // Alice writes while bob is away: bob gets it through sync from his last inbox seq.
-    rec_a.connected().await;
+    rec_a.state(ConnectionState::Connected).await;
     alice
         .send_text(&conv.id, "while you were away", None, vec![])
         .await
@@ -316,7 +249,7 @@ async fn two_clients_chat_and_offline_messages_survive_a_server_restart() {
         q1
     );
     // Alice reconnected by herself (backoff) and is connected again.
-    rec_a.connected().await;
+    rec_a.state(ConnectionState::Connected).await;
     assert!(rec_a.all().iter().any(|e| matches!(
         e,
         ClientEvent::ConnectionState {
@@ -345,7 +278,7 @@ async fn a_killed_client_s_outbox_is_delivered_once_by_the_next_instance() {
         .await
         .unwrap();
     alice.connect().await.unwrap();
-    rec_a.connected().await;
+    rec_a.state(ConnectionState::Connected).await;
 
     // Bob's first app instance writes two messages while the server is down, and dies.
     tokio::task::block_in_place(|| server.stop());
@@ -369,7 +302,7 @@ async fn a_killed_client_s_outbox_is_delivered_once_by_the_next_instance() {
         .iter()
         .any(|c| c.id == conv.id));
     bob2.connect().await.unwrap();
-    rec_b2.connected().await;
+    rec_b2.state(ConnectionState::Connected).await;
     wait_message(&rec_a, "from the dead 1").await;
     wait_message(&rec_a, "from the dead 2").await;
     rec_b2
@@ -383,7 +316,7 @@ async fn a_killed_client_s_outbox_is_delivered_once_by_the_next_instance() {
     let (bob3, rec_b3) = client(&server, dir_b.path(), "bob-1");
     assert!(bob3.pending().unwrap().is_empty());
     bob3.connect().await.unwrap();
-    rec_b3.connected().await;
+    rec_b3.state(ConnectionState::Connected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rec_a.messages_with_body("from the dead 1").len(), 1);
     assert_eq!(rec_a.messages_with_body("from the dead 2").len(), 1);
@@ -450,7 +383,7 @@ async fn a_rejected_access_token_is_refreshed_inside() {
         .await
         .unwrap();
     carol.connect().await.unwrap();
-    rec.connected().await;
+    rec.state(ConnectionState::Connected).await;
     assert!(
         rec.all().iter().any(|e| matches!(
             e,
@@ -493,8 +426,8 @@ async fn a_gap_in_the_inbox_sequence_triggers_a_sync() {
         .unwrap();
     alice.connect().await.unwrap();
     bob.connect().await.unwrap();
-    rec_a.connected().await;
-    rec_b.connected().await;
+    rec_a.state(ConnectionState::Connected).await;
+    rec_b.state(ConnectionState::Connected).await;
     alice
         .send_text(&conv.id, "lost one", None, vec![])
         .await
@@ -613,6 +546,6 @@ async fn an_untrusted_certificate_is_a_typed_tls_error_not_the_cache() {
     let (again, rec) = client(&server, dir.path(), "alice-tls");
     assert_eq!(again.conversations().await.unwrap().len(), 1);
     again.connect().await.unwrap();
-    rec.connected().await;
+    rec.state(ConnectionState::Connected).await;
     again.shutdown();
 }

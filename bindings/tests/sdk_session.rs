@@ -5,24 +5,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::recorder::{has_message, Recorder};
+use common::recorder::{client, has_message};
 use common::Server;
 use serde_json::Value;
 use tidings_core::sdk::*;
-
-fn client(server: &Server, dir: &std::path::Path, device: &str) -> (Client, Arc<Recorder>) {
-    let c = Client::new(
-        ClientConfig::new(server.http(), server.mqtt(), dir.to_string_lossy(), device),
-        tokio::runtime::Handle::current(),
-    )
-    .expect("client");
-    let rec = Arc::new(Recorder::default());
-    c.set_listener(rec.clone());
-    (c, rec)
-}
 
 /// A conversation's messages as its member sees them over HTTP: (sender, body).
 async fn history(server: &Server, token: &str, conv: &str) -> Vec<(String, String)> {
