@@ -102,6 +102,49 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A client connected (`up`) or went away at the broker, as one of its event hooks
+/// A connect or disconnect webhook as rmqtt and EMQX post it: the event's name, the
+/// client id, and the broker's time of the change.
+pub struct ConnectionEvent<'a> {
+    pub kind: &'a str,
+    pub clientid: &'a str,
+    pub connected_at: Option<i64>,
+    pub disconnected_at: Option<i64>,
+}
+
+/// Answers a connect/disconnect webhook: `names` are the dialect's names for connected
+/// and disconnected (other events are acknowledged and ignored); a body that did not
+/// parse is counted as malformed. Always `{}`: a retry would only repeat the event.
+pub async fn connection_webhook(
+    state: &AppState,
+    dialect: &'static str,
+    event: Result<ConnectionEvent<'_>, String>,
+    names: [&str; 2],
+) -> axum::Json<serde_json::Value> {
+    match event {
+        Ok(e) => {
+            let up = if e.kind == names[0] {
+                Some(true)
+            } else if e.kind == names[1] {
+                Some(false)
+            } else {
+                None
+            };
+            if let Some(up) = up {
+                let at = if up {
+                    e.connected_at
+                } else {
+                    e.disconnected_at
+                };
+                client_event(state, dialect, e.clientid, up, at).await;
+            }
+        }
+        Err(why) => {
+            malformed(dialect, "event", &why);
+        }
+    }
+    axum::Json(serde_json::json!({}))
+}
+
 /// says (rmqtt's web-hook, EMQX's webhook, VerneMQ's `on_register`/`on_client_offline`):
 /// recorded in the store, and when it changed whether the user has any live
 /// connection on any broker node, this node publishes their presence (`u/{uid}/p`)

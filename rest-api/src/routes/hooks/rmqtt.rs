@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{decide, malformed, parse_params, record, Action, Decision, Loose, Question};
+use super::{
+    decide, malformed, parse_params, record, Action, ConnectionEvent, Decision, Loose, Question,
+};
 use crate::state::AppState;
 
 const DIALECT: &str = "rmqtt";
@@ -47,27 +49,23 @@ pub struct RmqttEvent {
     request_body(content = RmqttEvent, content_type = "application/json"),
     responses((status = 200, description = "Recorded, ignored or malformed (counted): always `{}`, since a retry would repeat the same event")))]
 pub async fn rmqtt_events(State(state): State<AppState>, body: Bytes) -> Json<serde_json::Value> {
-    match serde_json::from_slice::<RmqttEvent>(&body) {
-        Ok(event) => {
-            let up = match event.action.as_str() {
-                "client_connected" => Some(true),
-                "client_disconnected" => Some(false),
-                _ => None,
-            };
-            if let Some(up) = up {
-                let at = if up {
-                    event.connected_at
-                } else {
-                    event.disconnected_at
-                };
-                super::client_event(&state, DIALECT, &event.clientid, up, at).await;
-            }
-        }
-        Err(e) => {
-            malformed(DIALECT, "event", &e.to_string());
-        }
-    }
-    Json(serde_json::json!({}))
+    let parsed = serde_json::from_slice::<RmqttEvent>(&body).map_err(|e| e.to_string());
+    let event = parsed
+        .as_ref()
+        .map_err(Clone::clone)
+        .map(|e| ConnectionEvent {
+            kind: &e.action,
+            clientid: &e.clientid,
+            connected_at: e.connected_at,
+            disconnected_at: e.disconnected_at,
+        });
+    super::connection_webhook(
+        &state,
+        DIALECT,
+        event,
+        ["client_connected", "client_disconnected"],
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
