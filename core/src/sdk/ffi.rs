@@ -408,3 +408,38 @@ impl Drop for TidingsClient {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// What a cancelled Swift Task or Kotlin coroutine does to a call: drops its future
+    /// after it started. The spawned work must stop with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_started_call_aborts_its_work() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let call = AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flag.store(true, Ordering::SeqCst);
+        }));
+        assert!(tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!finished.load(Ordering::SeqCst), "the dropped call ran on");
+
+        // Control: awaited to the end, the same work does finish.
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flag.store(true, Ordering::SeqCst);
+        }))
+        .await
+        .unwrap();
+        assert!(finished.load(Ordering::SeqCst));
+    }
+}
