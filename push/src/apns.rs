@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tidings_store::{now_ms, PushTarget, Store};
 
 use crate::notification::Notification;
-use crate::provider::{retry_after, Outcome, Provider};
+use crate::provider::{retry_after, send, Outcome, Provider};
 
 /// APNs refuses `apns-collapse-id` values longer than this.
 const MAX_COLLAPSE_ID: usize = 64;
@@ -270,16 +270,9 @@ impl Provider for Apns {
                 .header("apns-priority", "10")
                 .header("apns-collapse-id", collapse_id(&n.conversation))
         };
-        let response = request.json(&Apns::payload(n)).send().await;
-        let response = match response {
+        let response = match send(request.json(&Apns::payload(n)), self.name()).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "APNs request failed");
-                return Outcome::Retry {
-                    reason: "network".into(),
-                    after: None,
-                };
-            }
+            Err(retry) => return retry,
         };
         let status = response.status();
         if status.is_success() {

@@ -18,7 +18,7 @@ use tidings_store::PushTarget;
 use tokio::sync::Mutex;
 
 use crate::notification::Notification;
-use crate::provider::{retry_after, Outcome, Provider};
+use crate::provider::{retry_after, send, Outcome, Provider};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// An access token is renewed this long before Google says it expires.
@@ -218,22 +218,14 @@ impl Provider for Fcm {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        let response = match self
+        let request = self
             .client
             .post(&self.send_url)
             .bearer_auth(token)
-            .json(&Fcm::message(&target.token, n))
-            .send()
-            .await
-        {
+            .json(&Fcm::message(&target.token, n));
+        let response = match send(request, self.name()).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "FCM request failed");
-                return Outcome::Retry {
-                    reason: "network".into(),
-                    after: None,
-                };
-            }
+            Err(retry) => return retry,
         };
         let status = response.status();
         if status.is_success() {

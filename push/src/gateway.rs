@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tidings_store::PushTarget;
 
 use crate::notification::Notification;
-use crate::provider::{by_status, Outcome, Provider};
+use crate::provider::{by_status, send, Outcome, Provider};
 
 pub struct Gateway {
     client: reqwest::Client,
@@ -77,22 +77,10 @@ impl Provider for Gateway {
     }
 
     async fn send(&self, target: &PushTarget, n: &Notification) -> Outcome {
-        let response = match self
-            .client
-            .post(&self.url)
-            .json(&Gateway::body(target, n))
-            .send()
-            .await
-        {
+        let request = self.client.post(&self.url).json(&Gateway::body(target, n));
+        let response = match send(request, self.name()).await {
             Ok(r) => r,
-            Err(e) => {
-                // The reason is a metric label: a fixed word, the error only in the log.
-                tracing::debug!(error = %e, "push gateway request failed");
-                return Outcome::Retry {
-                    reason: "network".into(),
-                    after: None,
-                };
-            }
+            Err(retry) => return retry,
         };
         let status = response.status();
         if !status.is_success() {

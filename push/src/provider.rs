@@ -37,6 +37,22 @@ pub trait Provider: Send + Sync {
     async fn send(&self, target: &PushTarget, notification: &Notification) -> Outcome;
 }
 
+/// Sends one push request. One that got no answer (connection, TLS, timeout) is tried
+/// again later: `Err` is that outcome. The reason is a metric label, so it is a fixed
+/// word and the error itself goes to the log only.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    provider: &'static str,
+) -> Result<reqwest::Response, Outcome> {
+    request.send().await.map_err(|e| {
+        tracing::debug!(error = %e, provider, "push request failed");
+        Outcome::Retry {
+            reason: "network".into(),
+            after: None,
+        }
+    })
+}
+
 /// Reads a `Retry-After` given in seconds (the HTTP-date form is treated as absent:
 /// the worker's own backoff then applies).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

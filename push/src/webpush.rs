@@ -18,7 +18,7 @@ use serde_json::Value;
 use tidings_store::PushTarget;
 
 use crate::notification::Notification;
-use crate::provider::{by_status, Outcome, Provider};
+use crate::provider::{by_status, send, Outcome, Provider};
 
 /// Bytes of one `aes128gcm` record: the whole message is one record. Push services
 /// accept at least 4096 bytes of body.
@@ -361,7 +361,7 @@ impl Provider for WebPush {
             Ok(a) => a,
             Err(e) => return failed("vapid", e),
         };
-        let response = self
+        let request = self
             .client
             .post(url)
             .header("authorization", authorization)
@@ -379,18 +379,10 @@ impl Provider for WebPush {
                     topic(&n.conversation)
                 },
             )
-            .body(body)
-            .send()
-            .await;
-        let response = match response {
+            .body(body);
+        let response = match send(request, self.name()).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "Web Push request failed");
-                return Outcome::Retry {
-                    reason: "network".into(),
-                    after: None,
-                };
-            }
+            Err(retry) => return retry,
         };
         let status = response.status();
         if status.is_success() {
