@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::recorder::{client, client_with, wait_until};
+use common::recorder::{client, client_with, wait_until, Recorder};
 use common::Server;
 use tidings_core::sdk::ffi::TidingsClient;
 use tidings_core::sdk::*;
@@ -371,6 +371,23 @@ async fn an_aborted_upload_stops_sending_and_sends_no_message() {
     bob.shutdown();
 }
 
+/// Registers alice and bob, connects bob, and opens their direct conversation.
+async fn alice_and_bob(
+    alice: &Client,
+    bob: &Client,
+    bob_rec: &Recorder,
+) -> (Conversation, SessionInfo) {
+    alice.register("alice", "alice-password").await.unwrap();
+    let b = bob.register("bob", "bob-password").await.unwrap();
+    bob.connect().await.unwrap();
+    bob_rec.state(ConnectionState::Connected).await;
+    let conv = alice
+        .create_conversation("direct", None, vec![b.user_id.clone()])
+        .await
+        .unwrap();
+    (conv, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out() {
     let server = Server::start();
@@ -386,14 +403,7 @@ async fn queued_messages_are_listed_with_content_and_editable_until_they_go_out(
         "alice-phone",
     ));
     let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
-    alice.register("alice", "alice-password").await.unwrap();
-    let b = bob.register("bob", "bob-password").await.unwrap();
-    bob.connect().await.unwrap();
-    bob_rec.state(ConnectionState::Connected).await;
-    let conv = alice
-        .create_conversation("direct", None, vec![b.user_id.clone()])
-        .await
-        .unwrap();
+    let (conv, b) = alice_and_bob(&alice, &bob, &bob_rec).await;
 
     // Offline: queued with their content, in order, and editable.
     let first = alice
@@ -460,14 +470,7 @@ async fn attachments_queue_offline_and_a_refused_file_is_reported_once() {
     let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (alice, alice_rec) = client(&server, alice_dir.path(), "alice-phone");
     let (bob, bob_rec) = client(&server, bob_dir.path(), "bob-phone");
-    alice.register("alice", "alice-password").await.unwrap();
-    let b = bob.register("bob", "bob-password").await.unwrap();
-    bob.connect().await.unwrap();
-    bob_rec.state(ConnectionState::Connected).await;
-    let conv = alice
-        .create_conversation("direct", None, vec![b.user_id.clone()])
-        .await
-        .unwrap();
+    let (conv, _) = alice_and_bob(&alice, &bob, &bob_rec).await;
 
     // Not connected: both queue, in order, with a text message between them.
     let notes: Vec<u8> = b"meeting notes\n".repeat(500);
