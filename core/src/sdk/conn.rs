@@ -647,11 +647,16 @@ impl Processor {
             if paced && !self.sent.contains_key(&e.id) && !self.queue.take_token(now) {
                 continue;
             }
-            // What is published is what the outbox holds now (an edit may have changed
-            // it since it was read above); from here on it cannot be edited.
-            let command = match self.inner.local.outbox_mark_published(&e.id) {
-                Ok(Some(c)) => c,
-                _ => continue, // aborted meanwhile
+            // The first time, what is published is what the outbox holds now (an edit may
+            // have changed it since it was read above), and from then on it cannot be
+            // edited; a resend needs no write.
+            let command = if e.published {
+                e.command
+            } else {
+                match self.inner.local.outbox_mark_published(&e.id) {
+                    Ok(Some(c)) => c,
+                    _ => continue, // aborted meanwhile
+                }
             };
             let Ok(payload) = JsonCodec.encode_command(&command) else {
                 continue;
