@@ -20,6 +20,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Database(sqlx::Error),
+    /// From the SQLite write path that runs on the writer's handle directly
+    /// (`sqlite/fast_batch.rs`).
+    #[error(transparent)]
+    Sqlite(rusqlite::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -32,6 +36,23 @@ impl From<sqlx::Error> for StoreError {
             }
         }
         StoreError::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(failure, message) = &e {
+            if matches!(
+                failure.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ) {
+                return StoreError::Conflict(
+                    message.clone().unwrap_or_else(|| failure.to_string()),
+                );
+            }
+        }
+        StoreError::Sqlite(e)
     }
 }
 

@@ -1,25 +1,26 @@
-//! `write_batch` on SQLite in three round trips to sqlx's SQLite thread instead of ten.
+//! `write_batch` on SQLite: one transaction run directly on the writer's SQLite handle.
 //!
-//! Every sqlx statement is a hop to the connection's own thread and back. On a small
-//! machine under load each hop waits for a core, so the generic path's ten hops (BEGIN,
-//! four snapshot reads, four writes, COMMIT) made a batch of four messages take ~1.3 ms,
-//! mostly waiting, while the SQLite thread was busy for half of it (`perf`, issue 9).
-//! Here the same decisions ([`batch::plan`]) are read and written with fixed statements
-//! whose rows arrive as one JSON array each (`json_each`): the reads are one statement
-//! for conversations, members and inbox counters (plus one for retried sends, and only
-//! when needed for referenced messages, attachments and reactions), and every write and
-//! the COMMIT are one multi-statement string. Fixed SQL text also means every statement
-//! is prepared once and cached, whatever the batch size.
+//! The generic sqlx path costs a hop to sqlx's connection thread and back for every
+//! statement, and passing a batch's rows as JSON arrays (`json_each`, `value->>N`) made
+//! SQLite parse every row's JSON once per column: at 256 messages a batch this path was
+//! 83 µs per message where a prepared `INSERT` per row costs about 30 µs (`perf` and a
+//! `sqlite3` experiment, issue 9). So the batch takes sqlx's connection out of its pool,
+//! locks its handle (sqlx's thread is then idle on it), and runs the whole transaction
+//! from the calling thread with rusqlite: statements prepared once per batch and cached
+//! for its rows, values bound per row, nothing serialized but the event payloads. The
+//! persistence worker calls this from a thread of its own, so blocking it is the point;
+//! a REST send is a batch of one.
 //!
-//! Atomicity: the batch runs on the writer pool's only connection inside
-//! `BEGIN IMMEDIATE … COMMIT`, rolled back on any error, exactly like the generic path.
+//! The decisions are [`batch::plan`]'s, as on every backend. Atomicity: `BEGIN
+//! IMMEDIATE … COMMIT` on the writer pool's only connection, rolled back on any error.
+//! Every statement is finalized before the handle goes back to sqlx (which closes the
+//! handle on drop and insists that nothing is left open on it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-use sqlx::pool::PoolConnection;
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::{params, Connection, OptionalExtension};
+use sqlx::SqlitePool;
 use tidings_core::protocol::event::AttachmentView;
 
 use crate::batch::{self, AttachmentRow, ConvState, MemberMarkers, Plan, Snapshot};
@@ -27,42 +28,40 @@ use crate::error::{StoreError, StoreResult};
 use crate::model::*;
 use crate::sql_store::{to_i64, to_u64, MESSAGE_COLUMNS, MESSAGE_SELECT};
 
-/// Conversations, their current members with markers, and each member's inbox counter
-/// (the newest `inbox_events.seq`, one index seek each), for the conversations in `$1`.
-const CONVERSATIONS_AND_MEMBERS: &str = "SELECT c.id AS conv, c.kind, c.last_seq, \
+/// One conversation, its current members with markers, and each member's inbox counter
+/// (the newest `inbox_events.seq`, one index seek each).
+const CONVERSATION_AND_MEMBERS: &str = "SELECT c.kind, c.last_seq, \
      m.user_id, m.read_seq, m.delivered_seq, \
      COALESCE((SELECT e.seq FROM inbox_events e WHERE e.user_id = m.user_id \
                ORDER BY e.seq DESC LIMIT 1), 0) AS inbox_seq \
      FROM conversations c \
      LEFT JOIN members m ON m.conversation_id = c.id AND m.left_at IS NULL \
-     WHERE c.id IN (SELECT value FROM json_each($1)) \
-     ORDER BY c.id, m.joined_at, m.user_id";
+     WHERE c.id = ?1 \
+     ORDER BY m.joined_at, m.user_id";
 
-/// Every write of a plan, then COMMIT: one round trip. Each `$N` is a JSON array of
-/// rows (arrays), in the order the generic path writes them.
-const WRITE_PLAN_AND_COMMIT: &str = "\
-UPDATE conversations SET last_seq = j.value->>1, last_activity_at = j.value->>2 \
-    FROM json_each($1) AS j WHERE conversations.id = j.value->>0; \
-INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, body, \
-    reply_to, mentions, attachment_id, created_at, edited_at, deleted_at) \
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-    value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 \
-    FROM json_each($2) ORDER BY key; \
-UPDATE messages SET body = j.value->>1, edited_at = j.value->>2, deleted_at = j.value->>3, \
-    mentions = CASE WHEN j.value->>3 IS NULL THEN mentions ELSE '[]' END, \
-    attachment_id = CASE WHEN j.value->>3 IS NULL THEN attachment_id ELSE NULL END \
-    FROM json_each($3) AS j WHERE messages.id = j.value->>0; \
-INSERT INTO reactions (message_id, user_id, emoji, created_at) \
-    SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($4) WHERE true \
-    ON CONFLICT DO NOTHING; \
-DELETE FROM reactions WHERE (message_id, user_id, emoji) IN \
-    (SELECT value->>0, value->>1, value->>2 FROM json_each($5)); \
-UPDATE members SET read_seq = j.value->>2, delivered_seq = j.value->>3 \
-    FROM json_each($6) AS j \
-    WHERE members.conversation_id = j.value->>0 AND members.user_id = j.value->>1; \
-INSERT INTO inbox_events (user_id, seq, payload, created_at) \
-    SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($7) ORDER BY key; \
-COMMIT";
+const UPDATE_CONVERSATION: &str =
+    "UPDATE conversations SET last_seq = ?2, last_activity_at = ?3 WHERE id = ?1";
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, seq, sender_id, \
+     client_msg_id, kind, body, reply_to, mentions, attachment_id, created_at, edited_at, \
+     deleted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const UPDATE_MESSAGE: &str = "UPDATE messages SET body = ?2, edited_at = ?3, deleted_at = ?4, \
+     mentions = CASE WHEN ?4 IS NULL THEN mentions ELSE '[]' END, \
+     attachment_id = CASE WHEN ?4 IS NULL THEN attachment_id ELSE NULL END \
+     WHERE id = ?1";
+
+const INSERT_REACTION: &str = "INSERT INTO reactions (message_id, user_id, emoji, created_at) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
+const DELETE_REACTION: &str =
+    "DELETE FROM reactions WHERE message_id = ?1 AND user_id = ?2 AND emoji = ?3";
+
+const UPDATE_MARKERS: &str = "UPDATE members SET read_seq = ?3, delivered_seq = ?4 \
+     WHERE conversation_id = ?1 AND user_id = ?2";
+
+const INSERT_INBOX_EVENT: &str =
+    "INSERT INTO inbox_events (user_id, seq, payload, created_at) VALUES (?1, ?2, ?3, ?4)";
 
 /// Decides and stores `ops` in one transaction on the writer's connection.
 pub(crate) async fn write_batch(
@@ -72,250 +71,252 @@ pub(crate) async fn write_batch(
     if ops.is_empty() {
         return Ok(vec![]);
     }
-    let mut conn: PoolConnection<Sqlite> = writer.acquire().await?;
-    let result = decide_and_store(&mut conn, ops).await;
+    let mut conn = writer.acquire().await?;
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is locked for this scope, so sqlx's thread does not touch it;
+    // the rusqlite `Connection` borrows it (it never closes a handle it did not open)
+    // and is dropped, finalizing every statement it prepared, before the lock is.
+    let db = unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }?;
+    let result = in_transaction(&db, ops);
+    drop(db);
+    result
+}
+
+fn in_transaction(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    let result = decide_and_store(db, ops).and_then(|outcomes| {
+        db.execute_batch("COMMIT")?;
+        Ok(outcomes)
+    });
     if result.is_err() {
         // Whatever failed, leave no transaction open on the pool's connection. (Fails
-        // harmlessly when the failure was BEGIN itself.)
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        // harmlessly when the failure was COMMIT and SQLite already rolled back.)
+        let _ = db.execute_batch("ROLLBACK");
     }
     result
 }
 
-async fn decide_and_store(
-    conn: &mut SqliteConnection,
-    ops: &[WriteOp],
-) -> StoreResult<Vec<WriteOutcome>> {
-    let snap = snapshot(conn, ops).await?;
+fn decide_and_store(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+    let snap = snapshot(db, ops)?;
     let plan = batch::plan(ops, snap);
-    let (p1, p2, p3, p4, p5, p6, p7) = plan_rows(&plan)?;
-    sqlx::query(WRITE_PLAN_AND_COMMIT)
-        .bind(p1)
-        .bind(p2)
-        .bind(p3)
-        .bind(p4)
-        .bind(p5)
-        .bind(p6)
-        .bind(p7)
-        .execute(&mut *conn)
-        .await?;
+    store_plan(db, &plan)?;
     Ok(plan.outcomes)
 }
 
-fn json_list<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> StoreResult<String> {
-    Ok(serde_json::to_string(
-        &items.into_iter().collect::<Vec<T>>(),
-    )?)
-}
-
-/// The statement that opens the transaction goes in front of the first read.
-struct Opener(bool);
-
-impl Opener {
-    fn sql(&mut self, query: &str) -> String {
-        if std::mem::replace(&mut self.0, false) {
-            format!("BEGIN IMMEDIATE; {query}")
-        } else {
-            query.to_owned()
-        }
-    }
-}
-
-/// Reads what `ops` may touch; the first statement also begins the transaction.
-async fn snapshot(conn: &mut SqliteConnection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
+/// Reads what `ops` may touch.
+fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
     let mut wanted = Snapshot::wanted(ops);
     let mut snap = Snapshot::default();
-    let mut opener = Opener(true);
     if !wanted.messages.is_empty() {
-        let sql = opener.sql(&format!(
-            "{MESSAGE_SELECT} WHERE m.id IN (SELECT value FROM json_each($1))"
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(json_list(wanted.messages.drain())?)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &rows {
-            let m = message_from_row(row)?;
-            wanted.convs.insert(m.conv.clone());
-            snap.messages.insert(m.id.clone(), m);
+        let mut by_id = db.prepare_cached(&format!("{MESSAGE_SELECT} WHERE m.id = ?1"))?;
+        for id in wanted.messages.drain() {
+            if let Some(m) = by_id.query_row([&id], message_from_row).optional()? {
+                let m = m?;
+                wanted.convs.insert(m.conv.clone());
+                snap.messages.insert(m.id.clone(), m);
+            }
         }
     }
-    // Always runs (a batch always names a conversation or a message), so the
-    // transaction is open before anything else is read.
-    let sql = opener.sql(CONVERSATIONS_AND_MEMBERS);
-    let rows = sqlx::query(&sql)
-        .bind(json_list(wanted.convs.iter())?)
-        .fetch_all(&mut *conn)
-        .await?;
-    for row in &rows {
-        let conv: String = row.try_get("conv")?;
-        if !snap.convs.contains_key(&conv) {
-            let kind: String = row.try_get("kind")?;
-            let kind = ConversationKind::parse(&kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("conversation kind {kind:?}")))?;
-            snap.convs.insert(
-                conv.clone(),
-                ConvState {
-                    kind,
-                    last_seq: to_u64(row.try_get("last_seq")?),
-                },
-            );
+    let mut conversation = db.prepare_cached(CONVERSATION_AND_MEMBERS)?;
+    for conv in &wanted.convs {
+        let mut rows = conversation.query([conv])?;
+        while let Some(row) = rows.next()? {
+            if !snap.convs.contains_key(conv) {
+                let kind: String = row.get("kind")?;
+                let kind = ConversationKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("conversation kind {kind:?}")))?;
+                snap.convs.insert(
+                    conv.clone(),
+                    ConvState {
+                        kind,
+                        last_seq: to_u64(row.get("last_seq")?),
+                    },
+                );
+            }
+            let Some(user) = row.get::<_, Option<String>>("user_id")? else {
+                continue;
+            };
+            snap.inbox_seqs
+                .insert(user.clone(), to_u64(row.get("inbox_seq")?));
+            let markers = MemberMarkers {
+                read_seq: to_u64(row.get("read_seq")?),
+                delivered_seq: to_u64(row.get("delivered_seq")?),
+            };
+            snap.members
+                .entry(conv.clone())
+                .or_default()
+                .push((user, markers));
         }
-        let Some(user) = row.try_get::<Option<String>, _>("user_id")? else {
+    }
+    let mut sent = None;
+    for op in ops {
+        let WriteOp::Send(m) = op else { continue };
+        let key = (m.sender.clone(), m.client_msg_id.clone());
+        if snap.sent.contains_key(&key) {
             continue;
+        }
+        // One probe of the (sender, client id) index per send.
+        let sent = match &mut sent {
+            Some(s) => s,
+            None => sent.insert(db.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m \
+                 LEFT JOIN attachments a ON a.id = m.attachment_id \
+                 WHERE m.sender_id = ?1 AND m.client_msg_id = ?2"
+            ))?),
         };
-        snap.inbox_seqs
-            .insert(user.clone(), to_u64(row.try_get("inbox_seq")?));
-        let markers = MemberMarkers {
-            read_seq: to_u64(row.try_get("read_seq")?),
-            delivered_seq: to_u64(row.try_get("delivered_seq")?),
-        };
-        snap.members.entry(conv).or_default().push((user, markers));
-    }
-    let sent_keys: Vec<(&str, &str)> = ops
-        .iter()
-        .filter_map(|op| match op {
-            WriteOp::Send(m) => Some((m.sender.as_str(), m.client_msg_id.as_str())),
-            _ => None,
-        })
-        .collect();
-    if !sent_keys.is_empty() {
-        // One index probe per (sender, client id) pair, driven from the pairs. Written
-        // as `sender IN (…) AND client_msg_id IN (…)`, SQLite walked every message of
-        // each sender: a cost per send that grew with history (memcmp and index
-        // stepping were a fifth of the SQLite thread at 5k msg/s).
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM json_each($1) AS j \
-             CROSS JOIN messages m ON m.sender_id = j.value->>0 AND m.client_msg_id = j.value->>1 \
-             LEFT JOIN attachments a ON a.id = m.attachment_id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_list(sent_keys)?)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &rows {
-            let m = message_from_row(row)?;
-            snap.sent
-                .insert((m.sender.clone(), m.client_msg_id.clone()), m);
+        if let Some(found) = sent
+            .query_row([&m.sender, &m.client_msg_id], message_from_row)
+            .optional()?
+        {
+            snap.sent.insert(key, found?);
         }
     }
     if !wanted.attachments.is_empty() {
-        let rows = sqlx::query(
-            "SELECT id, uploader_id, mime, size, filename FROM attachments \
-             WHERE id IN (SELECT value FROM json_each($1))",
-        )
-        .bind(json_list(wanted.attachments.drain())?)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let view = AttachmentView {
-                id: id.clone(),
-                mime: row.try_get("mime")?,
-                size: to_u64(row.try_get("size")?),
-                name: row.try_get("filename")?,
-            };
-            snap.attachments.insert(
-                id,
-                AttachmentRow {
-                    uploader: row.try_get("uploader_id")?,
-                    view,
-                },
-            );
+        let mut by_id = db.prepare_cached(
+            "SELECT id, uploader_id, mime, size, filename FROM attachments WHERE id = ?1",
+        )?;
+        for id in wanted.attachments.drain() {
+            let row = by_id
+                .query_row([&id], |row| {
+                    Ok(AttachmentRow {
+                        uploader: row.get("uploader_id")?,
+                        view: AttachmentView {
+                            id: row.get("id")?,
+                            mime: row.get("mime")?,
+                            size: to_u64(row.get("size")?),
+                            name: row.get("filename")?,
+                        },
+                    })
+                })
+                .optional()?;
+            if let Some(row) = row {
+                snap.attachments.insert(id, row);
+            }
         }
     }
     if !wanted.reactors.is_empty() && !snap.messages.is_empty() {
-        let rows = sqlx::query(
-            "SELECT message_id, user_id, emoji FROM reactions \
-             WHERE message_id IN (SELECT value FROM json_each($1)) \
-             AND user_id IN (SELECT value FROM json_each($2))",
-        )
-        .bind(json_list(snap.messages.keys())?)
-        .bind(json_list(wanted.reactors.drain())?)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in &rows {
-            snap.reactions.insert((
-                row.try_get("message_id")?,
-                row.try_get("user_id")?,
-                row.try_get("emoji")?,
-            ));
+        let mut theirs = db
+            .prepare_cached("SELECT emoji FROM reactions WHERE message_id = ?1 AND user_id = ?2")?;
+        for message in snap.messages.keys() {
+            for user in &wanted.reactors {
+                let mut rows = theirs.query([message, user])?;
+                while let Some(row) = rows.next()? {
+                    snap.reactions
+                        .insert((message.clone(), user.clone(), row.get(0)?));
+                }
+            }
         }
     }
     Ok(snap)
 }
 
-type PlanRows = (String, String, String, String, String, String, String);
-
-/// The plan's writes as the JSON arrays [`WRITE_PLAN_AND_COMMIT`] reads.
-fn plan_rows(plan: &Plan) -> StoreResult<PlanRows> {
-    let conv_seqs = json_list(
-        plan.conv_seqs
-            .iter()
-            .map(|(conv, seq, at)| json!([conv, to_i64(*seq), at])),
-    )?;
-    let mut inserts = Vec::with_capacity(plan.inserts.len());
-    for row in &plan.inserts {
-        let v = &row.view;
-        inserts.push(json!([
-            v.id,
-            v.conv,
-            to_i64(v.seq),
-            v.sender,
-            v.client_msg_id,
-            v.kind.as_str(),
-            v.body,
-            v.reply_to,
-            serde_json::to_string(&v.mentions)?,
-            row.attachment_id,
-            v.created_at,
-            v.edited_at,
-            row.deleted_at,
-        ]));
+/// Executes the plan's writes, each table's rows through one prepared statement, in the
+/// order the generic path writes them.
+fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
+    if !plan.conv_seqs.is_empty() {
+        let mut update = db.prepare_cached(UPDATE_CONVERSATION)?;
+        for (conv, seq, at) in &plan.conv_seqs {
+            update.execute(params![conv, to_i64(*seq), at])?;
+        }
     }
-    let updates = json_list(
-        plan.updates
-            .iter()
-            .map(|(id, body, edited, deleted)| json!([id, body, edited, deleted])),
-    )?;
-    let added = json_list(
-        plan.reactions_added
-            .iter()
-            .map(|(m, u, e, at)| json!([m, u, e, at])),
-    )?;
-    let removed = json_list(
-        plan.reactions_removed
-            .iter()
-            .map(|(m, u, e)| json!([m, u, e])),
-    )?;
-    let markers = json_list(
-        plan.markers
-            .iter()
-            .map(|(c, u, r, d)| json!([c, u, to_i64(*r), to_i64(*d)])),
-    )?;
-    // One event body is shared by all its recipients: serialize it once.
-    let mut encoded: HashMap<*const EventBody, Value> = HashMap::new();
-    let mut events = Vec::with_capacity(plan.events.len());
-    for (user, seq, body, at) in &plan.events {
-        let payload = match encoded.get(&Arc::as_ptr(body)) {
-            Some(p) => p.clone(),
-            None => {
-                let p = Value::String(serde_json::to_string(&**body)?);
-                encoded.insert(Arc::as_ptr(body), p.clone());
-                p
-            }
-        };
-        events.push(json!([user, to_i64(*seq), payload, at]));
+    if !plan.inserts.is_empty() {
+        let mut insert = db.prepare_cached(INSERT_MESSAGE)?;
+        for row in &plan.inserts {
+            let v = &row.view;
+            insert.execute(params![
+                v.id,
+                v.conv,
+                to_i64(v.seq),
+                v.sender,
+                v.client_msg_id,
+                v.kind.as_str(),
+                v.body,
+                v.reply_to,
+                serde_json::to_string(&v.mentions)?,
+                row.attachment_id,
+                v.created_at,
+                v.edited_at,
+                row.deleted_at,
+            ])?;
+        }
     }
-    Ok((
-        conv_seqs,
-        serde_json::to_string(&inserts)?,
-        updates,
-        added,
-        removed,
-        markers,
-        serde_json::to_string(&events)?,
-    ))
+    if !plan.updates.is_empty() {
+        let mut update = db.prepare_cached(UPDATE_MESSAGE)?;
+        for (id, body, edited, deleted) in &plan.updates {
+            update.execute(params![id, body, edited, deleted])?;
+        }
+    }
+    if !plan.reactions_added.is_empty() {
+        let mut insert = db.prepare_cached(INSERT_REACTION)?;
+        for (message, user, emoji, at) in &plan.reactions_added {
+            insert.execute(params![message, user, emoji, at])?;
+        }
+    }
+    if !plan.reactions_removed.is_empty() {
+        let mut delete = db.prepare_cached(DELETE_REACTION)?;
+        for (message, user, emoji) in &plan.reactions_removed {
+            delete.execute(params![message, user, emoji])?;
+        }
+    }
+    if !plan.markers.is_empty() {
+        let mut update = db.prepare_cached(UPDATE_MARKERS)?;
+        for (conv, user, read, delivered) in &plan.markers {
+            update.execute(params![conv, user, to_i64(*read), to_i64(*delivered)])?;
+        }
+    }
+    if !plan.events.is_empty() {
+        let mut insert = db.prepare_cached(INSERT_INBOX_EVENT)?;
+        // One event body is shared by all its recipients: serialize it once.
+        let mut encoded: HashMap<*const EventBody, String> = HashMap::new();
+        for (user, seq, body, at) in &plan.events {
+            let key = Arc::as_ptr(body);
+            let payload = match encoded.get(&key) {
+                Some(p) => p,
+                None => encoded
+                    .entry(key)
+                    .or_insert(serde_json::to_string(&**body)?),
+            };
+            insert.execute(params![user, to_i64(*seq), payload, at])?;
+        }
+    }
+    Ok(())
 }
 
-use super::message_from_row;
+/// A `MessageView` from a row of [`MESSAGE_COLUMNS`]; the outer `Result` is SQLite's,
+/// the inner one says whether the stored values make sense.
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<MessageView>> {
+    let kind: String = row.get("kind")?;
+    let mentions: String = row.get("mentions")?;
+    let deleted_at: Option<i64> = row.get("deleted_at")?;
+    let attachment = match row.get::<_, Option<String>>("att_id")? {
+        Some(id) => Some(AttachmentView {
+            id,
+            mime: row.get("att_mime")?,
+            size: to_u64(row.get("att_size")?),
+            name: row.get("att_name")?,
+        }),
+        None => None,
+    };
+    let Some(kind) = MessageKind::parse(&kind) else {
+        return Ok(Err(StoreError::Corrupt(format!("message kind {kind:?}"))));
+    };
+    let mentions = match serde_json::from_str(&mentions) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    Ok(Ok(MessageView {
+        id: row.get("id")?,
+        conv: row.get("conversation_id")?,
+        seq: to_u64(row.get("seq")?),
+        sender: row.get("sender_id")?,
+        client_msg_id: row.get("client_msg_id")?,
+        kind,
+        body: row.get("body")?,
+        reply_to: row.get("reply_to")?,
+        mentions,
+        attachment,
+        created_at: row.get("created_at")?,
+        edited_at: row.get("edited_at")?,
+        deleted: deleted_at.is_some(),
+    }))
+}
