@@ -359,6 +359,38 @@ mod tests {
     }
 
     #[test]
+    fn presence_grace_has_a_default_a_setting_and_a_ceiling() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.hooks.presence_offline_grace_ms, 2_000);
+            assert_eq!(c.hooks.presence_sweep_secs, 30);
+            jail.set_env("TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS", "500");
+            jail.set_env("TIDINGS_HOOKS_PRESENCE_SWEEP_SECS", "5");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.hooks.presence_offline_grace_ms, 500);
+            assert_eq!(c.hooks.presence_sweep_secs, 5);
+            jail.set_env("TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS", "600001");
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("an hour-long grace accepted");
+            assert!(
+                format!("{err:#}").contains("presence_offline_grace_ms"),
+                "{err:#}"
+            );
+            jail.set_env("TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS", "500");
+            jail.set_env("TIDINGS_HOOKS_PRESENCE_SWEEP_SECS", "0");
+            let err = Config::load(None)
+                .map(|_| ())
+                .expect_err("a sweep every 0 s accepted");
+            assert!(
+                format!("{err:#}").contains("presence_sweep_secs"),
+                "{err:#}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn external_broker_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TIDINGS_BROKER_MODE", "external");

@@ -268,6 +268,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             std::time::Duration::from_secs(config.limits.sweep_secs.max(1)),
         ));
     }
+    // Presence from an external broker's events is kept in PostgreSQL alone.
+    if config.hooks.enabled && state.store.backend() == Backend::Postgres {
+        tokio::spawn(tidings_rest::routes::hooks::run_presence_sweeper(
+            state.clone(),
+        ));
+    }
     let hooks_router = tidings_rest::hooks_router(state.clone());
     if config.hooks.enabled && config.hooks.listen.is_none() {
         tracing::warn!(

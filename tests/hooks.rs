@@ -19,8 +19,15 @@ fn hook_env() -> Vec<(String, String)> {
         ("TIDINGS_HOOKS_ENABLED".into(), "true".into()),
         ("TIDINGS_HOOKS_NODE_USERNAME".into(), NODE_USER.into()),
         ("TIDINGS_HOOKS_NODE_SECRET".into(), NODE_SECRET.into()),
+        (
+            "TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS".into(),
+            GRACE.as_millis().to_string(),
+        ),
     ]
 }
+
+/// The offline grace of presence from broker events, short for the tests.
+const GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
 async fn start(db: Db) -> Server {
     let mut opts = Options::new(db);
@@ -995,4 +1002,130 @@ async fn client_events_move_presence() {
     json_of(vernemq("on_client_offline", &laptop).await.expect("hook")).await;
     let offline = watcher.expect(&topic, "alice offline", |_| true).await;
     assert_eq!(offline["online"], false, "{offline}");
+}
+
+/// rmqtt's auth hook admits `clientid` for `who` (recording its session, as CONNECT
+/// does), so its client events count for them.
+async fn rmqtt_admit(server: &Server, who: &Account, clientid: &str) {
+    let form = serde_urlencoded::to_string([
+        ("username", who.id.as_str()),
+        ("clientid", clientid),
+        ("password", who.access.as_str()),
+    ])
+    .expect("form");
+    let reply = json_of(
+        post_raw(
+            server,
+            "/v1/hooks/rmqtt/auth",
+            "application/x-www-form-urlencoded",
+            &form,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(reply["result"], "allow", "{reply}");
+}
+
+/// An rmqtt web-hook event as the broker posts it, with the broker's time `at`.
+async fn rmqtt_event(server: &Server, action: &str, clientid: &str, at: i64) {
+    let time = if action == "client_connected" {
+        "connected_at"
+    } else {
+        "disconnected_at"
+    };
+    let body = json!({ "action": action, "clientid": clientid, "node": 1, time: at });
+    let reply = json_of(post_json(server, "/v1/hooks/rmqtt/events", &body).await).await;
+    assert_eq!(reply, json!({}));
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The race that made tests/multi_node_rmqtt.rs's presence flaky: two broker nodes post
+/// their events in any order. Alice's phone is on broker node 1; her laptop connects on
+/// node 2, then the phone drops, but node 1's disconnect is posted before node 2's
+/// connect. She was connected throughout, so a watcher sees nothing: no "offline", and
+/// no second "online". When the laptop goes and a new phone connection comes back
+/// within the grace (`hooks.presence_offline_grace_ms`, short here), nothing either.
+/// When her last device goes and stays gone, "offline" comes once, no sooner than the
+/// grace, with the last disconnect as her last-seen time; a reconnect after that is
+/// "online" again.
+#[tokio::test]
+async fn out_of_order_broker_events_do_not_flicker_presence() {
+    let server = start(Db::Postgres).await;
+    let w = world(&server).await;
+    let topic = format!("u/{}/p", w.alice.id);
+    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
+    watcher.subscribe(&topic).await;
+    let phone = client_id(&w.alice);
+    let laptop = format!("{}:laptop", w.alice.id);
+    rmqtt_admit(&server, &w.alice, &phone).await;
+    rmqtt_admit(&server, &w.alice, &laptop).await;
+    let quiet = GRACE * 3;
+
+    let t0 = now_ms();
+    rmqtt_event(&server, "client_connected", &phone, t0).await;
+    let online = watcher.expect(&topic, "alice online", |_| true).await;
+    assert_eq!(online["online"], true, "{online}");
+
+    // The laptop connected (t0+100) before the phone dropped (t0+200); the events
+    // arrive the other way round.
+    rmqtt_event(&server, "client_disconnected", &phone, t0 + 200).await;
+    rmqtt_event(&server, "client_connected", &laptop, t0 + 100).await;
+    assert_eq!(
+        watcher.next_json(&topic, quiet).await,
+        None,
+        "presence changed while the laptop was connected"
+    );
+
+    // The laptop goes, and the phone is back within the grace: still nothing.
+    rmqtt_event(&server, "client_disconnected", &laptop, t0 + 300).await;
+    rmqtt_event(&server, "client_connected", &phone, t0 + 350).await;
+    assert_eq!(
+        watcher.next_json(&topic, quiet).await,
+        None,
+        "presence changed for a reconnect within the grace"
+    );
+
+    // The phone goes for good: "offline" once, after the grace.
+    let gone = std::time::Instant::now();
+    rmqtt_event(&server, "client_disconnected", &phone, t0 + 500).await;
+    let offline = watcher.expect(&topic, "alice offline", |_| true).await;
+    assert!(
+        gone.elapsed() >= GRACE,
+        "offline after {:?}, before the grace",
+        gone.elapsed()
+    );
+    assert_eq!(offline["online"], false, "{offline}");
+    assert_eq!(offline["last_seen"], t0 + 500, "{offline}");
+    assert_eq!(
+        watcher.next_json(&topic, quiet).await,
+        None,
+        "a second presence change after the offline"
+    );
+
+    // Control: back after the grace is "online" again.
+    rmqtt_event(&server, "client_connected", &laptop, t0 + 600).await;
+    let again = watcher.expect(&topic, "alice online again", |_| true).await;
+    assert_eq!(again["online"], true, "{again}");
+}
+
+/// SQLite keeps no cross-node presence: a client event is answered (200, `{}`) and
+/// counted as an error in the log, and nothing is published.
+#[tokio::test]
+async fn sqlite_answers_client_events_and_publishes_nothing() {
+    let server = start(Db::Sqlite).await;
+    let w = world(&server).await;
+    let topic = format!("u/{}/p", w.alice.id);
+    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
+    watcher.subscribe(&topic).await;
+    let phone = client_id(&w.alice);
+    rmqtt_admit(&server, &w.alice, &phone).await;
+    rmqtt_event(&server, "client_connected", &phone, now_ms()).await;
+    rmqtt_event(&server, "client_disconnected", &phone, now_ms()).await;
+    assert_eq!(watcher.next_json(&topic, GRACE * 3).await, None);
 }

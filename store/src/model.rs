@@ -535,3 +535,29 @@ pub struct PushJob {
     pub event: Option<EventBody>,
     pub created_at: i64,
 }
+
+/// What an external broker's connect/disconnect event did to its user's presence
+/// ([`crate::Store::broker_client_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerPresence {
+    /// A client id no auth hook recorded (the nodes' own connections).
+    UnknownClient,
+    /// Nothing for watchers: what they were last told still holds.
+    Unchanged { user: String },
+    /// "online" was published (the user was shown offline).
+    Online { user: String },
+    /// The user is shown online with no live client: "offline" is due after the grace,
+    /// from [`crate::Store::settle_broker_presence`].
+    OfflinePending { user: String },
+}
+
+/// What [`crate::Store::settle_broker_presence`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceSettled {
+    /// "offline" was published.
+    Offline,
+    /// Nothing to publish: a client is live again, or the user is shown offline.
+    Unchanged,
+    /// The grace has this many milliseconds left (a later event restarted it).
+    Wait(i64),
+}

@@ -11,6 +11,8 @@ use sqlx::Executor;
 
 use crate::MembershipIndex;
 
+pub(crate) mod presence;
+
 /// The channel the migration's triggers NOTIFY on (migrations/postgres/0007).
 const INDEX_CHANNEL: &str = "tidings_index";
 /// Longest wait between attempts to get the listening connection back.
@@ -139,72 +141,6 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Serializes one user's presence changes across nodes, without touching the
-    /// `users` row the write batches lock for the inbox counter.
-    async fn lock_presence(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        user: &str,
-    ) -> crate::StoreResult<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidings.presence'), hashtext($1))")
-            .bind(user)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn broker_client_event_here(
-        &self,
-        client_id: &str,
-        up: bool,
-        at: i64,
-    ) -> crate::StoreResult<Option<(String, Option<bool>)>> {
-        let mut tx = self.pool.begin().await?;
-        let user: Option<String> = sqlx::query_scalar(
-            "SELECT s.user_id FROM mqtt_clients m JOIN sessions s ON s.id = m.session_id \
-             WHERE m.client_id = $1",
-        )
-        .bind(client_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(user) = user else {
-            return Ok(None);
-        };
-        Self::lock_presence(&mut tx, &user).await?;
-        const LIVE: &str = "SELECT count(*) FROM broker_connections \
-            WHERE user_id = $1 AND connected_at > disconnected_at";
-        let before: i64 = sqlx::query_scalar(LIVE)
-            .bind(&user)
-            .fetch_one(&mut *tx)
-            .await?;
-        // Only ever forward in time, so a late event cannot undo a newer one.
-        let sql = if up {
-            "INSERT INTO broker_connections (client_id, user_id, connected_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (client_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
-             connected_at = GREATEST(broker_connections.connected_at, EXCLUDED.connected_at)"
-        } else {
-            "INSERT INTO broker_connections (client_id, user_id, disconnected_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (client_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
-             disconnected_at = GREATEST(broker_connections.disconnected_at, EXCLUDED.disconnected_at)"
-        };
-        sqlx::query(sql)
-            .bind(client_id)
-            .bind(&user)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        let after: i64 = sqlx::query_scalar(LIVE)
-            .bind(&user)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let change = match (before > 0, after > 0) {
-            (false, true) => Some(true),
-            (true, false) => Some(false),
-            _ => None,
-        };
-        Ok(Some((user, change)))
     }
 }
 

@@ -964,8 +964,16 @@ macro_rules! impl_sql_store {
                 self.sweep_rate_buckets_here(idle_ms).await
             }
 
-            async fn broker_client_event(&self, client_id: &str, up: bool, at: i64) -> StoreResult<Option<(String, Option<bool>)>> {
-                self.broker_client_event_here(client_id, up, at).await
+            async fn broker_client_event(&self, client_id: &str, up: bool, at: i64, sink: &dyn crate::EventSink) -> StoreResult<BrokerPresence> {
+                crate::postgres::presence::SharedPresence::client_event(self, client_id, up, at, sink).await
+            }
+
+            async fn settle_broker_presence(&self, user: &str, grace_ms: i64, sink: &dyn crate::EventSink) -> StoreResult<PresenceSettled> {
+                crate::postgres::presence::SharedPresence::settle(self, user, grace_ms, sink).await
+            }
+
+            async fn unsettled_broker_presence(&self, grace_ms: i64, limit: i64) -> StoreResult<Vec<String>> {
+                crate::postgres::presence::SharedPresence::unsettled(self, grace_ms, limit).await
             }
 
             async fn mqtt_clients_of_session(&self, session: &str) -> StoreResult<Vec<String>> {

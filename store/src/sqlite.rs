@@ -123,17 +123,6 @@ impl SqliteStore {
     async fn sweep_rate_buckets_here(&self, _: i64) -> crate::StoreResult<u64> {
         Ok(0)
     }
-
-    async fn broker_client_event_here(
-        &self,
-        _: &str,
-        _: bool,
-        _: i64,
-    ) -> crate::StoreResult<Option<(String, Option<bool>)>> {
-        Err(crate::StoreError::Unsupported(
-            "external-broker presence needs PostgreSQL",
-        ))
-    }
 }
 
 /// Moves queued messages into the search index every [`INDEX_EVERY`], until `stop`

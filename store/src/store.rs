@@ -115,15 +115,36 @@ pub trait Store: Send + Sync + 'static {
     /// An external broker reported `client_id` connected (`up`) or gone at `at` (the
     /// broker's time when it says, else the node's). Events may arrive out of order:
     /// a client is live while its latest connect is later than its latest disconnect.
-    /// Answers the client's user and, when this event changed whether the user has any
-    /// live connection on any broker node, `Some(online)`. `None` for a client id no
-    /// auth hook recorded (the nodes' own connections).
+    /// Decided under the user's presence lock against what watchers were last told:
+    /// a user shown offline with a live client is published "online" through `sink`
+    /// before the lock is released (so no other node's change can be published between
+    /// the decision and it); a user shown online with no live client is answered
+    /// [`BrokerPresence::OfflinePending`], for [`Store::settle_broker_presence`] after
+    /// the grace. PostgreSQL only (SQLite: `Unsupported`).
     async fn broker_client_event(
         &self,
         client_id: &str,
         up: bool,
         at: i64,
-    ) -> StoreResult<Option<(String, Option<bool>)>>;
+        sink: &dyn crate::EventSink,
+    ) -> StoreResult<BrokerPresence>;
+    /// Publishes `user`'s "offline" through `sink`, under their presence lock, if they
+    /// are still shown online, still have no live client, and have had none for
+    /// `grace_ms` (by the database's clock). Records the last-seen time (the latest
+    /// disconnect) and publishes it unless the user hides it.
+    async fn settle_broker_presence(
+        &self,
+        user: &str,
+        grace_ms: i64,
+        sink: &dyn crate::EventSink,
+    ) -> StoreResult<PresenceSettled>;
+    /// Users whose offline grace ended more than `grace_ms` ago and who are still shown
+    /// online: graces a stopped node never settled. At most `limit`.
+    async fn unsettled_broker_presence(
+        &self,
+        grace_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<String>>;
 
     // --- conversations and members --------------------------------------------------
     /// Creates a conversation and its members, and stores a `conversation` event in each

@@ -1286,3 +1286,187 @@ async fn shared_rate_buckets_never_over_grant() {
         Err(tidings_store::StoreError::Unsupported(_))
     ));
 }
+
+/// Records what a store publishes, in the order it does.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(String, bool, Option<i64>)>>);
+
+impl EventSink for Recorded {
+    fn deliver(&self, _: &[Delivery]) {}
+    fn presence(&self, user: &str, online: bool, last_seen: Option<i64>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((user.to_owned(), online, last_seen));
+    }
+}
+
+impl Recorded {
+    fn take(&self) -> Vec<(String, bool, Option<i64>)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A session for `user` and two broker client ids bound to it, as the auth hook does.
+async fn broker_clients(store: &Arc<dyn Store>, user: &User) -> (String, String) {
+    let session = Session {
+        id: new_id(),
+        user_id: user.id.clone(),
+        device_id: None,
+        created_at: now_ms(),
+        revoked_at: None,
+    };
+    let token = NewRefreshToken {
+        token_hash: new_id(),
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+    };
+    store.create_session(&session, &token).await.unwrap();
+    let phone = format!("{}:phone", user.id);
+    let laptop = format!("{}:laptop", user.id);
+    for id in [&phone, &laptop] {
+        store
+            .bind_mqtt_client(id, &session.id, now_ms())
+            .await
+            .unwrap();
+    }
+    (phone, laptop)
+}
+
+/// Presence from an external broker's events (migrations 0008, 0009) is decided
+/// against what was last published: events in the wrong order (the phone's disconnect
+/// before the connect of the laptop that preceded it) publish nothing, "offline" waits
+/// for the grace and is published once, with the last disconnect as last seen; the
+/// sweeper's query finds a grace nobody ended. PostgreSQL only (SQLite: Unsupported).
+#[tokio::test]
+async fn broker_presence_is_decided_against_what_was_published() {
+    const HOUR: i64 = 3_600_000;
+    let store = common::postgres().await;
+    let alice = user(&store, "alice").await;
+    let (phone, laptop) = broker_clients(&store, &alice).await;
+    let sink = Recorded::default();
+    let t = now_ms();
+    let pending = BrokerPresence::OfflinePending {
+        user: alice.id.clone(),
+    };
+    let unchanged = BrokerPresence::Unchanged {
+        user: alice.id.clone(),
+    };
+
+    let first = store.broker_client_event(&phone, true, t, &sink).await;
+    assert_eq!(
+        first.unwrap(),
+        BrokerPresence::Online {
+            user: alice.id.clone()
+        }
+    );
+    assert_eq!(sink.take(), [(alice.id.clone(), true, None)]);
+
+    // Wrong order: nothing is published, and the grace ends with a laptop live.
+    let gone = store
+        .broker_client_event(&phone, false, t + 200, &sink)
+        .await;
+    assert_eq!(gone.unwrap(), pending);
+    let back = store
+        .broker_client_event(&laptop, true, t + 100, &sink)
+        .await;
+    assert_eq!(back.unwrap(), unchanged);
+    let settled = store.settle_broker_presence(&alice.id, 0, &sink).await;
+    assert_eq!(settled.unwrap(), PresenceSettled::Unchanged);
+    assert_eq!(sink.take(), []);
+
+    // The last one goes: within the grace nothing, after it "offline" once.
+    let gone = store
+        .broker_client_event(&laptop, false, t + 300, &sink)
+        .await;
+    assert_eq!(gone.unwrap(), pending);
+    let early = store.settle_broker_presence(&alice.id, HOUR, &sink).await;
+    assert!(
+        matches!(early, Ok(PresenceSettled::Wait(ms)) if ms > 0 && ms <= HOUR),
+        "{early:?}"
+    );
+    assert_eq!(sink.take(), []);
+    let settled = store.settle_broker_presence(&alice.id, 0, &sink).await;
+    assert_eq!(settled.unwrap(), PresenceSettled::Offline);
+    assert_eq!(sink.take(), [(alice.id.clone(), false, Some(t + 300))]);
+    let again = store.settle_broker_presence(&alice.id, 0, &sink).await;
+    assert_eq!(again.unwrap(), PresenceSettled::Unchanged);
+    // A late duplicate of a disconnect changes nothing either.
+    let late = store
+        .broker_client_event(&laptop, false, t + 250, &sink)
+        .await;
+    assert_eq!(late.unwrap(), unchanged);
+    assert_eq!(sink.take(), []);
+
+    // A grace nobody ends is found by the sweeper's query, and only once it is over.
+    let online = store
+        .broker_client_event(&phone, true, t + 400, &sink)
+        .await;
+    assert!(matches!(online, Ok(BrokerPresence::Online { .. })));
+    let gone = store
+        .broker_client_event(&phone, false, t + 500, &sink)
+        .await;
+    assert_eq!(gone.unwrap(), pending);
+    assert_eq!(
+        store.unsettled_broker_presence(HOUR, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        store.unsettled_broker_presence(1, 10).await.unwrap(),
+        vec![alice.id.clone()]
+    );
+
+    let (sqlite, _dir) = common::sqlite().await;
+    assert!(matches!(
+        sqlite.broker_client_event(&phone, true, t, &sink).await,
+        Err(StoreError::Unsupported(_))
+    ));
+}
+
+/// Changes for one user are published in the order they were decided, even when
+/// events race: each is published under the user's lock, so whatever order concurrent
+/// events are applied in, what a watcher is told alternates online / offline, starts
+/// with "online", and ends with what the rows say.
+#[tokio::test]
+async fn concurrent_broker_events_publish_alternating_presence() {
+    let store = common::postgres().await;
+    let alice = user(&store, "alice").await;
+    let (phone, laptop) = broker_clients(&store, &alice).await;
+    let sink = Arc::new(Recorded::default());
+    let t = now_ms();
+    let mut tasks = Vec::new();
+    for i in 0..40i64 {
+        let (store, sink, alice) = (store.clone(), sink.clone(), alice.id.clone());
+        let client = if i % 2 == 0 {
+            phone.clone()
+        } else {
+            laptop.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let up = (i / 2) % 2 == 0;
+            store
+                .broker_client_event(&client, up, t + i, sink.as_ref())
+                .await
+                .unwrap();
+            store
+                .settle_broker_presence(&alice, 0, sink.as_ref())
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Each client's latest event (t+38 the phone's, t+39 the laptop's) is a disconnect,
+    // whatever order they were applied in: she ends offline.
+    let told: Vec<bool> = sink
+        .take()
+        .into_iter()
+        .map(|(_, online, _)| online)
+        .collect();
+    assert!(!told.is_empty());
+    assert!(told[0], "{told:?}");
+    assert!(told.windows(2).all(|w| w[0] != w[1]), "{told:?}");
+    assert_eq!(told.last(), Some(&false), "{told:?}");
+}

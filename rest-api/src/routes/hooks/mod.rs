@@ -33,7 +33,7 @@ use tidings_auth::device;
 use tidings_store::acl::{
     device_may_publish, device_may_subscribe, may_publish, may_subscribe, parse_client_id,
 };
-use tidings_store::now_ms;
+use tidings_store::{now_ms, BrokerPresence, PresenceSettled};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
@@ -55,7 +55,18 @@ pub struct HooksConfig {
     pub node_secret: Option<String>,
     /// The RabbitMQ virtual host MQTT clients use (`mqtt.vhost`).
     pub rabbitmq_vhost: String,
+    /// How long a user's last client must stay gone before "offline" is published
+    /// (presence from the broker's events): the events of different broker nodes
+    /// arrive out of order, so a device that connected just before another dropped
+    /// may be reported after it. At most [`MAX_PRESENCE_GRACE_MS`].
+    pub presence_offline_grace_ms: u64,
+    /// How often each node looks for offline graces nobody ended (their node stopped
+    /// during one), and ends them.
+    pub presence_sweep_secs: u64,
 }
+
+/// Longest offline grace accepted: past it a user who left looks online too long.
+pub const MAX_PRESENCE_GRACE_MS: u64 = 600_000;
 
 /// Shortest node secret accepted: the node identity can read everything.
 pub const MIN_NODE_SECRET_LEN: usize = 32;
@@ -68,6 +79,8 @@ impl Default for HooksConfig {
             node_username: "tidings-node".into(),
             node_secret: None,
             rabbitmq_vhost: "/".into(),
+            presence_offline_grace_ms: 2_000,
+            presence_sweep_secs: 30,
         }
     }
 }
@@ -87,6 +100,14 @@ impl HooksConfig {
         {
             return Err("hooks.node_username must be set and must not look like a user id".into());
         }
+        if self.presence_offline_grace_ms > MAX_PRESENCE_GRACE_MS {
+            return Err(format!(
+                "hooks.presence_offline_grace_ms must be at most {MAX_PRESENCE_GRACE_MS}"
+            ));
+        }
+        if self.presence_sweep_secs == 0 {
+            return Err("hooks.presence_sweep_secs must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -101,7 +122,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(rmqtt::router())
 }
 
-/// A client connected (`up`) or went away at the broker, as one of its event hooks
 /// A connect or disconnect webhook as rmqtt and EMQX post it: the event's name, the
 /// client id, and the broker's time of the change.
 pub struct ConnectionEvent<'a> {
@@ -145,10 +165,14 @@ pub async fn connection_webhook(
     axum::Json(serde_json::json!({}))
 }
 
+/// A client connected (`up`) or went away at the broker, as one of its event hooks
 /// says (rmqtt's web-hook, EMQX's webhook, VerneMQ's `on_register`/`on_client_offline`):
-/// recorded in the store, and when it changed whether the user has any live
-/// connection on any broker node, this node publishes their presence (`u/{uid}/p`)
-/// through the broker. `at` is the broker's time when the event carries it.
+/// recorded in the store, which decides under the user's lock, against what watchers
+/// were last told, whether their presence (`u/{uid}/p`) changes, and publishes it through
+/// this node's sink (so through the broker) before the lock is released. "online" goes
+/// out at once; "offline" only after `hooks.presence_offline_grace_ms` with no live
+/// client (see [`settle_after_grace`]), since the broker nodes' events arrive out of
+/// order. `at` is the broker's time when the event carries it.
 /// Best effort, like presence in embedded mode: a failure is logged and counted, and
 /// the broker is told all is well (a retry would only repeat the same event).
 pub async fn client_event(
@@ -159,34 +183,108 @@ pub async fn client_event(
     at: Option<i64>,
 ) {
     let at = at.filter(|t| *t > 0).unwrap_or_else(now_ms);
-    let outcome = match state.store.broker_client_event(client_id, up, at).await {
-        Ok(Some((user, Some(online)))) => {
-            let mut last_seen = None;
-            if !online {
-                if let Err(e) = state.store.set_last_seen(&user, at).await {
-                    tracing::warn!(error = %e, %user, "could not record last seen");
-                }
-                // When the setting cannot be read, err on the side of hiding.
-                let hidden = state.store.hides_last_seen(&user).await.unwrap_or(true);
-                last_seen = (!hidden).then_some(at);
-            }
-            state.sink.presence(&user, online, last_seen);
-            if online {
-                "online"
-            } else {
-                "offline"
-            }
+    // On its own task, so a broker that gives up on the request cannot stop the
+    // decision halfway.
+    let task = {
+        let state = state.clone();
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            state
+                .store
+                .broker_client_event(&client_id, up, at, state.sink.as_ref())
+                .await
+        })
+    };
+    let outcome = match task.await {
+        Ok(Ok(BrokerPresence::Online { .. })) => "online",
+        Ok(Ok(BrokerPresence::OfflinePending { user })) => {
+            tokio::spawn(settle_after_grace(state.clone(), user));
+            "offline_pending"
         }
-        Ok(Some(_)) => "unchanged",
+        Ok(Ok(BrokerPresence::Unchanged { .. })) => "unchanged",
         // The nodes' own connections and clients no auth hook admitted.
-        Ok(None) => "unknown_client",
-        Err(e) => {
+        Ok(Ok(BrokerPresence::UnknownClient)) => "unknown_client",
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, dialect, "could not record a broker client event");
+            "error"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, dialect, "the broker client event task failed");
             "error"
         }
     };
     metrics::counter!("tidings_hook_client_events_total", "dialect" => dialect, "outcome" => outcome)
         .increment(1);
+}
+
+/// Rounds of waiting one pending "offline" gets when later events restart its grace;
+/// past them the event that restarted it last (or the sweeper) ends it.
+const SETTLE_ROUNDS: usize = 4;
+
+/// Ends `user`'s offline grace: after it, "offline" is published if they still have no
+/// live client (the store decides, under their lock). Every event that starts or
+/// restarts a grace spawns one of these; the sweeper ([`run_presence_sweeper`]) ends
+/// the graces of a node that stopped.
+pub async fn settle_after_grace(state: AppState, user: String) {
+    let grace = state.hooks.presence_offline_grace_ms;
+    let mut wait = grace;
+    for _ in 0..SETTLE_ROUNDS {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        match settle(&state, &user).await {
+            Some(PresenceSettled::Wait(left)) => {
+                wait = u64::try_from(left).unwrap_or(1).clamp(1, grace.max(1));
+            }
+            _ => return,
+        }
+    }
+}
+
+async fn settle(state: &AppState, user: &str) -> Option<PresenceSettled> {
+    let grace = i64::try_from(state.hooks.presence_offline_grace_ms).unwrap_or(i64::MAX);
+    let settled = state
+        .store
+        .settle_broker_presence(user, grace, state.sink.as_ref())
+        .await;
+    let outcome = match &settled {
+        Ok(PresenceSettled::Offline) => "offline",
+        Ok(PresenceSettled::Unchanged) => "unchanged",
+        Ok(PresenceSettled::Wait(_)) => "wait",
+        Err(e) => {
+            tracing::warn!(error = %e, %user, "could not settle a user's presence");
+            "error"
+        }
+    };
+    metrics::counter!("tidings_hook_presence_settled_total", "outcome" => outcome).increment(1);
+    settled.ok()
+}
+
+/// Most graces one sweep ends.
+const SWEEP_BATCH: i64 = 500;
+
+/// Every `hooks.presence_sweep_secs`, ends the offline graces no node ended (the one
+/// that started them stopped first), so nobody stays shown online. PostgreSQL only.
+pub async fn run_presence_sweeper(state: AppState) {
+    let every = std::time::Duration::from_secs(state.hooks.presence_sweep_secs.max(1));
+    let grace = i64::try_from(state.hooks.presence_offline_grace_ms).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Only graces over by a whole sweep period: the nodes' own timers end the rest.
+        let late = grace.saturating_add(i64::try_from(every.as_millis()).unwrap_or(i64::MAX));
+        match state
+            .store
+            .unsettled_broker_presence(late, SWEEP_BATCH)
+            .await
+        {
+            Ok(users) => {
+                for user in users {
+                    settle(&state, &user).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for unsettled presence"),
+        }
+    }
 }
 
 /// What a client asks to do with a topic.
