@@ -41,6 +41,11 @@ pub struct ProcSample {
     pub cpu_secs: f64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// The parts of VmRSS: the heap and other private memory, and mapped files
+    /// (SQLite maps its database file, `mmap_size`: those pages are the page cache,
+    /// shared and reclaimable, not memory the server allocated).
+    pub anon_kib: u64,
+    pub file_kib: u64,
 }
 
 fn clock_ticks() -> f64 {
@@ -80,6 +85,8 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         cpu_secs: (utime + stime) / clock_ticks(),
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
+        anon_kib: kib("RssAnon:"),
+        file_kib: kib("RssFile:"),
     })
 }
 

@@ -865,10 +865,11 @@ async fn scenario_logins(ctx: &mut Ctx) -> Result<()> {
     );
     let s = format!(
         "## logins: {n} concurrent password logins (`POST /v1/auth/login`)\n\n\
-         | logins | ok | failed | seconds | logins/s | p50 ms | p99 ms | server CPU s | RSS before MiB | peak RSS (VmHWM) MiB | peak − before MiB |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {n} | {ok} | {failed} | {secs:.1} | {:.1} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} |\n\n\
-         {}\n",
+         | logins | ok | failed | seconds | logins/s | p50 ms | p99 ms | server CPU s | RSS before MiB | peak RSS (VmHWM) MiB | peak − before MiB | RSS after: anonymous MiB | RSS after: mapped files MiB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {n} | {ok} | {failed} | {secs:.1} | {:.1} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n\n\
+         {} The server has run the scenarios before this one; RSS counts the pages of \
+         the SQLite file it maps (`mmap_size`, the page cache) as \"mapped files\".\n",
         ok as f64 / secs,
         ms(q(0.5)),
         ms(q(0.99)),
@@ -876,6 +877,8 @@ async fn scenario_logins(ctx: &mut Ctx) -> Result<()> {
         before.rss_kib as f64 / 1024.0,
         after.hwm_kib as f64 / 1024.0,
         (after.hwm_kib as f64 - before.rss_kib as f64) / 1024.0,
+        after.anon_kib as f64 / 1024.0,
+        after.file_kib as f64 / 1024.0,
         if reset {
             "VmHWM was reset (`/proc/PID/clear_refs` = 5) just before the logins, so the peak is theirs."
         } else {
@@ -886,14 +889,17 @@ async fn scenario_logins(ctx: &mut Ctx) -> Result<()> {
         "logins".into(),
         json!({"logins": n, "ok": ok, "failed": failed, "seconds": secs,
                "per_sec": ok as f64 / secs, "p50_ms": q(0.5), "p99_ms": q(0.99),
-               "rss_before_kib": before.rss_kib, "hwm_kib": after.hwm_kib, "hwm_reset": reset}),
+               "rss_before_kib": before.rss_kib, "hwm_kib": after.hwm_kib, "hwm_reset": reset,
+               "rss_anon_kib": after.anon_kib, "rss_file_kib": after.file_kib}),
     );
     ctx.report.summary.push(format!(
-        "logins: {n} concurrent logins at {:.1}/s (p99 {} ms); server peak RSS {:.1} GiB ({:+.1} GiB).",
+        "logins: {n} concurrent logins at {:.1}/s (p99 {} ms); server peak RSS {:.1} GiB ({:+.1} GiB); after them {:.0} MiB anonymous + {:.0} MiB mapped files.",
         ok as f64 / secs,
         ms(q(0.99)),
         after.hwm_kib as f64 / 1_048_576.0,
-        (after.hwm_kib as f64 - before.rss_kib as f64) / 1_048_576.0
+        (after.hwm_kib as f64 - before.rss_kib as f64) / 1_048_576.0,
+        after.anon_kib as f64 / 1024.0,
+        after.file_kib as f64 / 1024.0
     ));
     ctx.report.sections.push(s);
     if failed > 0 {

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 
 pub struct SqliteStore {
     writer: SqlitePool,
+    batch_writer: fast_batch::BatchWriter,
     reader: SqlitePool,
     index: std::sync::Arc<crate::MembershipIndex>,
     /// Stops the search indexer when the store is dropped.
@@ -49,7 +50,8 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // After a checkpoint lets the WAL restart, truncate it to this size rather
             // than keep a large file around.
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "67108864")
+            .pragma("wal_autocheckpoint", "1000");
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
@@ -72,6 +74,13 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // The write batch's own connection would open a second, empty database.
+            return Err(crate::StoreError::UnsupportedUrl(format!(
+                "{url} (an in-memory SQLite database; use a file)"
+            )));
+        }
+        let batch_writer = fast_batch::BatchWriter::open(options.get_filename())?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(index_until(writer.clone(), stopped));
         let reader = SqlitePoolOptions::new()
@@ -84,6 +93,7 @@ impl SqliteStore {
         load_index_extras(&reader, &index).await?;
         Ok(SqliteStore {
             writer,
+            batch_writer,
             reader,
             index,
             _indexer: stop,
@@ -99,7 +109,7 @@ impl SqliteStore {
     }
 
     async fn write_ops(&self, ops: &[WriteOp]) -> crate::StoreResult<Vec<WriteOutcome>> {
-        fast_batch::write_batch(&self.writer, ops).await
+        fast_batch::write_batch(&self.writer, &self.batch_writer, ops).await
     }
 
     /// Search sees every stored message: index what is still queued first.

@@ -1470,3 +1470,59 @@ async fn concurrent_broker_events_publish_alternating_presence() {
     assert!(told.windows(2).all(|w| w[0] != w[1]), "{told:?}");
     assert_eq!(told.last(), Some(&false), "{told:?}");
 }
+
+/// The SQLite write batch runs on a connection of its own (rusqlite, prepared
+/// statements kept) while every other write uses the sqlx writer. Both must take turns:
+/// write batches and other writes racing each other all succeed, and every message's
+/// seq and every inbox's iseq stay gap-free. An in-memory database, which that second
+/// connection could not see, is refused with a clear error.
+#[tokio::test]
+async fn sqlite_batches_and_other_writes_take_turns() {
+    let refused = connect("sqlite::memory:").await;
+    assert!(
+        matches!(refused, Err(StoreError::UnsupportedUrl(_))),
+        "an in-memory SQLite database was accepted"
+    );
+
+    let (store, _dir) = common::sqlite().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let conv = group(&store, &alice, &[&bob]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (batches, conv, alice) = (store.clone(), conv.clone(), alice.clone());
+        tasks.spawn(async move {
+            let ops: Vec<WriteOp> = (0..5)
+                .map(|k| send(&conv, &alice, &format!("c{i}-{k}"), "hi"))
+                .collect();
+            let out = batches.write_batch(&ops).await.expect("write batch");
+            assert!(out
+                .iter()
+                .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+        });
+        let others = store.clone();
+        tasks.spawn(async move {
+            user(&others, &format!("racer{i}")).await;
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a racing write failed");
+    }
+    let page = store
+        .history(
+            &conv.id,
+            SeqPage::Before {
+                before: None,
+                limit: 200,
+            },
+        )
+        .await
+        .expect("history");
+    let mut seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>(), "message seqs");
+    let inbox = store.inbox_since(&bob.id, 0, 500).await.expect("sync");
+    let iseqs: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+    assert_eq!(iseqs, (1..=iseqs.len() as u64).collect::<Vec<u64>>());
+    assert!(iseqs.len() >= 100, "bob's inbox has {} events", iseqs.len());
+}

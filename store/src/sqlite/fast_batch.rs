@@ -1,23 +1,25 @@
-//! `write_batch` on SQLite: one transaction run directly on the writer's SQLite handle.
+//! `write_batch` on SQLite: one transaction on a rusqlite connection of its own.
 //!
 //! The generic sqlx path costs a hop to sqlx's connection thread and back for every
 //! statement, and passing a batch's rows as JSON arrays (`json_each`, `value->>N`) made
-//! SQLite parse every row's JSON once per column: at 256 messages a batch this path was
-//! 83 µs per message where a prepared `INSERT` per row costs about 30 µs (`perf` and a
-//! `sqlite3` experiment, issue 9). So the batch takes sqlx's connection out of its pool,
-//! locks its handle (sqlx's thread is then idle on it), and runs the whole transaction
-//! from the calling thread with rusqlite: statements prepared once per batch and cached
-//! for its rows, values bound per row, nothing serialized but the event payloads. The
-//! persistence worker calls this from a thread of its own, so blocking it is the point;
-//! a REST send is a batch of one.
+//! SQLite parse every row's JSON once per column. Here the batch runs from the calling
+//! thread on a rusqlite [`BatchWriter`] whose statements are prepared once for the life
+//! of the store: preparing them per batch was 15% of the writer (the `INSERT` into
+//! `inbox_events` compiles the push triggers), and most of a batch of one. Values are
+//! bound per row; nothing is serialized but the event payloads. The persistence worker
+//! calls this from a thread of its own, so blocking it is the point; a REST send is a
+//! batch of one.
+//!
+//! SQLite has one writer: the batch holds the sqlx writer pool's only connection for
+//! its whole transaction without using it, so no other write (REST, the search indexer)
+//! interleaves and neither connection ever waits on the other's lock.
 //!
 //! The decisions are [`batch::plan`]'s, as on every backend. Atomicity: `BEGIN
-//! IMMEDIATE … COMMIT` on the writer pool's only connection, rolled back on any error.
-//! Every statement is finalized before the handle goes back to sqlx (which closes the
-//! handle on drop and insists that nothing is left open on it).
+//! IMMEDIATE … COMMIT`, rolled back on any error.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::SqlitePool;
@@ -63,23 +65,40 @@ const UPDATE_MARKERS: &str = "UPDATE members SET read_seq = ?3, delivered_seq = 
 const INSERT_INBOX_EVENT: &str =
     "INSERT INTO inbox_events (user_id, seq, payload, created_at) VALUES (?1, ?2, ?3, ?4)";
 
-/// Decides and stores `ops` in one transaction on the writer's connection.
+/// The write batch's own connection to the database file, with its prepared statements.
+pub(crate) struct BatchWriter(Mutex<Connection>);
+
+impl BatchWriter {
+    /// Opens `path` (already migrated) with the same settings as the sqlx pools.
+    pub(crate) fn open(path: &Path) -> StoreResult<Self> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456; \
+             PRAGMA temp_store = memory; PRAGMA journal_size_limit = 67108864; \
+             PRAGMA wal_autocheckpoint = 1000;",
+        )?;
+        db.set_prepared_statement_cache_capacity(32);
+        Ok(BatchWriter(Mutex::new(db)))
+    }
+}
+
+/// Decides and stores `ops` in one transaction.
 pub(crate) async fn write_batch(
     writer: &SqlitePool,
+    batch_writer: &BatchWriter,
     ops: &[WriteOp],
 ) -> StoreResult<Vec<WriteOutcome>> {
     if ops.is_empty() {
         return Ok(vec![]);
     }
-    let mut conn = writer.acquire().await?;
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is locked for this scope, so sqlx's thread does not touch it;
-    // the rusqlite `Connection` borrows it (it never closes a handle it did not open)
-    // and is dropped, finalizing every statement it prepared, before the lock is.
-    let db = unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }?;
-    let result = in_transaction(&db, ops);
-    drop(db);
-    result
+    // The write slot: held, not used (see the module comment).
+    let _slot = writer.acquire().await?;
+    // Never contended: only the holder of the slot gets here. A panic in an earlier
+    // batch poisons the lock but leaves no transaction open (see `in_transaction`).
+    let db = batch_writer.0.lock().unwrap_or_else(|p| p.into_inner());
+    in_transaction(&db, ops)
 }
 
 fn in_transaction(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
