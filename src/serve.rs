@@ -268,6 +268,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             std::time::Duration::from_secs(config.limits.sweep_secs.max(1)),
         ));
     }
+    if config.limits.memory_trim_secs > 0 {
+        tokio::spawn(trim_memory(std::time::Duration::from_secs(
+            config.limits.memory_trim_secs,
+        )));
+    }
     // Presence from an external broker's events is kept in PostgreSQL alone.
     if config.hooks.enabled && state.store.backend() == Backend::Postgres {
         tokio::spawn(tidings_rest::routes::hooks::run_presence_sweeper(
@@ -419,3 +424,29 @@ async fn shutdown_signal() {
         () = terminate => tracing::info!("SIGTERM: shutting down"),
     }
 }
+
+/// Hands the heap memory freed since the last call back to the OS, every `every`.
+/// glibc keeps what each thread's arena freed for reuse and only trims the top of the
+/// main heap, so after a backlog of queued deliveries or a login storm the RSS stayed at
+/// the burst's peak (issue 9). A no-op off glibc.
+async fn trim_memory(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        // It walks every arena under its lock: a few milliseconds, off the runtime.
+        let _ = tokio::task::spawn_blocking(release_free_heap).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_heap() {
+    // SAFETY: malloc_trim takes no pointers; it only returns glibc's free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_heap() {}

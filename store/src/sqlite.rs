@@ -9,7 +9,11 @@
 //! Checkpoints stay inside the writer's commits (SQLite's default, every 1,000 pages).
 //! Moving them to a connection of their own, `PASSIVE` every 500 ms, was tried: the
 //! writer thread lost its checkpoint time, but each checkpoint's fsync stalled the
-//! writer's WAL appends and the pairs bench's p99 went from 30 to 80 ms.
+//! writer's WAL appends and the pairs bench's p99 went from 30 to 80 ms. Tried again
+//! with the rusqlite write batch (a thread, `PASSIVE` every 200 ms): p50 at 6,250
+//! msg/s fell from seconds to 2 ms and CPU per message by 12%, but p99 was 64–141 ms
+//! at 5,000–7,500 msg/s against 14–25 ms here. A larger `wal_autocheckpoint` (10,000
+//! pages) sat between the two: p99 50 ms at 5,000 msg/s.
 
 mod fast_batch;
 
@@ -63,15 +67,7 @@ impl SqliteStore {
             // A ping per acquire would be one more round trip per batch; a broken
             // connection shows as an error of the batch, which the worker retries.
             .test_before_acquire(false)
-            .connect_with(
-                options
-                    .clone()
-                    // A batch's multi-row statements differ in text with their row
-                    // counts (1..=256 rows, several tables): sqlx's default 100-entry
-                    // cache kept evicting them, and re-preparing showed as 4.5% of the
-                    // writer thread in `perf`.
-                    .statement_cache_capacity(2048),
-            )
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
         if url.contains(":memory:") || url.contains("mode=memory") {
