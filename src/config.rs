@@ -229,6 +229,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Loading the configuration fails with an error that names `what` (a key or value).
+    fn assert_refused(what: &str, accepted: &str) {
+        let err = Config::load(None).map(|_| ()).expect_err(accepted);
+        assert!(format!("{err:#}").contains(what), "{err:#}");
+    }
+
     #[test]
     fn env_overrides_file_and_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
@@ -319,10 +325,7 @@ mod tests {
 
             // A typo stops the start instead of silently trusting nobody (or everybody).
             jail.set_env("TIDINGS_HTTP_TRUSTED_PROXIES", r#"["10.0.0.0/33"]"#);
-            let err = Config::load(None)
-                .map(|_| ())
-                .expect_err("bad CIDR accepted");
-            assert!(format!("{err:#}").contains("10.0.0.0/33"), "{err:#}");
+            assert_refused("10.0.0.0/33", "bad CIDR accepted");
             Ok(())
         });
     }
@@ -358,10 +361,7 @@ mod tests {
             );
             assert_eq!(c.hooks.node_username, "worker");
             jail.set_env("TIDINGS_HOOKS_NODE_SECRET", "short");
-            let err = Config::load(None)
-                .map(|_| ())
-                .expect_err("weak secret accepted");
-            assert!(format!("{err:#}").contains("node_secret"), "{err:#}");
+            assert_refused("node_secret", "weak secret accepted");
             Ok(())
         });
     }
@@ -378,22 +378,10 @@ mod tests {
             assert_eq!(c.hooks.presence_offline_grace_ms, 500);
             assert_eq!(c.hooks.presence_sweep_secs, 5);
             jail.set_env("TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS", "600001");
-            let err = Config::load(None)
-                .map(|_| ())
-                .expect_err("an hour-long grace accepted");
-            assert!(
-                format!("{err:#}").contains("presence_offline_grace_ms"),
-                "{err:#}"
-            );
+            assert_refused("presence_offline_grace_ms", "an hour-long grace accepted");
             jail.set_env("TIDINGS_HOOKS_PRESENCE_OFFLINE_GRACE_MS", "500");
             jail.set_env("TIDINGS_HOOKS_PRESENCE_SWEEP_SECS", "0");
-            let err = Config::load(None)
-                .map(|_| ())
-                .expect_err("a sweep every 0 s accepted");
-            assert!(
-                format!("{err:#}").contains("presence_sweep_secs"),
-                "{err:#}"
-            );
+            assert_refused("presence_sweep_secs", "a sweep every 0 s accepted");
             Ok(())
         });
     }
@@ -402,10 +390,7 @@ mod tests {
     fn external_broker_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TIDINGS_BROKER_MODE", "external");
-            let err = Config::load(None)
-                .map(|_| ())
-                .expect_err("no addresses accepted");
-            assert!(format!("{err:#}").contains("broker.addrs"), "{err:#}");
+            assert_refused("broker.addrs", "no addresses accepted");
             jail.set_env(
                 "TIDINGS_BROKER_ADDRS",
                 r#"["10.0.0.1:1883", "10.0.0.2:1883"]"#,

@@ -1004,6 +1004,16 @@ async fn client_events_move_presence() {
     assert_eq!(offline["online"], false, "{offline}");
 }
 
+/// A server on `db` with the usual world, and Bob (who shares a conversation with
+/// Alice) following her presence topic.
+async fn alice_watched_by_bob(db: Db) -> (Server, World, common::mqtt::Mqtt) {
+    let server = start(db).await;
+    let w = world(&server).await;
+    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
+    watcher.subscribe(&format!("u/{}/p", w.alice.id)).await;
+    (server, w, watcher)
+}
+
 /// rmqtt's auth hook admits `clientid` for `who` (recording its session, as CONNECT
 /// does), so its client events count for them.
 async fn rmqtt_admit(server: &Server, who: &Account, clientid: &str) {
@@ -1056,11 +1066,8 @@ fn now_ms() -> i64 {
 /// "online" again.
 #[tokio::test]
 async fn out_of_order_broker_events_do_not_flicker_presence() {
-    let server = start(Db::Postgres).await;
-    let w = world(&server).await;
+    let (server, w, mut watcher) = alice_watched_by_bob(Db::Postgres).await;
     let topic = format!("u/{}/p", w.alice.id);
-    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
-    watcher.subscribe(&topic).await;
     let phone = client_id(&w.alice);
     let laptop = format!("{}:laptop", w.alice.id);
     rmqtt_admit(&server, &w.alice, &phone).await;
@@ -1118,11 +1125,8 @@ async fn out_of_order_broker_events_do_not_flicker_presence() {
 /// counted as an error in the log, and nothing is published.
 #[tokio::test]
 async fn sqlite_answers_client_events_and_publishes_nothing() {
-    let server = start(Db::Sqlite).await;
-    let w = world(&server).await;
+    let (server, w, mut watcher) = alice_watched_by_bob(Db::Sqlite).await;
     let topic = format!("u/{}/p", w.alice.id);
-    let mut watcher = common::mqtt::Mqtt::connect(&server, &w.bob, "watcher").await;
-    watcher.subscribe(&topic).await;
     let phone = client_id(&w.alice);
     rmqtt_admit(&server, &w.alice, &phone).await;
     rmqtt_event(&server, "client_connected", &phone, now_ms()).await;
