@@ -20,8 +20,7 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Database(sqlx::Error),
-    /// From the SQLite write path that runs on the writer's handle directly
-    /// (`sqlite/fast_batch.rs`).
+    /// From the SQLite write batch's own rusqlite connection (`sqlite/fast_batch.rs`).
     #[error(transparent)]
     Sqlite(rusqlite::Error),
 }

@@ -33,29 +33,40 @@ pub struct SqliteStore {
     _indexer: tokio::sync::oneshot::Sender<()>,
 }
 
+/// Settings every connection gets, the write batch's own included.
+const TUNING: [(&str, &str); 4] = [
+    // The default 2 MB page cache makes every batch re-read the inbox and conversation
+    // pages it touched a moment ago (pread showed in `perf`). Not much more than 16 MB:
+    // SQLite scans the cache's hash table at the end of write transactions, a cost that
+    // grows with the cache (5% of the writer at 64 MB), and each connection has its own.
+    ("cache_size", "-16384"),
+    // Reads through a memory map instead of a pread per page.
+    ("mmap_size", "268435456"),
+    ("temp_store", "memory"),
+    // After a checkpoint lets the WAL restart, truncate it to this size rather than
+    // keep a large file around.
+    ("journal_size_limit", "67108864"),
+];
+
 impl SqliteStore {
     /// Opens `url` (`sqlite://path`), creating the file and its directory if missing,
     /// and applies pending migrations.
     pub async fn open(url: &str) -> crate::StoreResult<Self> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // The write batch's own connection would open a second, empty database.
+            return Err(crate::StoreError::UnsupportedUrl(format!(
+                "{url} (an in-memory SQLite database; use a file)"
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // The default 2 MB page cache makes every batch re-read the inbox and
-            // conversation pages it touched a moment ago (pread showed in `perf`). Not
-            // much more than 16 MB: SQLite scans the cache's hash table at the end of
-            // write transactions, a cost that grows with the cache (5% of the writer
-            // at 64 MB), and each of the five connections has its own cache.
-            .pragma("cache_size", "-16384")
-            // Reads through a memory map instead of a pread per page.
-            .pragma("mmap_size", "268435456")
-            .pragma("temp_store", "memory")
-            // After a checkpoint lets the WAL restart, truncate it to this size rather
-            // than keep a large file around.
-            .pragma("journal_size_limit", "67108864")
-            .pragma("wal_autocheckpoint", "1000");
+            .busy_timeout(Duration::from_secs(10));
+        let options = TUNING.iter().fold(options, |options, (key, value)| {
+            options.pragma(*key, *value)
+        });
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
@@ -70,13 +81,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            // The write batch's own connection would open a second, empty database.
-            return Err(crate::StoreError::UnsupportedUrl(format!(
-                "{url} (an in-memory SQLite database; use a file)"
-            )));
-        }
-        let batch_writer = fast_batch::BatchWriter::open(options.get_filename())?;
+        let batch_writer = fast_batch::BatchWriter::open(options.get_filename(), &TUNING)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(index_until(writer.clone(), stopped));
         let reader = SqlitePoolOptions::new()

@@ -69,16 +69,17 @@ const INSERT_INBOX_EVENT: &str =
 pub(crate) struct BatchWriter(Mutex<Connection>);
 
 impl BatchWriter {
-    /// Opens `path` (already migrated) with the same settings as the sqlx pools.
-    pub(crate) fn open(path: &Path) -> StoreResult<Self> {
+    /// Opens `path` (already migrated) as the sqlx pools do: WAL, `synchronous =
+    /// NORMAL`, foreign keys, a 10 s busy timeout, and the store's `tuning` pragmas.
+    pub(crate) fn open(path: &Path, tuning: &[(&str, &str)]) -> StoreResult<Self> {
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456; \
-             PRAGMA temp_store = memory; PRAGMA journal_size_limit = 67108864; \
-             PRAGMA wal_autocheckpoint = 1000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )?;
+        for (key, value) in tuning {
+            db.pragma_update(None, key, value)?;
+        }
         db.set_prepared_statement_cache_capacity(32);
         Ok(BatchWriter(Mutex::new(db)))
     }
