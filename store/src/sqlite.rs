@@ -16,6 +16,7 @@
 //! pages) sat between the two: p99 50 ms at 5,000 msg/s.
 
 mod fast_batch;
+mod search_index;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use sqlx::sqlite::{
 
 pub struct SqliteStore {
     writer: SqlitePool,
-    batch_writer: fast_batch::BatchWriter,
+    batch_writer: std::sync::Arc<fast_batch::BatchWriter>,
     reader: SqlitePool,
     index: std::sync::Arc<crate::MembershipIndex>,
     /// Stops the search indexer when the store is dropped.
@@ -81,9 +82,16 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
-        let batch_writer = fast_batch::BatchWriter::open(options.get_filename(), &TUNING)?;
+        let batch_writer = std::sync::Arc::new(fast_batch::BatchWriter::open(
+            options.get_filename(),
+            &TUNING,
+        )?);
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(index_until(writer.clone(), stopped));
+        tokio::spawn(search_index::index_until(
+            writer.clone(),
+            batch_writer.clone(),
+            stopped,
+        ));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -115,7 +123,7 @@ impl SqliteStore {
 
     /// Search sees every stored message: index what is still queued first.
     async fn before_search(&self) -> crate::StoreResult<()> {
-        index_pending(&self.writer).await
+        search_index::index_pending(&self.writer, &self.batch_writer).await
     }
 
     // One node per SQLite database: its in-memory limiter and presence tracker are
@@ -133,67 +141,6 @@ impl SqliteStore {
 
     async fn sweep_rate_buckets_here(&self, _: i64) -> crate::StoreResult<u64> {
         Ok(0)
-    }
-}
-
-/// Moves queued messages into the search index every [`INDEX_EVERY`], until `stop`
-/// fires or is dropped.
-async fn index_until(writer: SqlitePool, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    let mut tick = tokio::time::interval(INDEX_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick() => {
-                if let Err(e) = index_pending(&writer).await {
-                    tracing::warn!(error = %e, "could not update the search index; will retry");
-                }
-            }
-        }
-    }
-}
-
-/// How often queued messages are added to the search index (see migration 0004).
-const INDEX_EVERY: Duration = Duration::from_millis(100);
-
-/// Messages indexed per transaction. Each transaction holds the only writer, so it is
-/// kept short (≈ 10 ms): with 4,096 per transaction the worker's batches waited behind
-/// it and the pairs bench's p99 rose from 30 to 80 ms. The writer pool queues fairly,
-/// so the worker's batches run between the indexer's transactions.
-const INDEX_CHUNK: i64 = 128;
-
-/// Moves every queued message into `messages_fts`, in transactions of [`INDEX_CHUNK`].
-async fn index_pending(writer: &SqlitePool) -> crate::StoreResult<()> {
-    loop {
-        let mut tx = writer.begin().await?;
-        let bound: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(message_rowid) FROM \
-             (SELECT message_rowid FROM fts_pending ORDER BY message_rowid LIMIT $1)",
-        )
-        .bind(INDEX_CHUNK)
-        .fetch_one(&mut *tx)
-        .await?;
-        let Some(bound) = bound else {
-            return Ok(());
-        };
-        sqlx::query(
-            // CROSS JOIN fixes the order: from the queue into messages. With a plain
-            // JOIN SQLite walked every message below the bound, each time.
-            "INSERT INTO messages_fts(rowid, body) SELECT m.rowid, m.body FROM fts_pending p \
-             CROSS JOIN messages m ON m.rowid = p.message_rowid WHERE p.message_rowid <= $1",
-        )
-        .bind(bound)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query("DELETE FROM fts_pending WHERE message_rowid <= $1")
-            .bind(bound)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        if done < INDEX_CHUNK as u64 {
-            return Ok(());
-        }
     }
 }
 

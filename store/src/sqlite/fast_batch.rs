@@ -11,11 +11,15 @@
 //! batch of one.
 //!
 //! SQLite has one writer: the batch holds the sqlx writer pool's only connection for
-//! its whole transaction without using it, so no other write (REST, the search indexer)
-//! interleaves and neither connection ever waits on the other's lock.
+//! its whole transaction without using it, so no other write (REST) interleaves and
+//! neither connection ever waits on the other's lock. The search indexer
+//! ([`super::search_index`]) runs its transactions on this connection too: a commit
+//! from any other connection makes SQLite drop this one's whole page cache and memory
+//! map at its next `BEGIN` (`pager_reset` and a 256 MB `munmap`, 6% of the writer in
+//! `perf` while the indexer committed on the sqlx connection every 100 ms).
 //!
 //! The decisions are [`batch::plan`]'s, as on every backend. Atomicity: `BEGIN
-//! IMMEDIATE … COMMIT`, rolled back on any error.
+//! IMMEDIATE … COMMIT`, rolled back on any error ([`BatchWriter::in_transaction`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -83,6 +87,28 @@ impl BatchWriter {
         db.set_prepared_statement_cache_capacity(32);
         Ok(BatchWriter(Mutex::new(db)))
     }
+
+    /// Runs `work` in one `BEGIN IMMEDIATE … COMMIT` on this connection, rolled back on
+    /// any error. The caller holds the write slot (see the module comment).
+    pub(crate) fn in_transaction<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        // Never contended: only the holder of the slot gets here. A panic in an earlier
+        // transaction poisons the lock but leaves no transaction open (see below).
+        let db = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        let result = work(&db).and_then(|done| {
+            db.execute_batch("COMMIT")?;
+            Ok(done)
+        });
+        if result.is_err() {
+            // Whatever failed, leave no transaction open. (Fails harmlessly when the
+            // failure was COMMIT and SQLite already rolled back.)
+            let _ = db.execute_batch("ROLLBACK");
+        }
+        result
+    }
 }
 
 /// Decides and stores `ops` in one transaction.
@@ -96,24 +122,7 @@ pub(crate) async fn write_batch(
     }
     // The write slot: held, not used (see the module comment).
     let _slot = writer.acquire().await?;
-    // Never contended: only the holder of the slot gets here. A panic in an earlier
-    // batch poisons the lock but leaves no transaction open (see `in_transaction`).
-    let db = batch_writer.0.lock().unwrap_or_else(|p| p.into_inner());
-    in_transaction(&db, ops)
-}
-
-fn in_transaction(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-    db.execute_batch("BEGIN IMMEDIATE")?;
-    let result = decide_and_store(db, ops).and_then(|outcomes| {
-        db.execute_batch("COMMIT")?;
-        Ok(outcomes)
-    });
-    if result.is_err() {
-        // Whatever failed, leave no transaction open on the pool's connection. (Fails
-        // harmlessly when the failure was COMMIT and SQLite already rolled back.)
-        let _ = db.execute_batch("ROLLBACK");
-    }
-    result
+    batch_writer.in_transaction(|db| decide_and_store(db, ops))
 }
 
 fn decide_and_store(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
