@@ -14,9 +14,10 @@
 //! its whole transaction without using it, so no other write (REST) interleaves and
 //! neither connection ever waits on the other's lock. The search indexer
 //! ([`super::search_index`]) runs its transactions on this connection too: a commit
-//! from any other connection makes SQLite drop this one's whole page cache and memory
-//! map at its next `BEGIN` (`pager_reset` and a 256 MB `munmap`, 6% of the writer in
-//! `perf` while the indexer committed on the sqlx connection every 100 ms).
+//! from any other connection makes SQLite drop this one's whole page cache at its next
+//! `BEGIN` (`pager_reset`, and with the memory map we had then a 256 MB `munmap`: 6% of
+//! the writer in `perf` while the indexer committed on the sqlx connection every
+//! 100 ms).
 //!
 //! The decisions are [`batch::plan`]'s, as on every backend. Atomicity: `BEGIN
 //! IMMEDIATE … COMMIT`, rolled back on any error ([`BatchWriter::in_transaction`]).
