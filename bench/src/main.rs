@@ -125,7 +125,7 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 500)]
     pub logins: usize,
     /// Messages in the table the `store` scenario pages through.
-    #[arg(long, global = true, default_value_t = 1_000_000)]
+    #[arg(long, global = true, default_value_t = 10_000_000)]
     pub history_messages: u64,
     /// Upper bound on building the history table (seconds); the report gives the
     /// count reached.
