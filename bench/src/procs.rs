@@ -41,9 +41,10 @@ pub struct ProcSample {
     pub cpu_secs: f64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
-    /// The parts of VmRSS: the heap and other private memory, and mapped files
-    /// (SQLite maps its database file, `mmap_size`: those pages are the page cache,
-    /// shared and reclaimable, not memory the server allocated).
+    /// The parts of VmRSS: the heap and other private memory, and mapped files (the
+    /// binary and its libraries; SQLite's database file too when `mmap_size` maps it:
+    /// those pages are the page cache, shared and reclaimable, not memory the server
+    /// allocated).
     pub anon_kib: u64,
     pub file_kib: u64,
 }

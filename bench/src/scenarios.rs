@@ -868,8 +868,8 @@ async fn scenario_logins(ctx: &mut Ctx) -> Result<()> {
          | logins | ok | failed | seconds | logins/s | p50 ms | p99 ms | server CPU s | RSS before MiB | peak RSS (VmHWM) MiB | peak − before MiB | RSS after: anonymous MiB | RSS after: mapped files MiB |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
          | {n} | {ok} | {failed} | {secs:.1} | {:.1} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n\n\
-         {} The server has run the scenarios before this one; RSS counts the pages of \
-         the SQLite file it maps (`mmap_size`, the page cache) as \"mapped files\".\n",
+         {} The server has run the scenarios before this one. \"Mapped files\" are the \
+         binary and its libraries (SQLite's file is not memory-mapped since d582c88).\n",
         ok as f64 / secs,
         ms(q(0.5)),
         ms(q(0.99)),
