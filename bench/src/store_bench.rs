@@ -113,6 +113,10 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
     while written < target && t0.elapsed() < bound {
         let n = (target - written).min(BULK_CHUNK);
         let tx = db.unchecked_transaction()?;
+        let last_rowid: i64 =
+            tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM messages", [], |r| {
+                r.get(0)
+            })?;
         // Message i goes to conversation i % convs with seq base + i / convs + 1. Ids
         // sort after the ULIDs written before (as new ULIDs would); 64-byte bodies.
         tx.execute(
@@ -124,9 +128,12 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
                 now
             ],
         )?;
-        // The insert trigger queued every row for the search index; nothing searches
-        // this table, and an indexer working through 10M rows would disturb the pages.
-        tx.execute("DELETE FROM fts_pending", [])?;
+        // The insert trigger queued these rows for the search index; nothing searches
+        // them, and an indexer working through 10M rows would disturb the pages.
+        tx.execute(
+            "DELETE FROM fts_pending WHERE message_rowid > ?1",
+            [last_rowid],
+        )?;
         tx.commit()?;
         written += n;
     }
