@@ -95,9 +95,13 @@ impl BatchWriter {
         &self,
         work: impl FnOnce(&Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        // Never contended: only the holder of the slot gets here. A panic in an earlier
-        // transaction poisons the lock but leaves no transaction open (see below).
+        // Never contended: only the holder of the slot gets here.
         let db = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !db.is_autocommit() {
+            // A panic inside an earlier `work` (the lock is poisoned then) skipped its
+            // ROLLBACK: undo it here, or every later BEGIN would fail.
+            db.execute_batch("ROLLBACK")?;
+        }
         db.execute_batch("BEGIN IMMEDIATE")?;
         let result = work(&db).and_then(|done| {
             db.execute_batch("COMMIT")?;
@@ -349,4 +353,33 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<Mes
         edited_at: row.get("edited_at")?,
         deleted: deleted_at.is_some(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_a_transaction_does_not_wedge_the_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = BatchWriter::open(&dir.path().join("t.db"), &[]).expect("open");
+        writer
+            .in_transaction(|db| Ok(db.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .expect("create");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.in_transaction(|db| -> StoreResult<()> {
+                db.execute_batch("INSERT INTO t VALUES (1)")?;
+                panic!("a bug inside a batch");
+            })
+        }));
+        assert!(panicked.is_err());
+        // The next transaction runs, and the panicked one's row was rolled back.
+        let rows: i64 = writer
+            .in_transaction(|db| {
+                db.execute_batch("INSERT INTO t VALUES (2)")?;
+                Ok(db.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+            })
+            .expect("a transaction after the panic");
+        assert_eq!(rows, 1);
+    }
 }
