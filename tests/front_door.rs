@@ -199,7 +199,13 @@ async fn a_second_connection_with_the_same_client_id_takes_over_the_first() {
         .closed(Duration::from_secs(5))
         .await
         .expect("the older connection is closed");
-    assert!(server.logs().contains("session taken over"));
+    assert!(
+        server
+            .logged("session taken over", Duration::from_secs(5))
+            .await,
+        "{}",
+        server.logs()
+    );
     wait_for_metric(&server, "tidings_mqtt_connections", 1.0).await;
 }
 

@@ -211,6 +211,19 @@ impl Server {
         self.logs.lock().expect("log lock").join("\n")
     }
 
+    /// Whether the server prints `needle` within `within`. A client can see the effect
+    /// of a logged event (a closed socket) before the line has come through the pipe.
+    pub async fn logged(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.logs().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
