@@ -22,6 +22,9 @@ pub struct BatchRow {
     pub seconds: f64,
     pub per_sec: f64,
     pub batch_p99_ms: f64,
+    /// CPU of this process (the store runs in it) per message stored. Steadier than
+    /// messages/s, which also counts the time spent waiting on fsync.
+    pub cpu_us_per_msg: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -210,6 +213,7 @@ pub async fn run(
     for &b in batch_sizes {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
         let t0 = Instant::now();
+        let cpu0 = crate::procs::self_cpu_secs();
         let mut n = 0u64;
         while t0.elapsed() < per_batch && n < 2_000_000 {
             let t = Instant::now();
@@ -218,12 +222,14 @@ pub async fn run(
             n += b as u64;
         }
         let secs = t0.elapsed().as_secs_f64();
+        let cpu = crate::procs::self_cpu_secs() - cpu0;
         batches.push(BatchRow {
             batch: b,
             messages: n,
             seconds: secs,
             per_sec: n as f64 / secs,
             batch_p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+            cpu_us_per_msg: cpu * 1e6 / n.max(1) as f64,
         });
     }
 
