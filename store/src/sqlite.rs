@@ -6,15 +6,11 @@
 //! upgrade), all writes go through a pool of exactly one connection, and reads through a
 //! separate pool that WAL lets run beside it.
 //!
-//! Checkpoints stay inside the writer's commits (SQLite's default, every 1,000 pages).
-//! Moving them to a connection of their own, `PASSIVE` every 500 ms, was tried: the
-//! writer thread lost its checkpoint time, but each checkpoint's fsync stalled the
-//! writer's WAL appends and the pairs bench's p99 went from 30 to 80 ms. Tried again
-//! with the rusqlite write batch (a thread, `PASSIVE` every 200 ms): p50 at 6,250
-//! msg/s fell from seconds to 2 ms and CPU per message by 12%, but p99 was 64–141 ms
-//! at 5,000–7,500 msg/s against 14–25 ms here. A larger `wal_autocheckpoint` (10,000
-//! pages) sat between the two: p99 50 ms at 5,000 msg/s.
+//! WAL checkpoints run on a thread of their own, handing the last few frames of each
+//! round to the write batch so the WAL can restart: see [`checkpointer`], which also
+//! says why two earlier tries at moving checkpoints out of the commit were not kept.
 
+mod checkpointer;
 mod fast_batch;
 mod search_index;
 
@@ -32,6 +28,8 @@ pub struct SqliteStore {
     index: std::sync::Arc<crate::MembershipIndex>,
     /// Stops the search indexer when the store is dropped.
     _indexer: tokio::sync::oneshot::Sender<()>,
+    /// Stops the WAL checkpoint thread when the store is dropped.
+    _checkpointer: checkpointer::Checkpointer,
 }
 
 /// Settings every connection gets, the write batch's own included.
@@ -84,10 +82,13 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        let checkpoints = std::sync::Arc::new(checkpointer::CheckpointHandoff::default());
         let batch_writer = std::sync::Arc::new(fast_batch::BatchWriter::open(
             options.get_filename(),
             &TUNING,
+            checkpoints.clone(),
         )?);
+        let checkpointer = checkpointer::Checkpointer::start(options.get_filename(), checkpoints)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(search_index::index_until(
             writer.clone(),
@@ -108,6 +109,7 @@ impl SqliteStore {
             reader,
             index,
             _indexer: stop,
+            _checkpointer: checkpointer,
         })
     }
 

@@ -1526,3 +1526,51 @@ async fn sqlite_batches_and_other_writes_take_turns() {
     assert_eq!(iseqs, (1..=iseqs.len() as u64).collect::<Vec<u64>>());
     assert!(iseqs.len() >= 100, "bob's inbox has {} events", iseqs.len());
 }
+
+/// The SQLite WAL is checkpointed off the write batch's thread (store/src/sqlite/
+/// checkpointer.rs), and a checkpoint that never blocks the writer also never lets the
+/// WAL start over on its own. Under writes that never pause, the WAL must still stay
+/// small: every page written reaches the database file through the WAL, so a WAL that
+/// never restarted would be at least as large as the database's growth, which this
+/// test makes twice the bound.
+#[tokio::test]
+async fn sqlite_wal_stays_bounded_under_unbroken_writes() {
+    const WAL_BOUND: u64 = 16 << 20;
+    let (store, dir) = common::sqlite().await;
+    let db = dir.path().join("tidings.db");
+    let wal = dir.path().join("tidings.db-wal");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let alice = user(&store, "alice").await;
+    let mut convs = Vec::new();
+    for i in 0..40 {
+        let other = user(&store, &format!("peer{i:02}")).await;
+        convs.push(group(&store, &alice, &[&other]).await);
+    }
+    let body = "x".repeat(2000);
+    let start = size(&db);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let (mut largest_wal, mut n) = (0u64, 0usize);
+    while size(&db) < start + 2 * WAL_BOUND {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database grew only {} bytes in 120 s",
+            size(&db) - start
+        );
+        let ops: Vec<WriteOp> = (0..64)
+            .map(|k| {
+                n += 1;
+                send(&convs[n % convs.len()], &alice, &format!("m{n}-{k}"), &body)
+            })
+            .collect();
+        let out = store.write_batch(&ops).await.expect("write batch");
+        assert!(out
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+        largest_wal = largest_wal.max(size(&wal));
+    }
+    assert!(
+        largest_wal <= WAL_BOUND,
+        "the WAL reached {largest_wal} bytes while the database grew by {}",
+        size(&db) - start
+    );
+}

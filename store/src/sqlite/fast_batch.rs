@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::SqlitePool;
 use tidings_core::protocol::event::AttachmentView;
 
+use super::checkpointer::{passive_checkpoint, CheckpointHandoff};
 use crate::batch::{self, AttachmentRow, ConvState, MemberMarkers, Plan, Snapshot};
 use crate::error::{StoreError, StoreResult};
 use crate::model::*;
@@ -113,13 +114,25 @@ fn insert_rows<R>(
     Ok(())
 }
 
+/// Pages in the WAL at which this connection checkpoints inside a commit anyway.
+const WAL_AUTOCHECKPOINT_FALLBACK: i64 = 10_000;
+
 /// The write batch's own connection to the database file, with its prepared statements.
-pub(crate) struct BatchWriter(Mutex<Connection>);
+pub(crate) struct BatchWriter {
+    db: Mutex<Connection>,
+    checkpoints: Arc<CheckpointHandoff>,
+}
 
 impl BatchWriter {
     /// Opens `path` (already migrated) as the sqlx pools do: WAL, `synchronous =
     /// NORMAL`, foreign keys, a 10 s busy timeout, and the store's `tuning` pragmas.
-    pub(crate) fn open(path: &Path, tuning: &[(&str, &str)]) -> StoreResult<Self> {
+    /// Its WAL checkpoints are the background [`super::checkpointer`]'s, finished by
+    /// this connection after a commit when `checkpoints` says so.
+    pub(crate) fn open(
+        path: &Path,
+        tuning: &[(&str, &str)],
+        checkpoints: Arc<CheckpointHandoff>,
+    ) -> StoreResult<Self> {
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.execute_batch(
@@ -131,7 +144,13 @@ impl BatchWriter {
         // Room for the snapshot's and the plan's statements, each multi-row `INSERT` in its
         // six run lengths, and the search indexer's.
         db.set_prepared_statement_cache_capacity(64);
-        Ok(BatchWriter(Mutex::new(db)))
+        // Checkpoints are the background thread's; this one is only a safety valve for
+        // when that thread falls far behind (it keeps the WAL near 1,000 pages).
+        db.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_FALLBACK)?;
+        Ok(BatchWriter {
+            db: Mutex::new(db),
+            checkpoints,
+        })
     }
 
     /// Runs `work` in one `BEGIN IMMEDIATE … COMMIT` on this connection, rolled back on
@@ -141,7 +160,7 @@ impl BatchWriter {
         work: impl FnOnce(&Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
         // Never contended: only the holder of the slot gets here.
-        let db = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         if !db.is_autocommit() {
             // A panic inside an earlier `work` (the lock is poisoned then) skipped its
             // ROLLBACK: undo it here, or every later BEGIN would fail.
@@ -152,6 +171,13 @@ impl BatchWriter {
             db.execute_batch("COMMIT")?;
             Ok(done)
         });
+        if result.is_ok() && self.checkpoints.writer_should_finish() {
+            // Committed already: a failed checkpoint loses nothing, the next one
+            // copies the same frames.
+            if let Err(e) = passive_checkpoint(&db) {
+                tracing::warn!(error = %e, "WAL checkpoint after a batch failed");
+            }
+        }
         if result.is_err() {
             // Whatever failed, leave no transaction open. (Fails harmlessly when the
             // failure was COMMIT and SQLite already rolled back.)
@@ -420,7 +446,8 @@ mod tests {
     #[test]
     fn multi_row_inserts_store_every_row_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let writer = BatchWriter::open(&dir.path().join("t.db"), &[]).expect("open");
+        let writer =
+            BatchWriter::open(&dir.path().join("t.db"), &[], Default::default()).expect("open");
         writer
             .in_transaction(|db| Ok(db.execute_batch("CREATE TABLE t (n INTEGER, s TEXT)")?))
             .expect("create");
@@ -450,7 +477,8 @@ mod tests {
     #[test]
     fn a_panic_inside_a_transaction_does_not_wedge_the_connection() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let writer = BatchWriter::open(&dir.path().join("t.db"), &[]).expect("open");
+        let writer =
+            BatchWriter::open(&dir.path().join("t.db"), &[], Default::default()).expect("open");
         writer
             .in_transaction(|db| Ok(db.execute_batch("CREATE TABLE t (x INTEGER)")?))
             .expect("create");
