@@ -69,9 +69,9 @@ impl Drop for Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database at `path`; the writer's connection must have
-    /// `wal_autocheckpoint` 0 and call [`CheckpointHandoff::writer_should_finish`]
-    /// after each commit.
+    /// Starts checkpointing the database at `path`; the writer's connection must keep
+    /// its own automatic checkpoints out of the way (a high `wal_autocheckpoint`) and
+    /// call [`CheckpointHandoff::writer_should_finish`] after each commit.
     pub(crate) fn start(path: &Path, handoff: Arc<CheckpointHandoff>) -> StoreResult<Self> {
         let db = Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(10))?;
@@ -100,9 +100,9 @@ impl Checkpointer {
 /// Checkpoints until what the writer appended during the last pass is small (at most
 /// [`CATCH_UP_PASSES`]), so the writer's own checkpoint after it has little to copy.
 fn catch_up(db: &Connection) -> rusqlite::Result<()> {
-    let (mut wal_frames, _) = passive_checkpoint(db)?;
+    let mut wal_frames = passive_checkpoint(db)?;
     for _ in 1..CATCH_UP_PASSES {
-        let (now, _) = passive_checkpoint(db)?;
+        let now = passive_checkpoint(db)?;
         // `now` is smaller when the writer restarted the WAL meanwhile.
         let appended = now - wal_frames;
         wal_frames = now;
@@ -113,9 +113,7 @@ fn catch_up(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One `PASSIVE` checkpoint on `db`: (frames in the WAL, frames copied).
-pub(crate) fn passive_checkpoint(db: &Connection) -> rusqlite::Result<(i64, i64)> {
-    db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })
+/// One `PASSIVE` checkpoint on `db`; returns the frames in the WAL.
+pub(crate) fn passive_checkpoint(db: &Connection) -> rusqlite::Result<i64> {
+    db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
