@@ -205,6 +205,34 @@ impl Mqtt {
         }
     }
 
+    /// Waits until each `(topic, what, pred)` has matched one event, in any order:
+    /// events that take different paths (a stored message's mirror, relayed typing)
+    /// may overtake each other, and [`expect`](Mqtt::expect) would skip the early one.
+    pub async fn expect_each(&mut self, wanted: &[(&str, &str, &dyn Fn(&Value) -> bool)]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut missing: Vec<usize> = (0..wanted.len()).collect();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Seen::Publish { topic, payload }) => {
+                    let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+                        continue;
+                    };
+                    missing.retain(|&i| !(wanted[i].0 == topic && (wanted[i].2)(&v)));
+                }
+                Some(Seen::Closed(why)) => panic!("connection closed while waiting: {why}"),
+                Some(_) => {}
+                None => {
+                    let names: Vec<String> = missing
+                        .iter()
+                        .map(|&i| format!("{} on {}", wanted[i].1, wanted[i].0))
+                        .collect();
+                    panic!("timed out waiting for {}", names.join(", "));
+                }
+            }
+        }
+    }
+
     /// Collects every publish for `wait`; panics if the connection closes.
     pub async fn drain(&mut self, wait: Duration) -> Vec<(String, Vec<u8>)> {
         let deadline = tokio::time::Instant::now() + wait;
