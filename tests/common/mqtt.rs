@@ -27,6 +27,10 @@ pub enum Seen {
     Closed(String),
 }
 
+/// One event [`Mqtt::expect_each`] waits for: its topic, what to call it when it
+/// never comes, and the test its JSON payload must pass.
+pub type Wanted<'a> = (&'a str, &'a str, &'a dyn Fn(&Value) -> bool);
+
 pub struct Mqtt {
     pub client: AsyncClient,
     events: UnboundedReceiver<Seen>,
@@ -208,7 +212,7 @@ impl Mqtt {
     /// Waits until each `(topic, what, pred)` has matched one event, in any order:
     /// events that take different paths (a stored message's mirror, relayed typing)
     /// may overtake each other, and [`expect`](Mqtt::expect) would skip the early one.
-    pub async fn expect_each(&mut self, wanted: &[(&str, &str, &dyn Fn(&Value) -> bool)]) {
+    pub async fn expect_each(&mut self, wanted: &[Wanted<'_>]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut missing: Vec<usize> = (0..wanted.len()).collect();
         while !missing.is_empty() {
