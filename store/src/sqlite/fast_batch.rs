@@ -123,8 +123,6 @@ const WAL_AUTOCHECKPOINT_FALLBACK: i64 = 10_000;
 pub(crate) struct BatchWriter {
     db: Mutex<Connection>,
     checkpoints: Arc<CheckpointHandoff>,
-    /// Conversations the batches touched, as of this connection's last commit.
-    known: Mutex<KnownConversations>,
 }
 
 impl BatchWriter {
@@ -155,7 +153,6 @@ impl BatchWriter {
         Ok(BatchWriter {
             db: Mutex::new(db),
             checkpoints,
-            known: Mutex::default(),
         })
     }
 
@@ -204,136 +201,20 @@ pub(crate) async fn write_batch(
     }
     // The write slot: held, not used (see the module comment).
     let _slot = writer.acquire().await?;
-    // A batch that failed or panicked may have updated what it knew before its COMMIT
-    // did not happen: forget it all.
-    let mut known = match batch_writer.known.lock() {
-        Ok(known) => known,
-        Err(poisoned) => {
-            let mut known = poisoned.into_inner();
-            known.forget();
-            known
-        }
-    };
-    let result = batch_writer.in_transaction(|db| decide_and_store(db, &mut known, ops));
-    if result.is_err() {
-        known.forget();
-    }
-    result
+    batch_writer.in_transaction(|db| decide_and_store(db, ops))
 }
 
-fn decide_and_store(
-    db: &Connection,
-    known: &mut KnownConversations,
-    ops: &[WriteOp],
-) -> StoreResult<Vec<WriteOutcome>> {
-    known.check(db)?;
-    let (snap, loaded) = snapshot(db, known, ops)?;
+fn decide_and_store(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+    let snap = snapshot(db, ops)?;
     let plan = batch::plan(ops, snap);
     store_plan(db, &plan)?;
-    known.remember(loaded, &plan);
     Ok(plan.outcomes)
 }
 
-/// Most member entries [`KnownConversations`] holds before it starts over (about
-/// 100 bytes each).
-const KNOWN_MEMBERS_MAX: usize = 100_000;
-
-/// A conversation as the batch planner reads it: kind and counter, and its current
-/// members in a stable order with their markers.
-type ConvAndMembers = (ConvState, Vec<(String, MemberMarkers)>);
-
-/// A conversation read from SQL by this batch, with its members' inbox counters.
-type LoadedConv = (String, ConvAndMembers, Vec<(String, u64)>);
-
-/// What this connection's own batches left in the conversations they touched: the
-/// conversation counter, the members and their markers, and each member's inbox
-/// counter. Reading that from SQL took a quarter of the writer's time in the fan-out
-/// bench (a 1,000-member group is 1,000 member rows and 1,000 inbox index seeks per
-/// batch); every write to those rows is either a batch's own, applied here from its
-/// plan, or another connection's commit (membership changes through the sqlx pool, the
-/// admin CLI), which changes `PRAGMA data_version` and makes this forget everything.
-#[derive(Default)]
-pub(crate) struct KnownConversations {
-    /// `PRAGMA data_version` when the last batch began; `None`: nothing known.
-    data_version: Option<i64>,
-    convs: HashMap<String, ConvAndMembers>,
-    inbox_seqs: HashMap<String, u64>,
-    members_held: usize,
-}
-
-impl KnownConversations {
-    fn forget(&mut self) {
-        *self = KnownConversations::default();
-    }
-
-    /// Forgets everything if another connection committed since the last batch began.
-    /// Called inside the batch's `BEGIN IMMEDIATE`, so no commit can slip in after it.
-    fn check(&mut self, db: &Connection) -> StoreResult<()> {
-        let now: i64 = db.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        if self.data_version != Some(now) {
-            self.forget();
-            self.data_version = Some(now);
-        }
-        Ok(())
-    }
-
-    /// `conv`, if known along with every member's inbox counter.
-    fn get(&self, conv: &str) -> Option<(&ConvAndMembers, Vec<(&String, u64)>)> {
-        let entry = self.convs.get(conv)?;
-        let seqs = entry
-            .1
-            .iter()
-            .map(|(user, _)| Some((user, *self.inbox_seqs.get(user)?)))
-            .collect::<Option<Vec<_>>>()?;
-        Some((entry, seqs))
-    }
-
-    /// Takes in the conversations this batch read from SQL and the writes it made.
-    fn remember(&mut self, loaded: Vec<LoadedConv>, plan: &Plan) {
-        for (conv, entry, seqs) in loaded {
-            self.members_held += entry.1.len();
-            if self.members_held > KNOWN_MEMBERS_MAX {
-                let data_version = self.data_version;
-                self.forget();
-                self.data_version = data_version;
-                self.members_held = entry.1.len();
-            }
-            self.inbox_seqs.extend(seqs);
-            self.convs.insert(conv, entry);
-        }
-        for (conv, seq, _) in &plan.conv_seqs {
-            if let Some((state, _)) = self.convs.get_mut(conv) {
-                state.last_seq = *seq;
-            }
-        }
-        for (conv, user, read, delivered) in &plan.markers {
-            let member = self
-                .convs
-                .get_mut(conv)
-                .and_then(|(_, members)| members.iter_mut().find(|(u, _)| u == user));
-            if let Some((_, markers)) = member {
-                markers.read_seq = *read;
-                markers.delivered_seq = *delivered;
-            }
-        }
-        for (user, seq) in &plan.inbox_seqs {
-            if let Some(known) = self.inbox_seqs.get_mut(user) {
-                *known = *seq;
-            }
-        }
-    }
-}
-
-/// Reads what `ops` may touch: the conversations from `known` where it can, the rest
-/// from SQL (returned as well, to be remembered once the plan is made).
-fn snapshot(
-    db: &Connection,
-    known: &KnownConversations,
-    ops: &[WriteOp],
-) -> StoreResult<(Snapshot, Vec<LoadedConv>)> {
+/// Reads what `ops` may touch.
+fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
     let mut wanted = Snapshot::wanted(ops);
     let mut snap = Snapshot::default();
-    let mut loaded = Vec::new();
     if !wanted.messages.is_empty() {
         let mut by_id = db.prepare_cached(&format!("{MESSAGE_SELECT} WHERE m.id = ?1"))?;
         for id in wanted.messages.drain() {
@@ -344,22 +225,8 @@ fn snapshot(
             }
         }
     }
-    let mut conversation = None;
+    let mut conversation = db.prepare_cached(CONVERSATION_AND_MEMBERS)?;
     for conv in &wanted.convs {
-        if let Some(((state, members), seqs)) = known.get(conv) {
-            metrics::counter!("tidings_store_conversation_reads_total", "from" => "memory")
-                .increment(1);
-            snap.convs.insert(conv.clone(), state.clone());
-            snap.members.insert(conv.clone(), members.clone());
-            snap.inbox_seqs
-                .extend(seqs.into_iter().map(|(user, seq)| (user.clone(), seq)));
-            continue;
-        }
-        metrics::counter!("tidings_store_conversation_reads_total", "from" => "sql").increment(1);
-        let conversation = match &mut conversation {
-            Some(c) => c,
-            None => conversation.insert(db.prepare_cached(CONVERSATION_AND_MEMBERS)?),
-        };
         let mut rows = conversation.query([conv])?;
         while let Some(row) = rows.next()? {
             if !snap.convs.contains_key(conv) {
@@ -387,17 +254,6 @@ fn snapshot(
                 .entry(conv.clone())
                 .or_default()
                 .push((user, markers));
-        }
-        if let Some(state) = snap.convs.get(conv) {
-            let members = snap.members.get(conv).cloned().unwrap_or_default();
-            let seqs = members
-                .iter()
-                .map(|(user, _)| {
-                    let seq = snap.inbox_seqs.get(user).copied().unwrap_or(0);
-                    (user.clone(), seq)
-                })
-                .collect();
-            loaded.push((conv.clone(), (state.clone(), members), seqs));
         }
     }
     let mut sent = None;
@@ -459,7 +315,7 @@ fn snapshot(
             }
         }
     }
-    Ok((snap, loaded))
+    Ok(snap)
 }
 
 /// Executes the plan's writes, each table's rows through one prepared statement, in the
