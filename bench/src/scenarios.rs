@@ -974,7 +974,7 @@ async fn scenario_store(ctx: &mut Ctx) -> Result<()> {
         ms(r.page_p99_ms),
         ms(r.page_p999_ms),
         if r.build_method == "bulk SQL" {
-            " Bulk SQL writes the `messages` rows `write_batch` would (same columns, \
+            " Bulk SQL writes the `messages` rows `write_batch` would (same columns, rowids, \
              indexes and seqs) but not their inbox rows or search index, which history \
              pages don't read: `write_batch` would need about 13 minutes for 10M."
         } else {

@@ -98,7 +98,7 @@ impl World {
 /// Fills the history table of the SQLite database at `path` up to `target` messages
 /// with plain SQL, in transactions of [`BULK_CHUNK`] until `bound`: `write_batch`
 /// stores about 13,000 messages a second here, so 10M would take 13 minutes. The rows
-/// are what `write_batch` stores (same columns, ids and indexes), spread round-robin over
+/// are what `write_batch` stores (same columns, ids, rowids and indexes), spread round-robin over
 /// the conversations with gap-free seqs; what is skipped is their `inbox_events` rows
 /// and the search index, which a history page does not read. Returns how many it wrote.
 fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Result<u64> {
@@ -107,7 +107,7 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
     // The store's own connections wait for ours (its search indexer ticks meanwhile).
     db.busy_timeout(Duration::from_secs(30))?;
     db.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -262144;          CREATE TEMP TABLE bulk_convs (k INTEGER PRIMARY KEY, conv TEXT, sender TEXT, base INTEGER);          INSERT INTO bulk_convs SELECT row_number() OVER (ORDER BY id) - 1, id, created_by, last_seq          FROM conversations;",
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -262144;          CREATE TEMP TABLE bulk_convs (k INTEGER PRIMARY KEY, conv TEXT, sender TEXT, base INTEGER,          block INTEGER);          INSERT INTO bulk_convs SELECT row_number() OVER (ORDER BY id) - 1, id, created_by, last_seq,          message_block FROM conversations;",
     )?;
     let convs: u64 = db.query_row("SELECT COUNT(*) FROM bulk_convs", [], |r| r.get(0))?;
     anyhow::ensure!(convs > 0, "no conversations to fill");
@@ -116,14 +116,11 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
     while written < target && t0.elapsed() < bound {
         let n = (target - written).min(BULK_CHUNK);
         let tx = db.unchecked_transaction()?;
-        let last_rowid: i64 =
-            tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM messages", [], |r| {
-                r.get(0)
-            })?;
-        // Message i goes to conversation i % convs with seq base + i / convs + 1. Ids
-        // sort after the ULIDs written before (as new ULIDs would); 64-byte bodies.
+        // Message i goes to conversation i % convs with seq base + i / convs + 1, at the
+        // rowid the store would give it (block * 2^32 + seq, migration 0011). Ids sort
+        // after the ULIDs written before (as new ULIDs would); 64-byte bodies.
         tx.execute(
-            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)              INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind,                                    body, created_at)              SELECT printf('7ZZ%023d', n.i), b.conv, b.base + n.i / ?3 + 1, b.sender,                     printf('bulk%022d', n.i), 'text',                     substr(printf('B%d.', n.i) || printf('%.64c', 'x'), 1, 64), ?4              FROM n JOIN bulk_convs b ON b.k = n.i % ?3",
+            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)              INSERT INTO messages (rowid, id, conversation_id, seq, sender_id, client_msg_id,                                    kind, body, created_at)              SELECT b.block * 4294967296 + b.base + n.i / ?3 + 1,                     printf('7ZZ%023d', n.i), b.conv, b.base + n.i / ?3 + 1, b.sender,                     printf('bulk%022d', n.i), 'text',                     substr(printf('B%d.', n.i) || printf('%.64c', 'x'), 1, 64), ?4              FROM n JOIN bulk_convs b ON b.k = n.i % ?3",
             rusqlite::params![
                 written as i64,
                 (written + n - 1) as i64,
@@ -133,9 +130,11 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
         )?;
         // The insert trigger queued these rows for the search index; nothing searches
         // them, and an indexer working through 10M rows would disturb the pages.
+        // Each conversation's new rows are the rowids above its old last seq in its
+        // block: one range of the queue's primary key per conversation.
         tx.execute(
-            "DELETE FROM fts_pending WHERE message_rowid > ?1",
-            [last_rowid],
+            "DELETE FROM fts_pending WHERE rowid IN (SELECT p.message_rowid              FROM bulk_convs b JOIN fts_pending p              ON p.message_rowid > b.block * 4294967296 + b.base              AND p.message_rowid < (b.block + 1) * 4294967296)",
+            [],
         )?;
         tx.commit()?;
         written += n;
@@ -144,6 +143,22 @@ fn bulk_fill_sqlite(path: &std::path::Path, target: u64, bound: Duration) -> Res
         "UPDATE conversations SET last_seq =          (SELECT MAX(seq) FROM messages m WHERE m.conversation_id = conversations.id),          last_activity_at = ?1 WHERE id IN (SELECT conv FROM bulk_convs)",
         [now],
     )?;
+    // The table must be laid out as the store lays it out, or the pages below would
+    // time another table: each conversation's first message (stored by `write_batch`)
+    // and its last (bulk) are where the store's rowid rule puts them.
+    let misplaced: i64 = db.query_row(
+        "SELECT COUNT(*) FROM bulk_convs b JOIN conversations c ON c.id = b.conv, \
+         (SELECT 1 AS seq UNION ALL SELECT 0) AS which \
+         WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id \
+           AND m.seq = CASE which.seq WHEN 1 THEN 1 ELSE c.last_seq END \
+           AND m.rowid = c.message_block * 4294967296 + m.seq)",
+        [],
+        |r| r.get(0),
+    )?;
+    anyhow::ensure!(
+        misplaced == 0,
+        "{misplaced} messages are not where the store would put them (migration 0011)"
+    );
     // Settle as a long-running database would be: every page checkpointed into the
     // file and synced, the WAL empty, rather than gigabytes still being written back
     // while the history pages are timed.

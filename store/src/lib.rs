@@ -2,9 +2,10 @@
 //!
 //! Like atuin's server, handlers and the worker only ever see `Arc<dyn Store>`; there is
 //! one implementation per SQL backend ([`SqliteStore`], the embedded default, and
-//! [`PgStore`] for production). Both run the same migrations (migrations/sqlite and
-//! migrations/postgres, same version numbers) at start-up, so a data directory or a
-//! database is usable by the next start with no separate step.
+//! [`PgStore`] for production). Both run their migrations (migrations/sqlite and
+//! migrations/postgres, same version numbers; SQLite's 0011, a table layout, has no
+//! PostgreSQL counterpart) at start-up, so a data directory or a database is usable by
+//! the next start with no separate step.
 //!
 //! The SQL the two dialects agree on is written once, in `sql_store.rs`, and expanded
 //! per backend; what differs (row locking, connection pools, full-text search) lives in

@@ -1574,3 +1574,223 @@ async fn sqlite_wal_stays_bounded_under_unbroken_writes() {
         size(&db) - start
     );
 }
+
+/// SQLite keeps each conversation's messages side by side in the `messages` table
+/// (migration 0011): a message's rowid is its conversation's `message_block` times 2^32
+/// plus its seq, so a history page reads a few neighbouring table pages instead of one
+/// page per message. Sends to two conversations, interleaved in every batch, must come
+/// out as two runs of rowids, each in seq order, and history and search (which finds
+/// messages by rowid) must still see every one of them.
+#[tokio::test]
+async fn sqlite_stores_each_conversations_messages_together() {
+    let (store, dir) = common::sqlite().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let convs = [
+        group(&store, &alice, &[&bob]).await,
+        group(&store, &alice, &[&carol]).await,
+    ];
+    for batch in 0..3 {
+        let ops: Vec<WriteOp> = (0..10)
+            .map(|k| {
+                let body = format!("heron{batch}x{k}");
+                send(&convs[k % 2], &alice, &format!("b{batch}-{k}"), &body)
+            })
+            .collect();
+        let out = store.write_batch(&ops).await.expect("write batch");
+        assert!(out
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    }
+
+    let db = rusqlite::Connection::open(dir.path().join("tidings.db")).expect("open");
+    let block = |conv: &str| -> i64 {
+        db.query_row(
+            "SELECT message_block FROM conversations WHERE id = ?1",
+            [conv],
+            |r| r.get(0),
+        )
+        .expect("message_block")
+    };
+    let blocks = [block(&convs[0].id), block(&convs[1].id)];
+    assert!(
+        blocks[0] > 0 && blocks[1] > 0 && blocks[0] != blocks[1],
+        "{blocks:?}"
+    );
+    let mut rows = db
+        .prepare("SELECT rowid, conversation_id, seq FROM messages ORDER BY rowid")
+        .expect("prepare");
+    let rows: Vec<(i64, String, i64)> = rows
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 30);
+    for (rowid, conv, seq) in &rows {
+        let b = if *conv == convs[0].id {
+            blocks[0]
+        } else {
+            blocks[1]
+        };
+        assert_eq!(*rowid, (b << 32) + seq, "message {seq} of {conv}");
+    }
+    // In rowid order: one conversation's 15 messages, seqs 1..=15, then the other's.
+    let order: Vec<(&str, i64)> = rows.iter().map(|(_, c, s)| (c.as_str(), *s)).collect();
+    let (first, second) = if blocks[0] < blocks[1] {
+        (&convs[0].id, &convs[1].id)
+    } else {
+        (&convs[1].id, &convs[0].id)
+    };
+    let expected: Vec<(&str, i64)> = (1..=15)
+        .map(|s| (first.as_str(), s))
+        .chain((1..=15).map(|s| (second.as_str(), s)))
+        .collect();
+    assert_eq!(order, expected);
+
+    let page = store
+        .history(
+            &convs[1].id,
+            SeqPage::Before {
+                before: Some(11),
+                limit: 4,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [10, 9, 8, 7]
+    );
+    let found = store
+        .search_messages(&carol.id, "heron2x7", None, 10, 0)
+        .await
+        .expect("search");
+    assert_eq!(
+        found.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["heron2x7"]
+    );
+}
+
+/// Migration 0011 on a database that already holds messages: the old rows keep their
+/// rowids (below 2^32, so the new layout never collides with them), the conversations
+/// they belong to get a block, and history, search and new sends see old and new
+/// messages alike.
+#[tokio::test]
+async fn sqlite_messages_stored_before_the_layout_migration_stay_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tidings.db");
+    let url = format!("sqlite://{}", path.display());
+    {
+        // The schema as it was before 0011, with rows written as the store then wrote
+        // them (rowids in arrival order, two conversations interleaved).
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .expect("open");
+        let mut before = sqlx::migrate!("../migrations/sqlite");
+        let keep = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 11)
+            .cloned()
+            .collect::<Vec<_>>();
+        assert_eq!(keep.len(), 10, "migrations before 0011");
+        before.migrations = keep.into();
+        before.run(&mut db).await.expect("migrate to 0010");
+        sqlx::Executor::execute(
+            &mut db,
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES \
+               ('U1', 'alice', 'x', 1), ('U2', 'bob', 'x', 1); \
+             INSERT INTO conversations (id, kind, created_by, created_at, last_seq, \
+               last_activity_at) VALUES ('C1', 'group', 'U1', 1, 2, 1), \
+               ('C2', 'group', 'U1', 1, 2, 1); \
+             INSERT INTO members (conversation_id, user_id, role, joined_at, handle) VALUES \
+               ('C1', 'U1', 'owner', 1, 1), ('C1', 'U2', 'member', 1, 1), \
+               ('C2', 'U1', 'owner', 1, 2), ('C2', 'U2', 'member', 1, 2); \
+             INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, \
+               body, created_at) VALUES \
+               ('M1', 'C1', 1, 'U1', 'k1', 'text', 'old osprey one', 1), \
+               ('M2', 'C2', 1, 'U1', 'k2', 'text', 'old osprey two', 1), \
+               ('M3', 'C1', 2, 'U1', 'k3', 'text', 'old osprey three', 1), \
+               ('M4', 'C2', 2, 'U1', 'k4', 'text', 'old osprey four', 1);",
+        )
+        .await
+        .expect("rows before 0011");
+    }
+
+    let store = connect(&url).await.expect("open and migrate");
+    let ops: Vec<WriteOp> = (0..4)
+        .map(|k| {
+            WriteOp::Send(NewMessage {
+                id: new_id(),
+                conv: if k % 2 == 0 { "C1" } else { "C2" }.into(),
+                sender: "U1".into(),
+                client_msg_id: format!("new{k}"),
+                body: format!("new osprey {k}"),
+                reply_to: None,
+                mentions: vec![],
+                attachment: None,
+                created_at: now_ms(),
+            })
+        })
+        .collect();
+    let out = store.write_batch(&ops).await.expect("write batch");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+
+    let page = store
+        .history(
+            "C1",
+            SeqPage::Before {
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        page.iter()
+            .map(|m| (m.seq, m.body.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (4, "new osprey 2"),
+            (3, "new osprey 0"),
+            (2, "old osprey three"),
+            (1, "old osprey one"),
+        ]
+    );
+    let found = store
+        .search_messages("U2", "osprey", None, 20, 0)
+        .await
+        .expect("search");
+    assert_eq!(found.len(), 8, "{found:?}");
+
+    let db = rusqlite::Connection::open(&path).expect("open");
+    let rowids: Vec<(String, i64)> = db
+        .prepare("SELECT id, rowid FROM messages WHERE id LIKE 'M%' ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        rowids,
+        [("M1", 1), ("M2", 2), ("M3", 3), ("M4", 4)].map(|(id, r)| (id.to_owned(), r))
+    );
+    let blocks: Vec<i64> = db
+        .prepare("SELECT message_block FROM conversations ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("blocks");
+    assert_eq!(
+        blocks,
+        [1, 2],
+        "blocks given to the conversations already there"
+    );
+}

@@ -50,10 +50,28 @@ const CONVERSATION_AND_MEMBERS: &str = "SELECT c.kind, c.last_seq, \
 const UPDATE_CONVERSATION: &str =
     "UPDATE conversations SET last_seq = ?2, last_activity_at = ?3 WHERE id = ?1";
 
-const INSERT_MESSAGES: &str = "INSERT INTO messages (id, conversation_id, seq, sender_id, \
-     client_msg_id, kind, body, reply_to, mentions, attachment_id, created_at, edited_at, \
-     deleted_at) VALUES ";
-const MESSAGE_VALUES: usize = 13;
+const INSERT_MESSAGES: &str = "INSERT INTO messages (rowid, id, conversation_id, seq, \
+     sender_id, client_msg_id, kind, body, reply_to, mentions, attachment_id, created_at, \
+     edited_at, deleted_at) VALUES ";
+const MESSAGE_VALUES: usize = 14;
+
+const MESSAGE_BLOCK: &str = "SELECT message_block FROM conversations WHERE id = ?1";
+
+/// Where a message's row goes in the `messages` table: its conversation's block, then
+/// its seq (migration 0011), so that a conversation's history is stored in one run of
+/// neighbouring pages rather than interleaved with every other conversation's.
+fn message_rowid(block: i64, seq: u64) -> StoreResult<i64> {
+    let seq = u32::try_from(seq).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "message seq {seq} does not fit its conversation's block"
+        ))
+    })?;
+    block
+        .checked_mul(1 << 32)
+        .and_then(|base| base.checked_add(i64::from(seq)))
+        .filter(|_| block > 0)
+        .ok_or_else(|| StoreError::Corrupt(format!("conversation message block {block}")))
+}
 
 const UPDATE_MESSAGE: &str = "UPDATE messages SET body = ?2, edited_at = ?3, deleted_at = ?4, \
      mentions = CASE WHEN ?4 IS NULL THEN mentions ELSE '[]' END, \
@@ -328,6 +346,21 @@ fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
         }
     }
     if !plan.inserts.is_empty() {
+        // A batch's sends go to a few conversations: one lookup each.
+        let mut blocks: HashMap<&str, i64> = HashMap::new();
+        let mut block_of = db.prepare_cached(MESSAGE_BLOCK)?;
+        for row in &plan.inserts {
+            if !blocks.contains_key(row.view.conv.as_str()) {
+                let block: Option<i64> = block_of.query_row([&row.view.conv], |r| r.get(0))?;
+                let block = block.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "conversation {} has no message block",
+                        row.view.conv
+                    ))
+                })?;
+                blocks.insert(&row.view.conv, block);
+            }
+        }
         insert_rows(
             db,
             INSERT_MESSAGES,
@@ -335,19 +368,21 @@ fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
             &plan.inserts,
             |st, at, row| {
                 let v = &row.view;
-                st.raw_bind_parameter(at, &v.id)?;
-                st.raw_bind_parameter(at + 1, &v.conv)?;
-                st.raw_bind_parameter(at + 2, to_i64(v.seq))?;
-                st.raw_bind_parameter(at + 3, &v.sender)?;
-                st.raw_bind_parameter(at + 4, &v.client_msg_id)?;
-                st.raw_bind_parameter(at + 5, v.kind.as_str())?;
-                st.raw_bind_parameter(at + 6, &v.body)?;
-                st.raw_bind_parameter(at + 7, &v.reply_to)?;
-                st.raw_bind_parameter(at + 8, serde_json::to_string(&v.mentions)?)?;
-                st.raw_bind_parameter(at + 9, &row.attachment_id)?;
-                st.raw_bind_parameter(at + 10, v.created_at)?;
-                st.raw_bind_parameter(at + 11, v.edited_at)?;
-                st.raw_bind_parameter(at + 12, row.deleted_at)?;
+                let block = blocks.get(v.conv.as_str()).copied().unwrap_or_default();
+                st.raw_bind_parameter(at, message_rowid(block, v.seq)?)?;
+                st.raw_bind_parameter(at + 1, &v.id)?;
+                st.raw_bind_parameter(at + 2, &v.conv)?;
+                st.raw_bind_parameter(at + 3, to_i64(v.seq))?;
+                st.raw_bind_parameter(at + 4, &v.sender)?;
+                st.raw_bind_parameter(at + 5, &v.client_msg_id)?;
+                st.raw_bind_parameter(at + 6, v.kind.as_str())?;
+                st.raw_bind_parameter(at + 7, &v.body)?;
+                st.raw_bind_parameter(at + 8, &v.reply_to)?;
+                st.raw_bind_parameter(at + 9, serde_json::to_string(&v.mentions)?)?;
+                st.raw_bind_parameter(at + 10, &row.attachment_id)?;
+                st.raw_bind_parameter(at + 11, v.created_at)?;
+                st.raw_bind_parameter(at + 12, v.edited_at)?;
+                st.raw_bind_parameter(at + 13, row.deleted_at)?;
                 Ok(())
             },
         )?;
