@@ -115,7 +115,12 @@ pub struct Opts {
     /// per-user send limit to 1,000/s; its default is 10/s). The last step offers more
     /// than 50,000 deliveries/s (55 × 999), the target: at 50 msg/s a 1,000-member
     /// group offers only 49,950, so the target could not be shown passed.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "10,25,50,55")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "10,25,50,55"
+    )]
     pub fanout_rates: Vec<f64>,
     /// Connected idle devices of the `idle` scenario.
     #[arg(long, global = true, default_value_t = 10_000)]

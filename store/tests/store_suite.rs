@@ -1794,3 +1794,67 @@ async fn sqlite_messages_stored_before_the_layout_migration_stay_readable() {
         "blocks given to the conversations already there"
     );
 }
+
+/// docs/DEPLOY.md offers `VACUUM INTO` for an online SQLite backup. SQLite only
+/// promises stable rowids for tables with an INTEGER PRIMARY KEY, which `messages` does
+/// not have, yet both the search index (external content, by rowid) and the layout of
+/// migration 0011 depend on them. So a backup made that way must keep every message's
+/// rowid, and a store opened on it must find the messages by search.
+#[tokio::test]
+async fn sqlite_backup_by_vacuum_into_keeps_message_rowids() {
+    let (store, dir) = common::sqlite().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let convs = [
+        group(&store, &alice, &[&bob]).await,
+        group(&store, &alice, &[&bob]).await,
+    ];
+    let ops: Vec<WriteOp> = (0..6)
+        .map(|k| {
+            send(
+                &convs[k % 2],
+                &alice,
+                &format!("v{k}"),
+                &format!("kestrel{k}"),
+            )
+        })
+        .collect();
+    store.write_batch(&ops).await.expect("write batch");
+    // Indexed before the backup, so the copy's search index refers to rowids.
+    assert_eq!(
+        store
+            .search_messages(&bob.id, "kestrel3", None, 10, 0)
+            .await
+            .expect("search")
+            .len(),
+        1
+    );
+    let rowids = |db: &rusqlite::Connection| -> Vec<(String, i64)> {
+        db.prepare("SELECT id, rowid FROM messages ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let live = rusqlite::Connection::open(dir.path().join("tidings.db")).expect("open");
+    let backup_dir = tempfile::tempdir().expect("tempdir");
+    let backup = backup_dir.path().join("tidings.db");
+    live.execute("VACUUM INTO ?1", [backup.to_str().expect("utf-8 path")])
+        .expect("VACUUM INTO");
+    let copy = rusqlite::Connection::open(&backup).expect("open the backup");
+    assert_eq!(rowids(&copy), rowids(&live));
+    assert_eq!(rowids(&copy).len(), 6);
+
+    let restored = connect(&format!("sqlite://{}", backup.display()))
+        .await
+        .expect("open the backup as a store");
+    let found = restored
+        .search_messages(&bob.id, "kestrel4", None, 10, 0)
+        .await
+        .expect("search the backup");
+    assert_eq!(
+        found.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["kestrel4"]
+    );
+}
