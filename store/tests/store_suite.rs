@@ -1672,6 +1672,16 @@ async fn sqlite_stores_each_conversations_messages_together() {
     );
 }
 
+/// Every message's `(id, rowid)` in an SQLite database file, in id order.
+fn message_rowids(db: &rusqlite::Connection) -> Vec<(String, i64)> {
+    db.prepare("SELECT id, rowid FROM messages ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
 /// Migration 0011 on a database that already holds messages: the old rows keep their
 /// rowids (below 2^32, so the new layout never collides with them), the conversations
 /// they belong to get a block, and history, search and new sends see old and new
@@ -1770,13 +1780,8 @@ async fn sqlite_messages_stored_before_the_layout_migration_stay_readable() {
     assert_eq!(found.len(), 8, "{found:?}");
 
     let db = rusqlite::Connection::open(&path).expect("open");
-    let rowids: Vec<(String, i64)> = db
-        .prepare("SELECT id, rowid FROM messages WHERE id LIKE 'M%' ORDER BY id")
-        .expect("prepare")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let mut rowids = message_rowids(&db);
+    rowids.retain(|(id, _)| id.starts_with('M'));
     assert_eq!(
         rowids,
         [("M1", 1), ("M2", 2), ("M3", 3), ("M4", 4)].map(|(id, r)| (id.to_owned(), r))
@@ -1829,22 +1834,14 @@ async fn sqlite_backup_by_vacuum_into_keeps_message_rowids() {
             .len(),
         1
     );
-    let rowids = |db: &rusqlite::Connection| -> Vec<(String, i64)> {
-        db.prepare("SELECT id, rowid FROM messages ORDER BY id")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
     let live = rusqlite::Connection::open(dir.path().join("tidings.db")).expect("open");
     let backup_dir = tempfile::tempdir().expect("tempdir");
     let backup = backup_dir.path().join("tidings.db");
     live.execute("VACUUM INTO ?1", [backup.to_str().expect("utf-8 path")])
         .expect("VACUUM INTO");
     let copy = rusqlite::Connection::open(&backup).expect("open the backup");
-    assert_eq!(rowids(&copy), rowids(&live));
-    assert_eq!(rowids(&copy).len(), 6);
+    assert_eq!(message_rowids(&copy), message_rowids(&live));
+    assert_eq!(message_rowids(&copy).len(), 6);
 
     let restored = connect(&format!("sqlite://{}", backup.display()))
         .await

@@ -38,7 +38,7 @@ use crate::sql_store::{to_i64, to_u64, MESSAGE_COLUMNS, MESSAGE_SELECT};
 
 /// One conversation, its current members with markers, and each member's inbox counter
 /// (the newest `inbox_events.seq`, one index seek each).
-const CONVERSATION_AND_MEMBERS: &str = "SELECT c.kind, c.last_seq, \
+const CONVERSATION_AND_MEMBERS: &str = "SELECT c.kind, c.last_seq, c.message_block, \
      m.user_id, m.read_seq, m.delivered_seq, \
      COALESCE((SELECT e.seq FROM inbox_events e WHERE e.user_id = m.user_id \
                ORDER BY e.seq DESC LIMIT 1), 0) AS inbox_seq \
@@ -55,23 +55,24 @@ const INSERT_MESSAGES: &str = "INSERT INTO messages (rowid, id, conversation_id,
      edited_at, deleted_at) VALUES ";
 const MESSAGE_VALUES: usize = 14;
 
-const MESSAGE_BLOCK: &str = "SELECT message_block FROM conversations WHERE id = ?1";
-
 /// Where a message's row goes in the `messages` table: its conversation's block, then
 /// its seq (migration 0011), so that a conversation's history is stored in one run of
 /// neighbouring pages rather than interleaved with every other conversation's.
-fn message_rowid(block: i64, seq: u64) -> StoreResult<i64> {
+fn message_rowid(block: Option<i64>, seq: u64) -> StoreResult<i64> {
     let seq = u32::try_from(seq).map_err(|_| {
         StoreError::Corrupt(format!(
             "message seq {seq} does not fit its conversation's block"
         ))
     })?;
     block
-        .checked_mul(1 << 32)
+        .filter(|block| *block > 0)
+        .and_then(|block| block.checked_mul(1 << 32))
         .and_then(|base| base.checked_add(i64::from(seq)))
-        .filter(|_| block > 0)
-        .ok_or_else(|| StoreError::Corrupt(format!("conversation message block {block}")))
+        .ok_or_else(|| StoreError::Corrupt(format!("conversation message block {block:?}")))
 }
+
+/// Each snapshotted conversation's `message_block`, read with its row.
+type MessageBlocks = HashMap<String, Option<i64>>;
 
 const UPDATE_MESSAGE: &str = "UPDATE messages SET body = ?2, edited_at = ?3, deleted_at = ?4, \
      mentions = CASE WHEN ?4 IS NULL THEN mentions ELSE '[]' END, \
@@ -223,16 +224,17 @@ pub(crate) async fn write_batch(
 }
 
 fn decide_and_store(db: &Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-    let snap = snapshot(db, ops)?;
+    let (snap, blocks) = snapshot(db, ops)?;
     let plan = batch::plan(ops, snap);
-    store_plan(db, &plan)?;
+    store_plan(db, &plan, &blocks)?;
     Ok(plan.outcomes)
 }
 
-/// Reads what `ops` may touch.
-fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
+/// Reads what `ops` may touch, and where the conversations' new messages go.
+fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<(Snapshot, MessageBlocks)> {
     let mut wanted = Snapshot::wanted(ops);
     let mut snap = Snapshot::default();
+    let mut blocks = MessageBlocks::new();
     if !wanted.messages.is_empty() {
         let mut by_id = db.prepare_cached(&format!("{MESSAGE_SELECT} WHERE m.id = ?1"))?;
         for id in wanted.messages.drain() {
@@ -258,6 +260,7 @@ fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
                         last_seq: to_u64(row.get("last_seq")?),
                     },
                 );
+                blocks.insert(conv.clone(), row.get("message_block")?);
             }
             let Some(user) = row.get::<_, Option<String>>("user_id")? else {
                 continue;
@@ -333,12 +336,12 @@ fn snapshot(db: &Connection, ops: &[WriteOp]) -> StoreResult<Snapshot> {
             }
         }
     }
-    Ok(snap)
+    Ok((snap, blocks))
 }
 
 /// Executes the plan's writes, each table's rows through one prepared statement, in the
 /// order the generic path writes them.
-fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
+fn store_plan(db: &Connection, plan: &Plan, blocks: &MessageBlocks) -> StoreResult<()> {
     if !plan.conv_seqs.is_empty() {
         let mut update = db.prepare_cached(UPDATE_CONVERSATION)?;
         for (conv, seq, at) in &plan.conv_seqs {
@@ -346,21 +349,6 @@ fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
         }
     }
     if !plan.inserts.is_empty() {
-        // A batch's sends go to a few conversations: one lookup each.
-        let mut blocks: HashMap<&str, i64> = HashMap::new();
-        let mut block_of = db.prepare_cached(MESSAGE_BLOCK)?;
-        for row in &plan.inserts {
-            if !blocks.contains_key(row.view.conv.as_str()) {
-                let block: Option<i64> = block_of.query_row([&row.view.conv], |r| r.get(0))?;
-                let block = block.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "conversation {} has no message block",
-                        row.view.conv
-                    ))
-                })?;
-                blocks.insert(&row.view.conv, block);
-            }
-        }
         insert_rows(
             db,
             INSERT_MESSAGES,
@@ -368,7 +356,8 @@ fn store_plan(db: &Connection, plan: &Plan) -> StoreResult<()> {
             &plan.inserts,
             |st, at, row| {
                 let v = &row.view;
-                let block = blocks.get(v.conv.as_str()).copied().unwrap_or_default();
+                // The plan only stores into conversations the snapshot read.
+                let block = blocks.get(&v.conv).copied().flatten();
                 st.raw_bind_parameter(at, message_rowid(block, v.seq)?)?;
                 st.raw_bind_parameter(at + 1, &v.id)?;
                 st.raw_bind_parameter(at + 2, &v.conv)?;
