@@ -114,6 +114,9 @@ async fn one_to_one(db: Db) {
     assert_eq!(server.metric("tidings_events_delivered_total").await, 10.0);
     assert!(server.metric("tidings_worker_batch_size_count").await >= 1.0);
     assert!(server.metric("tidings_store_batch_seconds_count").await >= 1.0);
+    // Every command read is timed to its answer (the five sends and their retry).
+    assert!(server.metric("tidings_command_queue_seconds_count").await >= 6.0);
+    assert!(server.metric("tidings_command_seconds_count").await >= 6.0);
     let text = common::client()
         .get(server.url("/metrics"))
         .send()

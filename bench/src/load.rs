@@ -318,6 +318,9 @@ pub struct StepResult {
     /// steps that shared the machine with other work.
     pub other_cpu_util: f64,
     pub server_rss_kib: u64,
+    /// The server's own latency histograms over the step, by metric name (Tidings in
+    /// embedded mode only; see [`crate::server_stages`]).
+    pub server_stages: std::collections::BTreeMap<String, crate::server_stages::StageLatency>,
 }
 
 impl StepResult {
@@ -426,5 +429,6 @@ pub async fn run_step(
         gen_cpu_util: (gen1 - gen0) / window,
         other_cpu_util: ((busy1 - busy0) - server_cpu - (gen1 - gen0)).max(0.0) / window,
         server_rss_kib: cpu1.rss_kib,
+        server_stages: Default::default(),
     })
 }

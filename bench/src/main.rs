@@ -11,6 +11,7 @@ mod mqtt;
 mod procs;
 mod report;
 mod scenarios;
+mod server_stages;
 mod store_bench;
 
 use std::path::PathBuf;

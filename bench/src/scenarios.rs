@@ -13,6 +13,7 @@ use crate::load::{self, LoadSet, Recorder, Sender, StepResult, Watched};
 use crate::mqtt::{self, ClientKind, OnPublish, Spec};
 use crate::procs::{self, Mosquitto, Tidings, TidingsOptions};
 use crate::report::{self, int, ms, Report};
+use crate::server_stages::Scrape;
 use crate::{say, Cli, Cmd, Opts};
 
 const CONNECT_CONCURRENCY: usize = 100;
@@ -232,19 +233,31 @@ async fn step_search(
     set: &LoadSet,
     pids: &[u32],
     label: &str,
+    metrics: Option<&str>,
 ) -> Result<(Vec<StepResult>, Option<f64>, bool)> {
+    // One step, with the server's latency histograms over it when it has `/metrics`.
+    let step = |rate: f64| async move {
+        let before = match metrics {
+            Some(http) => Some(Scrape::fetch(http).await),
+            None => None,
+        };
+        let mut s = load::run_step(set, rate, dur_of(opts), Watched { servers: pids }).await?;
+        if let (Some(http), Some(before)) = (metrics, before) {
+            s.server_stages = before.until(&Scrape::fetch(http).await);
+        }
+        Ok::<_, anyhow::Error>(s)
+    };
     let quiesce = || async {
         for pid in pids {
             procs::quiesce(*pid, QUIESCE).await;
         }
     };
-    let dur = Duration::from_secs_f64(opts.duration.max(0.5));
     let mut steps = Vec::new();
     let mut pass: Option<f64> = None;
     let mut fail: Option<f64> = None;
     for &rate in &opts.rates {
         quiesce().await;
-        let s = load::run_step(set, rate, dur, Watched { servers: pids }).await?;
+        let s = step(rate).await?;
         log_step(label, &s);
         let ok = s.passes(opts.p99_limit_ms);
         steps.push(s);
@@ -269,7 +282,7 @@ async fn step_search(
                 break;
             }
             quiesce().await;
-            let s = load::run_step(set, mid, dur, Watched { servers: pids }).await?;
+            let s = step(mid).await?;
             log_step(label, &s);
             if s.passes(opts.p99_limit_ms) {
                 lo = mid;
@@ -284,6 +297,53 @@ async fn step_search(
     Ok((steps, pass, all_passed))
 }
 
+/// The Tidings steps' latency split by the server's own histograms (see
+/// [`crate::server_stages`]); empty when no step has them.
+fn stages_table(steps: &[StepResult]) -> String {
+    if steps.iter().all(|s| s.server_stages.is_empty()) {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\n### Where a message's time goes (Tidings, from the server's `/metrics`)\n\n\
+         The server's histograms over each step, read before and after it (quantiles \
+         interpolated within buckets, as Prometheus's `histogram_quantile`). *queue*: the \
+         front door reading a command until the worker takes it into a batch; *store \
+         batch*: the batch's transaction (one sample per batch); *in server*: reading the \
+         command until its PUBACK, `ack` and deliveries are handed to the connections' \
+         writers. The end-to-end time beyond *in server* is the sockets' (both ways), the \
+         connection writers' and the generator's.\n\n\
+         | offered msg/s | end-to-end p50 ms | p99 | in server p50 | p99 | queue p50 | p99 \
+         | store batch p50 | p99 | batches |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let cell = |s: &StepResult, name: &str| {
+        s.server_stages.get(name).map_or_else(
+            || "| – | – ".to_owned(),
+            |l| format!("| {} | {} ", ms(l.p50_ms), ms(l.p99_ms)),
+        )
+    };
+    for s in steps {
+        let batches = s
+            .server_stages
+            .get("tidings_store_batch_seconds")
+            .map_or_else(|| "–".to_owned(), |l| int(l.samples as f64));
+        t.push_str(&format!(
+            "| {} | {} | {} {}{}{}| {batches} |\n",
+            int(s.offered_rate),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            cell(s, "tidings_command_seconds"),
+            cell(s, "tidings_command_queue_seconds"),
+            cell(s, "tidings_store_batch_seconds"),
+        ));
+    }
+    t
+}
+
+fn dur_of(opts: &Opts) -> Duration {
+    Duration::from_secs_f64(opts.duration.max(0.5))
+}
+
 fn max_rate_text(pass: Option<f64>, all_passed: bool) -> String {
     match (pass, all_passed) {
         (Some(r), true) => format!("≥ {} msg/s (every offered rate passed)", int(r)),
@@ -295,10 +355,11 @@ fn max_rate_text(pass: Option<f64>, all_passed: bool) -> String {
 async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
     let n = ctx.opts.pairs;
     ctx.ensure_directs(n).await?;
-    let pid = ctx.tidings()?.pid;
+    let (pid, http) = (ctx.tidings()?.pid, ctx.tidings()?.http.clone());
     say!("pairs: connecting {n} Tidings pairs");
     let set = tidings_pairs(ctx, n, "p").await?;
-    let (t_steps, t_max, t_all) = step_search(&ctx.opts, &set, &[pid], "tidings  ").await?;
+    let (t_steps, t_max, t_all) =
+        step_search(&ctx.opts, &set, &[pid], "tidings  ", Some(&http)).await?;
     let (acks, errors) = (
         set.rec.acks.load(Ordering::Relaxed),
         set.rec.errors.load(Ordering::Relaxed),
@@ -316,7 +377,7 @@ async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
     let mpid = ctx.mosquitto()?.pid;
     say!("pairs: connecting {n} Mosquitto pairs");
     let mset = mosquitto_pairs(mport, n, ctx.opts.client).await?;
-    let (m_steps, m_max, m_all) = step_search(&ctx.opts, &mset, &[mpid], "mosquitto").await?;
+    let (m_steps, m_max, m_all) = step_search(&ctx.opts, &mset, &[mpid], "mosquitto", None).await?;
     mset.close();
 
     let mut rates: Vec<f64> = t_steps
@@ -440,6 +501,7 @@ async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
             ));
         }
     }
+    s.push_str(&stages_table(&t_steps));
     ctx.report.summary.push(format!(
         "pairs ({n}): Tidings max {} with p99 < {} ms and nothing lost; Mosquitto {}. \
          Tidings uses {cpu_ratio} Mosquitto's CPU per message.",
@@ -1083,14 +1145,15 @@ async fn scenario_nodes(ctx: &mut Ctx) -> Result<()> {
     wait_ready(&one.http, || one.logs()).await?;
     say!("nodes: connecting {n} pairs to the broker");
     let set = tidings_pairs_on(ctx, broker_port, n, "n").await?;
-    let (one_steps, one_max, one_all) = step_search(&ctx.opts, &set, &[one.pid], "1 node ").await?;
+    let (one_steps, one_max, one_all) =
+        step_search(&ctx.opts, &set, &[one.pid], "1 node ", None).await?;
     let one_stored = stored_total(&one.http).await;
 
     say!("nodes: starting node 2");
     let mut two = Tidings::start(&node_options(2))?;
     wait_ready(&two.http, || two.logs()).await?;
     let (two_steps, two_max, two_all) =
-        step_search(&ctx.opts, &set, &[one.pid, two.pid], "2 nodes").await?;
+        step_search(&ctx.opts, &set, &[one.pid, two.pid], "2 nodes", None).await?;
     let (a, b) = (
         stored_total(&one.http).await - one_stored,
         stored_total(&two.http).await,

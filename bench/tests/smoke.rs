@@ -45,6 +45,14 @@ fn smoke_measures_something_and_writes_a_report() {
     );
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md written");
     assert!(report.contains("## pairs"), "{report}");
+    // The server's own latency split, read from its /metrics histograms: a row with
+    // numbers, not dashes, proves the histograms are exported and were scraped.
+    let stages = report
+        .lines()
+        .skip_while(|l| !l.starts_with("### Where a message's time goes"))
+        .find(|l| l.starts_with("| 200 |"))
+        .unwrap_or_else(|| panic!("no server-stage row for 200 msg/s:\n{report}"));
+    assert!(!stages.contains('–'), "stage without samples: {stages}");
     assert!(out.path().join("latency.svg").is_file());
     assert!(
         stderr.contains("smoke: Tidings delivered"),

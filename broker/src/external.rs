@@ -468,6 +468,7 @@ async fn bridge(
                         payload: publish.payload.clone(),
                         pkid,
                         compact: false,
+                        received: std::time::Instant::now(),
                     };
                     if pkid.is_some() {
                         waiting.insert(publish.pkid, *publish);

@@ -81,6 +81,7 @@ impl Session<'_> {
     }
 
     async fn command(&mut self, p: Publish, compact: bool) -> Result<(), FrameError> {
+        let received = std::time::Instant::now();
         if self.blocked_send(&p, compact).await? {
             return Ok(());
         }
@@ -89,6 +90,7 @@ impl Session<'_> {
             payload: p.payload,
             pkid: (p.qos == 1).then_some(p.pkid),
             compact,
+            received,
         };
         // A full queue pushes back on this one connection (it is not read meanwhile)
         // for a moment before the command is refused: bursts are absorbed, and a stuck

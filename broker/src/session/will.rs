@@ -35,6 +35,7 @@ pub(super) async fn fire(shared: &Shared, conn: &Arc<ConnHandle>, will: Will) {
             payload: will.payload,
             pkid: None,
             compact: false,
+            received: std::time::Instant::now(),
         };
         let waited = shared
             .worker

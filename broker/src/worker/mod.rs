@@ -17,7 +17,7 @@ mod query;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidings_core::protocol::compact;
@@ -52,6 +52,8 @@ pub enum Inbound {
         payload: Bytes,
         pkid: Option<u16>,
         compact: bool,
+        /// When the front door read it: the start of `tidings_command_seconds`.
+        received: Instant,
     },
     /// A PUBACK for a publish that is not a command (QoS 1 typing): it goes through the
     /// queue only so that it cannot overtake the PUBACKs of earlier commands.
@@ -75,6 +77,8 @@ enum ReplyTo {
 /// One command's answer, sent in arrival order once its batch is decided.
 struct Answer {
     from: Option<Arc<ConnHandle>>,
+    /// When the command arrived (`None` for a bare PUBACK, which is not a command).
+    received: Option<Instant>,
     reply_to: ReplyTo,
     ack: Option<AckTarget>,
     outcome: Pending,
@@ -173,16 +177,22 @@ impl Worker {
         let mut accepted: Vec<(usize, Command)> = Vec::new();
         let mut wanted: HashMap<String, u32> = HashMap::new();
         for item in items {
-            let (from, payload, pkid, compact) = match item {
+            let (from, payload, pkid, compact, received) = match item {
                 Inbound::Command {
                     from,
                     payload,
                     pkid,
                     compact,
-                } => (from, payload, pkid, compact),
+                    received,
+                } => {
+                    metrics::histogram!("tidings_command_queue_seconds")
+                        .record(received.elapsed().as_secs_f64());
+                    (from, payload, pkid, compact, received)
+                }
                 Inbound::AckOnly(target, code) => {
                     answers.push(Answer {
                         from: None,
+                        received: None,
                         reply_to: ReplyTo::Inbox(WireFormat::Json),
                         ack: Some(target),
                         outcome: Pending::AckOnly(code),
@@ -236,6 +246,7 @@ impl Worker {
                     pkid,
                 }),
                 from: Some(from),
+                received: Some(received),
                 reply_to,
                 outcome,
             });
@@ -357,6 +368,8 @@ async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
     } = stored;
     let mut delivered = 0u64;
     for answer in answers {
+        // Recorded when this iteration ends, whichever way it ends (several `continue`).
+        let _answered = answer.received.map(AnsweredTimer);
         let format = answer.reply_to_format();
         let (event, code, deliveries) = match answer.outcome {
             Pending::AckOnly(code) => {
@@ -423,6 +436,20 @@ async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
         }
     }
     metrics::counter!("tidings_events_delivered_total").increment(delivered);
+}
+
+/// Records `tidings_command_seconds` when dropped: the time from the front door reading
+/// a command to its answer, PUBACK and deliveries being handed to the connections'
+/// writers. With `tidings_command_queue_seconds` (front door to the worker taking it)
+/// and `tidings_store_batch_seconds` (its batch's transaction), it splits a message's
+/// time in the server; the rest of the latency a client sees is the sockets', both
+/// ways, and the writers' (issue 9: the pairs bench reports these per step).
+struct AnsweredTimer(Instant);
+
+impl Drop for AnsweredTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("tidings_command_seconds").record(self.0.elapsed().as_secs_f64());
+    }
 }
 
 impl Answer {
