@@ -235,18 +235,7 @@ async fn step_search(
     label: &str,
     metrics: Option<&str>,
 ) -> Result<(Vec<StepResult>, Option<f64>, bool)> {
-    // One step, with the server's latency histograms over it when it has `/metrics`.
-    let step = |rate: f64| async move {
-        let before = match metrics {
-            Some(http) => Some(Scrape::fetch(http).await),
-            None => None,
-        };
-        let mut s = load::run_step(set, rate, dur_of(opts), Watched { servers: pids }).await?;
-        if let (Some(http), Some(before)) = (metrics, before) {
-            s.server_stages = before.until(&Scrape::fetch(http).await);
-        }
-        Ok::<_, anyhow::Error>(s)
-    };
+    let step = |rate: f64| measured_step(set, rate, dur_of(opts), pids, metrics);
     let quiesce = || async {
         for pid in pids {
             procs::quiesce(*pid, QUIESCE).await;
@@ -338,6 +327,26 @@ fn stages_table(steps: &[StepResult]) -> String {
         ));
     }
     t
+}
+
+/// One load step, with the server's latency histograms over it when `metrics` is the
+/// server's HTTP address (it serves `/metrics`).
+async fn measured_step(
+    set: &LoadSet,
+    rate: f64,
+    duration: Duration,
+    pids: &[u32],
+    metrics: Option<&str>,
+) -> Result<StepResult> {
+    let before = match metrics {
+        Some(http) => Some(Scrape::fetch(http).await),
+        None => None,
+    };
+    let mut s = load::run_step(set, rate, duration, Watched { servers: pids }).await?;
+    if let (Some(http), Some(before)) = (metrics, before) {
+        s.server_stages = before.until(&Scrape::fetch(http).await);
+    }
+    Ok(s)
 }
 
 fn dur_of(opts: &Opts) -> Duration {
@@ -655,7 +664,7 @@ async fn scenario_fanout(ctx: &mut Ctx) -> Result<()> {
     let mut steps = Vec::new();
     for &r in &ctx.opts.fanout_rates {
         procs::quiesce(pid, QUIESCE).await;
-        let st = load::run_step(&set, r, ctx.duration(), Watched { servers: &[pid] }).await?;
+        let st = measured_step(&set, r, ctx.duration(), &[pid], Some(&http)).await?;
         log_step("fanout", &st);
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0}% |\n",
@@ -674,6 +683,13 @@ async fn scenario_fanout(ctx: &mut Ctx) -> Result<()> {
     }
     set.close();
     procs::quiesce(pid, QUIESCE).await;
+    s.push_str(&stages_table(&steps));
+    s.push_str(
+        "\nHere the end-to-end percentiles are over deliveries (each message makes one per \
+         member) and the server's over messages (*in server*, *queue*) and batches, so \
+         they do not compare percentile by percentile: a message is *in server* until \
+         its last delivery is handed over.\n",
+    );
     if let Some(top) = steps.last() {
         ctx.report.summary.push(format!(
             "fanout ({members} members): at {} msg/s, {} deliveries/s with p99 {} ms, {} lost; {:.0} µs server CPU per delivery.",
