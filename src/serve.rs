@@ -183,6 +183,8 @@ fn latency_buckets(
         "tidings_command_seconds",
         "tidings_command_queue_seconds",
         "tidings_store_batch_seconds",
+        "tidings_store_writer_checkpoint_seconds",
+        "tidings_search_index_chunk_seconds",
     ]
     .into_iter()
     .try_fold(builder, |builder, name| {

@@ -326,6 +326,38 @@ fn stages_table(steps: &[StepResult]) -> String {
             cell(s, "tidings_store_batch_seconds"),
         ));
     }
+    let held = [
+        "tidings_store_writer_checkpoint_seconds",
+        "tidings_search_index_chunk_seconds",
+    ];
+    if steps
+        .iter()
+        .any(|s| held.iter().any(|h| s.server_stages.contains_key(*h)))
+    {
+        t.push_str(
+            "\nWhat else held SQLite's one writer during the step (batches queued behind it \
+             waited): the WAL checkpoint the writer finishes after a batch (within that \
+             batch's time; see `store/src/sqlite/checkpointer.rs`) and the search index's \
+             transactions (`store/src/sqlite/search_index.rs`).\n\n\
+             | offered msg/s | writer checkpoints | p50 ms | p99 | search index chunks | p50 ms | p99 |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for s in steps {
+            let cols: String = held
+                .iter()
+                .map(|h| match s.server_stages.get(*h) {
+                    Some(l) => format!(
+                        "| {} | {} | {} ",
+                        int(l.samples as f64),
+                        ms(l.p50_ms),
+                        ms(l.p99_ms)
+                    ),
+                    None => "| 0 | – | – ".to_owned(),
+                })
+                .collect();
+            t.push_str(&format!("| {} {cols}|\n", int(s.offered_rate)));
+        }
+    }
     t
 }
 

@@ -11,16 +11,24 @@
 //!
 //! What the end-to-end latency has beyond `tidings_command_seconds` is spent in the
 //! sockets, the kernel, the connection writers and the generator.
+//!
+//! On SQLite two more hold the one writer and so delay the batches queued behind them:
+//! `tidings_store_writer_checkpoint_seconds` (the WAL checkpoint the writer finishes
+//! after a batch, inside that batch's time) and `tidings_search_index_chunk_seconds`
+//! (a transaction moving queued messages into the search index).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 /// The histograms this module reads, in the report's column order.
-pub const STAGES: [&str; 3] = [
+pub const STAGES: [&str; 5] = [
     "tidings_command_queue_seconds",
     "tidings_store_batch_seconds",
     "tidings_command_seconds",
+    // What else holds the single SQLite writer, delaying the batches behind it.
+    "tidings_store_writer_checkpoint_seconds",
+    "tidings_search_index_chunk_seconds",
 ];
 
 /// Cumulative bucket counts of one histogram: upper bound (seconds) → samples ≤ it.

@@ -196,9 +196,14 @@ impl BatchWriter {
         if result.is_ok() && self.checkpoints.writer_should_finish() {
             // Committed already: a failed checkpoint loses nothing, the next one
             // copies the same frames.
+            let started = std::time::Instant::now();
             if let Err(e) = passive_checkpoint(&db) {
                 tracing::warn!(error = %e, "WAL checkpoint after a batch failed");
             }
+            // Part of this batch's time, and every command queued behind it waits too:
+            // with the search index's chunks, the store batch latency's tail.
+            metrics::histogram!("tidings_store_writer_checkpoint_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         if result.is_err() {
             // Whatever failed, leave no transaction open. (Fails harmlessly when the

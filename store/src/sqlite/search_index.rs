@@ -53,12 +53,18 @@ pub(super) async fn index_pending(
         let slot = writer.acquire().await?;
         let batch_writer = batch_writer.clone();
         // SQLite blocks; a chunk is a few milliseconds, kept off the async workers.
-        let indexed = tokio::task::spawn_blocking(move || {
+        let (indexed, took) = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            batch_writer.in_transaction(index_chunk)
+            let started = std::time::Instant::now();
+            let indexed = batch_writer.in_transaction(index_chunk);
+            indexed.map(|n| (n, started.elapsed()))
         })
         .await
         .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))??;
+        if indexed > 0 {
+            // The write slot was held this long: a batch arriving meanwhile waited.
+            metrics::histogram!("tidings_search_index_chunk_seconds").record(took.as_secs_f64());
+        }
         if indexed < INDEX_CHUNK as usize {
             return Ok(());
         }
