@@ -176,6 +176,8 @@ impl Worker {
         // tokens each user needs for them.
         let mut accepted: Vec<(usize, Command)> = Vec::new();
         let mut wanted: HashMap<String, u32> = HashMap::new();
+        // Looked up once per batch, not per command (the registry hashes the name).
+        let queue_wait = metrics::histogram!("tidings_command_queue_seconds");
         for item in items {
             let (from, payload, pkid, compact, received) = match item {
                 Inbound::Command {
@@ -185,8 +187,7 @@ impl Worker {
                     compact,
                     received,
                 } => {
-                    metrics::histogram!("tidings_command_queue_seconds")
-                        .record(received.elapsed().as_secs_f64());
+                    queue_wait.record(received.elapsed().as_secs_f64());
                     (from, payload, pkid, compact, received)
                 }
                 Inbound::AckOnly(target, code) => {
@@ -367,9 +368,13 @@ async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
         mut outcomes,
     } = stored;
     let mut delivered = 0u64;
+    let answered = metrics::histogram!("tidings_command_seconds");
     for answer in answers {
         // Recorded when this iteration ends, whichever way it ends (several `continue`).
-        let _answered = answer.received.map(AnsweredTimer);
+        let _answered = answer.received.map(|received| AnsweredTimer {
+            histogram: &answered,
+            received,
+        });
         let format = answer.reply_to_format();
         let (event, code, deliveries) = match answer.outcome {
             Pending::AckOnly(code) => {
@@ -444,11 +449,14 @@ async fn reply(fanout: &Fanout, store: &dyn Store, stored: Stored) {
 /// and `tidings_store_batch_seconds` (its batch's transaction), it splits a message's
 /// time in the server; the rest of the latency a client sees is the sockets', both
 /// ways, and the writers' (issue 9: the pairs bench reports these per step).
-struct AnsweredTimer(Instant);
+struct AnsweredTimer<'a> {
+    histogram: &'a metrics::Histogram,
+    received: Instant,
+}
 
-impl Drop for AnsweredTimer {
+impl Drop for AnsweredTimer<'_> {
     fn drop(&mut self) {
-        metrics::histogram!("tidings_command_seconds").record(self.0.elapsed().as_secs_f64());
+        self.histogram.record(self.received.elapsed().as_secs_f64());
     }
 }
 
