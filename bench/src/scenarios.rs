@@ -13,7 +13,7 @@ use crate::load::{self, LoadSet, Recorder, Sender, StepResult, Watched};
 use crate::mqtt::{self, ClientKind, OnPublish, Spec};
 use crate::procs::{self, Mosquitto, Tidings, TidingsOptions};
 use crate::report::{self, int, ms, Report};
-use crate::server_stages::Scrape;
+use crate::server_stages::{self, Scrape};
 use crate::{say, Cli, Cmd, Opts};
 
 const CONNECT_CONCURRENCY: usize = 100;
@@ -235,7 +235,8 @@ async fn step_search(
     label: &str,
     metrics: Option<&str>,
 ) -> Result<(Vec<StepResult>, Option<f64>, bool)> {
-    let step = |rate: f64| measured_step(set, rate, dur_of(opts), pids, metrics);
+    let dur = Duration::from_secs_f64(opts.duration.max(0.5));
+    let step = |rate: f64| measured_step(set, rate, dur, pids, metrics);
     let quiesce = || async {
         for pid in pids {
             procs::quiesce(*pid, QUIESCE).await;
@@ -314,21 +315,21 @@ fn stages_table(steps: &[StepResult]) -> String {
     for s in steps {
         let batches = s
             .server_stages
-            .get("tidings_store_batch_seconds")
+            .get(server_stages::STORE_BATCH)
             .map_or_else(|| "–".to_owned(), |l| int(l.samples as f64));
         t.push_str(&format!(
             "| {} | {} | {} {}{}{}| {batches} |\n",
             int(s.offered_rate),
             ms(s.p50_ms),
             ms(s.p99_ms),
-            cell(s, "tidings_command_seconds"),
-            cell(s, "tidings_command_queue_seconds"),
-            cell(s, "tidings_store_batch_seconds"),
+            cell(s, server_stages::IN_SERVER),
+            cell(s, server_stages::QUEUE),
+            cell(s, server_stages::STORE_BATCH),
         ));
     }
     let held = [
-        "tidings_store_writer_checkpoint_seconds",
-        "tidings_search_index_chunk_seconds",
+        server_stages::WRITER_CHECKPOINT,
+        server_stages::SEARCH_INDEX_CHUNK,
     ];
     if steps
         .iter()
@@ -370,19 +371,14 @@ async fn measured_step(
     pids: &[u32],
     metrics: Option<&str>,
 ) -> Result<StepResult> {
-    let before = match metrics {
-        Some(http) => Some(Scrape::fetch(http).await),
-        None => None,
+    let watched = Watched { servers: pids };
+    let Some(http) = metrics else {
+        return load::run_step(set, rate, duration, watched).await;
     };
-    let mut s = load::run_step(set, rate, duration, Watched { servers: pids }).await?;
-    if let (Some(http), Some(before)) = (metrics, before) {
-        s.server_stages = before.until(&Scrape::fetch(http).await);
-    }
+    let before = Scrape::fetch(http).await;
+    let mut s = load::run_step(set, rate, duration, watched).await?;
+    s.server_stages = before.until(&Scrape::fetch(http).await);
     Ok(s)
-}
-
-fn dur_of(opts: &Opts) -> Duration {
-    Duration::from_secs_f64(opts.duration.max(0.5))
 }
 
 fn max_rate_text(pass: Option<f64>, all_passed: bool) -> String {
@@ -396,7 +392,8 @@ fn max_rate_text(pass: Option<f64>, all_passed: bool) -> String {
 async fn scenario_pairs(ctx: &mut Ctx) -> Result<()> {
     let n = ctx.opts.pairs;
     ctx.ensure_directs(n).await?;
-    let (pid, http) = (ctx.tidings()?.pid, ctx.tidings()?.http.clone());
+    let t = ctx.tidings()?;
+    let (pid, http) = (t.pid, t.http.clone());
     say!("pairs: connecting {n} Tidings pairs");
     let set = tidings_pairs(ctx, n, "p").await?;
     let (t_steps, t_max, t_all) =

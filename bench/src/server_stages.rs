@@ -21,14 +21,20 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// The histograms this module reads, in the report's column order.
+pub const QUEUE: &str = "tidings_command_queue_seconds";
+pub const STORE_BATCH: &str = "tidings_store_batch_seconds";
+pub const IN_SERVER: &str = "tidings_command_seconds";
+/// What else holds the single SQLite writer, delaying the batches behind it.
+pub const WRITER_CHECKPOINT: &str = "tidings_store_writer_checkpoint_seconds";
+pub const SEARCH_INDEX_CHUNK: &str = "tidings_search_index_chunk_seconds";
+
+/// The histograms this module reads.
 pub const STAGES: [&str; 5] = [
-    "tidings_command_queue_seconds",
-    "tidings_store_batch_seconds",
-    "tidings_command_seconds",
-    // What else holds the single SQLite writer, delaying the batches behind it.
-    "tidings_store_writer_checkpoint_seconds",
-    "tidings_search_index_chunk_seconds",
+    QUEUE,
+    STORE_BATCH,
+    IN_SERVER,
+    WRITER_CHECKPOINT,
+    SEARCH_INDEX_CHUNK,
 ];
 
 /// Cumulative bucket counts of one histogram: upper bound (seconds) → samples ≤ it.
