@@ -1662,14 +1662,21 @@ async fn sqlite_stores_each_conversations_messages_together() {
         page.iter().map(|m| m.seq).collect::<Vec<_>>(),
         [10, 9, 8, 7]
     );
-    let found = store
-        .search_messages(&carol.id, "heron2x7", None, 10, 0)
-        .await
-        .expect("search");
     assert_eq!(
-        found.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        search_bodies(&store, &carol.id, "heron2x7").await,
         ["heron2x7"]
     );
+}
+
+/// The bodies of `user`'s first ten search hits for `query`.
+async fn search_bodies(store: &Arc<dyn Store>, user: &str, query: &str) -> Vec<String> {
+    store
+        .search_messages(user, query, None, 10, 0)
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|m| m.body)
+        .collect()
 }
 
 /// Every message's `(id, rowid)` in an SQLite database file, in id order.
@@ -1846,12 +1853,8 @@ async fn sqlite_backup_by_vacuum_into_keeps_message_rowids() {
     let restored = connect(&format!("sqlite://{}", backup.display()))
         .await
         .expect("open the backup as a store");
-    let found = restored
-        .search_messages(&bob.id, "kestrel4", None, 10, 0)
-        .await
-        .expect("search the backup");
     assert_eq!(
-        found.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        search_bodies(&restored, &bob.id, "kestrel4").await,
         ["kestrel4"]
     );
 }
