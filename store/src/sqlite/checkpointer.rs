@@ -13,8 +13,8 @@
 //! more during the checkpoint's fsync (the WAL grew by 110 MB/s at 5,000 msg/s). So a
 //! round repeats the checkpoint until the writer appended little meanwhile, and then
 //! hands the rest to the writer: after its next commit the writer runs one `PASSIVE`
-//! checkpoint of its own, which finds only those few frames (see [`WRITER_FRAMES`]), and
-//! its next `BEGIN` restarts the WAL. The WAL stayed near 4 MB.
+//! checkpoint of its own, which finds only those few frames (p50 1.9–2.3 ms at 5,000 msg/s,
+//! see [`WRITER_FRAMES`]), and its next `BEGIN` restarts the WAL. The WAL stayed near 4 MB.
 //!
 //! Pairs at 5,000 msg/s (15 s, A/B, same hour): p99 8.4 and 7.0 ms against 14.1 and
 //! 13.7 ms with checkpoints in the commit. Rounds every 50 ms: p99 10.9 ms. Tried
@@ -35,19 +35,21 @@ use crate::error::StoreResult;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
 /// Most back-to-back checkpoints per round of the background thread.
-const CATCH_UP_PASSES: usize = 8;
+const CATCH_UP_PASSES: usize = 4;
 
-/// Frames left for the writer's checkpoint that are few enough to end a round (a
-/// batch or two at 5,000 msg/s). The writer's checkpoint holds up every command
-/// queued behind it, and its cost is mostly the fsync writing back the pages it
-/// copied, so fewer is better. Pairs at 5,000 msg/s, 10 s, four runs each
-/// alternated, with the server's histograms: at 64 frames and 4 passes the writer's
-/// checkpoints took p50 1.9–2.3 ms, store batches p99 4.0–4.7 ms, the end-to-end p99
-/// was 10.0–11.8 ms; at 16 frames and 8 passes 1.1–1.3 ms, 2.7–2.9 ms and 7.3–9.2 ms,
-/// for 3–6% more server CPU per message (the background thread's extra passes).
-/// Handing over less often instead (every 250 ms, the WAL then grows to ~25 MB)
-/// made fewer but longer stalls: end-to-end p99 9–17 ms.
-const WRITER_FRAMES: i64 = 16;
+/// Frames left for the writer's checkpoint that are few enough to end a round: about
+/// two batches at 5,000 msg/s.
+///
+/// Tried and reverted (issue 9, 2026-12-07): 8 passes and 16 frames. In pairs at
+/// 5,000 msg/s (four alternated runs) the writer's checkpoints took p50 1.1–1.3 ms
+/// instead of 1.9–2.3, and the end-to-end p99 was 7.3–9.2 ms instead of 10.0–11.8.
+/// But under unbroken large batches every round then runs all 8 passes, each with its
+/// fsync, so the WAL restarts half as often: the store test
+/// `sqlite_wal_stays_bounded_under_unbroken_writes` saw a 17.4 MB WAL against its
+/// 16 MB bound in CI. A round that ends early
+/// once the WAL is large would keep both; not yet built.
+/// Handing over less often (every 250 ms) made fewer but longer stalls: p99 9–17 ms.
+const WRITER_FRAMES: i64 = 64;
 
 /// What the background thread and the write batch share.
 #[derive(Default)]
