@@ -13,7 +13,7 @@
 //! more during the checkpoint's fsync (the WAL grew by 110 MB/s at 5,000 msg/s). So a
 //! round repeats the checkpoint until the writer appended little meanwhile, and then
 //! hands the rest to the writer: after its next commit the writer runs one `PASSIVE`
-//! checkpoint of its own, which finds only those few frames (p50 1.9–2.3 ms at 5,000 msg/s,
+//! checkpoint of its own, which finds only those few frames (p50 1.1–1.6 ms at 5,000 msg/s,
 //! see [`WRITER_FRAMES`]), and its next `BEGIN` restarts the WAL. The WAL stayed near 4 MB.
 //!
 //! Pairs at 5,000 msg/s (15 s, A/B, same hour): p99 8.4 and 7.0 ms against 14.1 and
@@ -35,21 +35,26 @@ use crate::error::StoreResult;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
 /// Most back-to-back checkpoints per round of the background thread.
-const CATCH_UP_PASSES: usize = 4;
+const CATCH_UP_PASSES: usize = 8;
 
-/// Frames left for the writer's checkpoint that are few enough to end a round: about
-/// two batches at 5,000 msg/s.
+/// Frames left for the writer's checkpoint that are few enough to end a round: a batch
+/// or two at 5,000 msg/s.
 ///
-/// Tried and reverted (issue 9, 2026-12-07): 8 passes and 16 frames. In pairs at
-/// 5,000 msg/s (four alternated runs) the writer's checkpoints took p50 1.1–1.3 ms
-/// instead of 1.9–2.3, and the end-to-end p99 was 7.3–9.2 ms instead of 10.0–11.8.
-/// But under unbroken large batches every round then runs all 8 passes, each with its
-/// fsync, so the WAL restarts half as often: the store test
-/// `sqlite_wal_stays_bounded_under_unbroken_writes` saw a 17.4 MB WAL against its
-/// 16 MB bound in CI. A round that ends early
-/// once the WAL is large would keep both; not yet built.
-/// Handing over less often (every 250 ms) made fewer but longer stalls: p99 9–17 ms.
-const WRITER_FRAMES: i64 = 64;
+/// Measured (issue 9, 2026-12-07), pairs at 5,000 msg/s, four alternated runs: with 8
+/// passes and 16 frames the writer's checkpoints took p50 1.1–1.3 ms instead of 1.9–2.3
+/// with 4 passes and 64 frames, and the end-to-end p99 was 7.3–9.2 ms instead of
+/// 10.0–11.8. Handing over less often (every 250 ms) made fewer but longer stalls:
+/// p99 9–17 ms.
+const WRITER_FRAMES: i64 = 16;
+
+/// A WAL this large ends a round whatever was appended: about 8 MiB of 4 KiB pages.
+///
+/// More passes per round mean more rounds in which the writer cannot restart the WAL
+/// (only its `BEGIN` after a hand-over does). Under unbroken large batches every round
+/// ran all 8 passes, each with its fsync, and the WAL doubled: the store test
+/// `sqlite_wal_stays_bounded_under_unbroken_writes` saw 17.4 MB against its 16 MB bound.
+/// Handing over at this size keeps the bound; steady 5,000 msg/s stays below it.
+const WAL_FRAMES_HAND_OVER: i64 = 2048;
 
 /// What the background thread and the write batch share.
 #[derive(Default)]
@@ -107,11 +112,15 @@ impl Checkpointer {
     }
 }
 
-/// Checkpoints until what the writer appended during the last pass is small (at most
-/// [`CATCH_UP_PASSES`]), so the writer's own checkpoint after it has little to copy.
+/// Checkpoints until what the writer appended during the last pass is small, so the
+/// writer's own checkpoint after it has little to copy, or until the WAL is large
+/// enough that the writer must restart it soon (at most [`CATCH_UP_PASSES`]).
 fn catch_up(db: &Connection) -> rusqlite::Result<()> {
     let mut wal_frames = passive_checkpoint(db)?;
     for _ in 1..CATCH_UP_PASSES {
+        if wal_frames >= WAL_FRAMES_HAND_OVER {
+            break;
+        }
         let now = passive_checkpoint(db)?;
         // `now` is smaller when the writer restarted the WAL meanwhile.
         let appended = now - wal_frames;
