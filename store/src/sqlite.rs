@@ -38,6 +38,16 @@ const TUNING: [(&str, &str); 4] = [
     // pages it touched a moment ago (pread showed in `perf`). Not much more than 16 MB:
     // SQLite scans the cache's hash table at the end of write transactions, a cost that
     // grows with the cache (5% of the writer at 64 MB), and each connection has its own.
+    //
+    // Why it scans (found with gdb, 2026-12-07): when `balance_nonroot` reorders new
+    // sibling pages it parks one under the pending-byte page number (262,145 with 4 KiB
+    // pages) for a moment. The cache remembers that as its largest key, so the
+    // commit's truncate to the database size walks every hash bucket instead of the
+    // few above the end. In the pairs bench at 5,000 msg/s that walk was the writer
+    // thread's largest symbol (`pcache1TruncateUnsafe`, 8.7% of its samples, nearly all
+    // cache misses on the page headers). A writer-only cache of 4 or 2 MB was not
+    // measurably cheaper (two alternated runs each: 193 and 201-212 µs/msg against
+    // 170-202) and its batches were slower (p50 0.64-0.78 ms against 0.52-0.65).
     ("cache_size", "-16384"),
     // No memory map. With 256 MB mapped, history pages over a 10M-message (3.7 GB)
     // table took p50 0.93 / p99 5.0 ms in the store bench, against 0.53 / 2.0 ms
