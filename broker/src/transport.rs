@@ -80,6 +80,13 @@ impl ReadHalf {
     pub async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         match self {
             ReadHalf::Tcp(r) => {
+                if buf.is_empty() {
+                    // Wait without a buffer: an idle connection (most of them, for a
+                    // chat server) would otherwise keep its last read's 2 KiB for good.
+                    // Costs one allocation per read burst on a busy one.
+                    *buf = BytesMut::new();
+                    r.readable().await?;
+                }
                 if buf.capacity() - buf.len() < 512 {
                     buf.reserve(2048);
                 }
