@@ -831,11 +831,41 @@ async fn scenario_users(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// How the bench starts its Tidings server (on the prepared database and secret).
+fn server_options(ctx: &Ctx, binary: PathBuf) -> TidingsOptions {
+    TidingsOptions {
+        binary,
+        data_dir: ctx._data.path().join("data"),
+        database_url: Some(ctx.db_url.clone()),
+        jwt_secret: ctx.secret.clone(),
+        extra_env: Vec::new(),
+        mqtt_listener: true,
+    }
+}
+
+/// Replaces the running server with a fresh process on the same database.
+fn restart_tidings(ctx: &mut Ctx) -> Result<()> {
+    let Some(bin) = ctx.server_bin.clone() else {
+        return Ok(());
+    };
+    if let Some(t) = ctx.tidings.as_mut() {
+        t.stop();
+    }
+    say!("restarting {}", bin.display());
+    ctx.tidings = Some(Tidings::start(&server_options(ctx, bin))?);
+    Ok(())
+}
+
 async fn scenario_idle(ctx: &mut Ctx) -> Result<()> {
     let n = ctx.opts.idle;
     if n > ctx.seeded.len() {
         bail!("{n} idle devices asked for, {} seeded", ctx.seeded.len());
     }
+    // A fresh process: on the one the earlier scenarios used, connections reuse the heap
+    // their clients freed (5,000 extra users in `users`), and the RSS delta then
+    // understates what a connection costs (3.2 KiB in reports before 2026-12-07, against
+    // 10.7 KiB measured on a fresh server, linear from 2,500 to 10,000 connections).
+    restart_tidings(ctx)?;
     let t = ctx.tidings()?;
     let (port, pid) = (t.mqtt_port, t.pid);
     procs::quiesce(pid, QUIESCE).await;
@@ -1439,14 +1469,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
     }
     if let Some(bin) = &ctx.server_bin {
         say!("starting {}", bin.display());
-        ctx.tidings = Some(Tidings::start(&TidingsOptions {
-            binary: bin.clone(),
-            data_dir: ctx._data.path().join("data"),
-            database_url: Some(ctx.db_url.clone()),
-            jwt_secret: ctx.secret.clone(),
-            extra_env: Vec::new(),
-            mqtt_listener: true,
-        })?);
+        ctx.tidings = Some(Tidings::start(&server_options(&ctx, bin.clone()))?);
     }
 
     let started = Instant::now();
