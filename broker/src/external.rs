@@ -410,7 +410,7 @@ async fn bridge(
     // Each PUBACK the worker owes is one packet, and each query answer one more, so
     // twice the broker's in-flight limit never fills.
     let queue = in_flight * 2 + 16;
-    let (mut out_tx, mut out_rx) = mpsc::channel::<Outbound>(queue);
+    let (mut out_tx, mut out_rx) = crate::outbox::channel::<Outbound>(queue);
     let mut waiting: HashMap<u16, Publish> = HashMap::new();
     loop {
         tokio::select! {
@@ -420,7 +420,7 @@ async fn bridge(
                 Some(FromBroker::Connected) => {
                     // A fresh session: what was in flight went to other nodes, and the
                     // old connection's packet ids mean nothing now.
-                    (out_tx, out_rx) = mpsc::channel(queue);
+                    (out_tx, out_rx) = crate::outbox::channel(queue);
                     waiting.clear();
                     link.connected.store(true, Ordering::Release);
                     for filter in &filters {

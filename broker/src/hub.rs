@@ -20,8 +20,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use tidings_store::{DeviceGrant, MembershipIndex};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::outbox::{self, TrySendError};
 
 pub use crate::acl::Grant;
 use crate::connection::{AckCode, CloseReason};
@@ -45,7 +46,7 @@ pub struct ConnHandle {
     pub session: String,
     /// What its credential allows (everything, for a login's access token).
     pub grant: DeviceGrant,
-    tx: mpsc::Sender<Outbound>,
+    tx: outbox::Sender<Outbound>,
     close: watch::Sender<Option<CloseReason>>,
     closed: AtomicBool,
 }
@@ -61,10 +62,10 @@ impl ConnHandle {
         queue: usize,
     ) -> (
         Arc<ConnHandle>,
-        mpsc::Receiver<Outbound>,
+        outbox::Receiver<Outbound>,
         watch::Receiver<Option<CloseReason>>,
     ) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = outbox::channel(queue);
         let (close, close_rx) = watch::channel(None);
         let handle = ConnHandle {
             id,
@@ -87,7 +88,7 @@ impl ConnHandle {
         id: ConnId,
         user: String,
         client_id: String,
-        tx: mpsc::Sender<Outbound>,
+        tx: outbox::Sender<Outbound>,
     ) -> Arc<ConnHandle> {
         Self::sharing_as(
             id,
@@ -108,7 +109,7 @@ impl ConnHandle {
         client_id: String,
         session: String,
         grant: DeviceGrant,
-        tx: mpsc::Sender<Outbound>,
+        tx: outbox::Sender<Outbound>,
     ) -> Arc<ConnHandle> {
         let (close, _) = watch::channel(None);
         Arc::new(ConnHandle {
@@ -608,7 +609,7 @@ mod tests {
 
     struct Client {
         conn: Arc<ConnHandle>,
-        rx: mpsc::Receiver<Outbound>,
+        rx: outbox::Receiver<Outbound>,
     }
 
     fn connect(hub: &Hub, user: &str, device: &str) -> Client {
@@ -658,6 +659,35 @@ mod tests {
             clients[0].rx.try_recv().expect("delivered");
         }
         (unfollowed, hub.examined() - before)
+    }
+
+    #[test]
+    fn a_connection_whose_queue_fills_is_closed_as_a_slow_consumer() {
+        let hub = Hub::new(Arc::new(MembershipIndex::default()));
+        let user = new_id();
+        let mut c = connect(&hub, &user, "d");
+        let inbox = format!("u/{user}/in");
+        hub.subscribe(&c.conn, &inbox, Grant::Own);
+        // `connect` gives each connection a queue of 64 packets, and nobody reads it.
+        for _ in 0..64 {
+            hub.route(&inbox, Bytes::from_static(b"x"));
+        }
+        assert!(!c.conn.is_closed(), "64 packets fit");
+        hub.route(&inbox, Bytes::from_static(b"x"));
+        assert!(
+            c.conn.is_closed(),
+            "the 65th overflows: closed, not buffered"
+        );
+        assert_eq!(
+            received(&mut c).len(),
+            64,
+            "what was queued is still written"
+        );
+        hub.route(&inbox, Bytes::from_static(b"x"));
+        assert!(
+            received(&mut c).is_empty(),
+            "nothing more for a closed connection"
+        );
     }
 
     #[test]

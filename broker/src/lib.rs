@@ -23,6 +23,7 @@ pub mod connection;
 pub mod external;
 pub mod fanout;
 pub mod hub;
+pub mod outbox;
 pub mod presence;
 mod probe;
 pub mod server;

@@ -123,7 +123,7 @@ impl Drop for Registration {
 pub(crate) struct Accepted {
     registration: Registration,
     writer: FrameWriter,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: crate::outbox::Receiver<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     keep_alive: Duration,
     will: Option<crate::connection::Will>,
@@ -238,7 +238,7 @@ impl Session<'_> {
     async fn deliver(
         &mut self,
         first: Outbound,
-        queue: &mut mpsc::Receiver<Outbound>,
+        queue: &mut crate::outbox::Receiver<Outbound>,
     ) -> Result<(), FrameError> {
         self.encode_outbound(first)?;
         // Batching bounded so one busy connection cannot starve its own reads.
