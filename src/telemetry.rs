@@ -15,7 +15,12 @@ pub fn init(config: &LogConfig) {
     // new id) stays clean on stdout.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped. Reporting it, as the default
+        // does, means `eprintln!` to the same broken stderr, which panics in whatever
+        // task logged: once a log pipe closed, the signal task's panic left the server
+        // deaf to SIGTERM (tests/http_edge.rs).
+        .log_internal_errors(false);
     match config.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

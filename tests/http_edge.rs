@@ -559,3 +559,81 @@ async fn the_login_limit_comes_from_config() {
         429
     );
 }
+
+/// Logging must neither take the server down nor keep it up. When whoever reads its
+/// stderr goes away (a closed pipe, a log collector restarting), every later log line
+/// fails to write, and tracing-subscriber reported each failure with `eprintln!`, which
+/// panics on that same broken pipe, in whatever task had logged. The signal task's
+/// panic ("SIGTERM: shutting down") left the server deaf to SIGTERM and SIGINT: found
+/// by hand with `tidings 2>&1 | head -1` (issue 9). The positive control is the server
+/// answering HTTP after the pipe closed, before the signal.
+#[test]
+fn a_closed_log_pipe_neither_crashes_the_server_nor_deafens_it_to_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("serve")
+        .env_remove("RUST_LOG")
+        .env("TIDINGS_DATA_DIR", data.path())
+        .env("TIDINGS_HTTP_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_MQTT_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_MQTT_WS_ENABLED", "false")
+        .env("TIDINGS_LOG_FILTER", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidings");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("the server logged until it listened")
+            .expect("read a log line");
+        if let Some((_, addr)) = line.split_once("http listening addr=") {
+            break addr
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // Nobody reads the server's stderr from here on.
+    drop(lines);
+    let health = |what: &str| {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(&http).expect("connect to HTTP");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("send a request");
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{what}: /healthz answered {answer:?}"
+        );
+    };
+    health("after the log pipe closed");
+    std::thread::sleep(Duration::from_millis(200));
+    health("still");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tidings ignored SIGTERM for 20 s once its log pipe had closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit expected, got {status}");
+}
