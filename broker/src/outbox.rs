@@ -1,5 +1,6 @@
 //! A connection's outbound queue: bounded like tokio's `mpsc` channel, with the same
-//! `try_send` / `recv` / `try_recv` surface, but holding no memory while it is empty.
+//! `try_send` / `recv` / `try_recv` surface, but holding no memory until first used and
+//! giving back what a burst grew it to.
 //!
 //! Why not `tokio::sync::mpsc`: its channel allocates its first block of 32 slots when
 //! it is created, 32 × the 64-byte [`crate::hub::Outbound`], and keeps it. Every
