@@ -54,7 +54,7 @@ const WRITER_FRAMES: i64 = 16;
 /// ran all 8 passes, each with its fsync, and the WAL doubled: the store test
 /// `sqlite_wal_stays_bounded_under_unbroken_writes` saw 17.4 MB against its 16 MB bound.
 /// Handing over at this size keeps the bound; steady 5,000 msg/s stays below it.
-const WAL_FRAMES_HAND_OVER: i64 = 2048;
+pub(crate) const WAL_FRAMES_HAND_OVER: i64 = 2048;
 
 /// What the background thread and the write batch share.
 #[derive(Default)]

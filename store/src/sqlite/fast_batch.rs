@@ -140,6 +140,9 @@ fn insert_rows<R>(
 /// machine starves it), whatever its timing. The background thread hands over at 8 MiB,
 /// so under steady load this rarely fires.
 const WAL_AUTOCHECKPOINT_FALLBACK: i64 = 3072;
+// At or below the hand-over size the fallback would fire in every steady round and put
+// the whole copy back inside the writer's commit.
+const _: () = assert!(WAL_AUTOCHECKPOINT_FALLBACK > super::checkpointer::WAL_FRAMES_HAND_OVER);
 
 /// The write batch's own connection to the database file, with its prepared statements.
 pub(crate) struct BatchWriter {
