@@ -1944,6 +1944,17 @@ macro_rules! impl_sql_store {
 
             async fn claim_pushes(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<PushJob>> {
                 let limit = i64::from(limit.clamp(1, CHUNK_ROWS as u32));
+                // Most polls find nothing due. Asking a reader first keeps those polls off
+                // the writer: on SQLite a claim takes the one write slot (and the write
+                // batch's next transaction then waits for it to come back from the pool).
+                // A row that falls due just after this look is claimed at the next poll.
+                let due = sqlx::query("SELECT 1 FROM push_queue WHERE next_attempt_at <= $1 LIMIT 1")
+                    .bind(now)
+                    .fetch_optional(self.reader())
+                    .await?;
+                if due.is_none() {
+                    return Ok(vec![]);
+                }
                 // SKIP LOCKED lets several nodes claim side by side on PostgreSQL; SQLite's
                 // single writer serializes claims by itself.
                 let skip = match $backend {
