@@ -13,6 +13,7 @@
 mod checkpointer;
 mod fast_batch;
 mod search_index;
+mod write_slot;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use sqlx::sqlite::{
 
 pub struct SqliteStore {
     writer: SqlitePool,
+    /// The writer pool's connection, held by the batch and the search indexer.
+    write_slot: std::sync::Arc<write_slot::WriteSlot>,
     batch_writer: std::sync::Arc<fast_batch::BatchWriter>,
     reader: SqlitePool,
     index: std::sync::Arc<crate::MembershipIndex>,
@@ -99,9 +102,10 @@ impl SqliteStore {
             checkpoints.clone(),
         )?);
         let checkpointer = checkpointer::Checkpointer::start(options.get_filename(), checkpoints)?;
+        let write_slot = write_slot::WriteSlot::new(writer.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(search_index::index_until(
-            writer.clone(),
+            write_slot.clone(),
             batch_writer.clone(),
             stopped,
         ));
@@ -115,6 +119,7 @@ impl SqliteStore {
         load_index_extras(&reader, &index).await?;
         Ok(SqliteStore {
             writer,
+            write_slot,
             batch_writer,
             reader,
             index,
@@ -124,6 +129,8 @@ impl SqliteStore {
     }
 
     fn writer(&self) -> &SqlitePool {
+        // Every caller is about to use the pool's connection.
+        self.write_slot.make_way();
         &self.writer
     }
 
@@ -132,12 +139,12 @@ impl SqliteStore {
     }
 
     async fn write_ops(&self, ops: &[WriteOp]) -> crate::StoreResult<Vec<WriteOutcome>> {
-        fast_batch::write_batch(&self.writer, &self.batch_writer, ops).await
+        fast_batch::write_batch(&self.write_slot, &self.batch_writer, ops).await
     }
 
     /// Search sees every stored message: index what is still queued first.
     async fn before_search(&self) -> crate::StoreResult<()> {
-        search_index::index_pending(&self.writer, &self.batch_writer).await
+        search_index::index_pending(&self.write_slot, &self.batch_writer).await
     }
 
     // One node per SQLite database: its in-memory limiter and presence tracker are

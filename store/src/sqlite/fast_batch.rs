@@ -12,7 +12,8 @@
 //!
 //! SQLite has one writer: the batch holds the sqlx writer pool's only connection for
 //! its whole transaction without using it, so no other write (REST) interleaves and
-//! neither connection ever waits on the other's lock. The search indexer
+//! neither connection ever waits on the other's lock ([`super::write_slot`] keeps that
+//! connection for the next batch until a REST write asks for it). The search indexer
 //! ([`super::search_index`]) runs its transactions on this connection too: a commit
 //! from any other connection makes SQLite drop this one's whole page cache at its next
 //! `BEGIN` (`pager_reset`, and with the memory map we had then a 256 MB `munmap`: 6% of
@@ -27,10 +28,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sqlx::SqlitePool;
 use tidings_core::protocol::event::AttachmentView;
 
 use super::checkpointer::{passive_checkpoint, CheckpointHandoff};
+use super::write_slot::WriteSlot;
 use crate::batch::{self, AttachmentRow, ConvState, MemberMarkers, Plan, Snapshot};
 use crate::error::{StoreError, StoreResult};
 use crate::model::*;
@@ -221,7 +222,7 @@ impl BatchWriter {
 
 /// Decides and stores `ops` in one transaction.
 pub(crate) async fn write_batch(
-    writer: &SqlitePool,
+    writer: &Arc<WriteSlot>,
     batch_writer: &BatchWriter,
     ops: &[WriteOp],
 ) -> StoreResult<Vec<WriteOutcome>> {
@@ -229,7 +230,7 @@ pub(crate) async fn write_batch(
         return Ok(vec![]);
     }
     // The write slot: held, not used (see the module comment).
-    let _slot = writer.acquire().await?;
+    let _slot = writer.hold().await?;
     batch_writer.in_transaction(|db| decide_and_store(db, ops))
 }
 

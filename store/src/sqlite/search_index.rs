@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
-use sqlx::SqlitePool;
 
 use super::fast_batch::BatchWriter;
+use super::write_slot::WriteSlot;
 use crate::error::{StoreError, StoreResult};
 
 /// How often queued messages are added to the search index.
@@ -20,13 +20,13 @@ const INDEX_EVERY: Duration = Duration::from_millis(100);
 
 /// Messages indexed per transaction. Each transaction holds the only writer, so it is
 /// kept short: with 4,096 per transaction the worker's batches waited behind it and
-/// the pairs bench's p99 rose from 30 to 80 ms. The writer pool queues fairly, so the
-/// worker's batches run between the indexer's transactions.
+/// the pairs bench's p99 rose from 30 to 80 ms. The worker's batches run between the
+/// indexer's transactions.
 const INDEX_CHUNK: i64 = 128;
 
 /// Indexes what is queued every [`INDEX_EVERY`], until `stop` fires or is dropped.
 pub(super) async fn index_until(
-    writer: SqlitePool,
+    writer: Arc<WriteSlot>,
     batch_writer: Arc<BatchWriter>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -46,11 +46,11 @@ pub(super) async fn index_until(
 
 /// Moves every queued message into `messages_fts`, in transactions of [`INDEX_CHUNK`].
 pub(super) async fn index_pending(
-    writer: &SqlitePool,
+    writer: &Arc<WriteSlot>,
     batch_writer: &Arc<BatchWriter>,
 ) -> StoreResult<()> {
     loop {
-        let slot = writer.acquire().await?;
+        let slot = writer.hold().await?;
         let batch_writer = batch_writer.clone();
         // SQLite blocks; a chunk is a few milliseconds, kept off the async workers.
         let (indexed, took) = tokio::task::spawn_blocking(move || {
