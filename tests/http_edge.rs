@@ -591,12 +591,8 @@ fn a_closed_log_pipe_neither_crashes_the_server_nor_deafens_it_to_sigterm() {
             .next()
             .expect("the server logged until it listened")
             .expect("read a log line");
-        if let Some((_, addr)) = line.split_once("http listening addr=") {
-            break addr
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+        if let Some(addr) = field(&line, "http listening", "addr=") {
+            break addr.to_owned();
         }
     };
     // Nobody reads the server's stderr from here on.
@@ -620,20 +616,6 @@ fn a_closed_log_pipe_neither_crashes_the_server_nor_deafens_it_to_sigterm() {
     health("after the log pipe closed");
     std::thread::sleep(Duration::from_millis(200));
     health("still");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tidings ignored SIGTERM for 20 s once its log pipe had closed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = terminate(child, || "(its log pipe had closed)".to_owned());
     assert!(status.success(), "clean exit expected, got {status}");
 }

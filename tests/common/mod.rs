@@ -226,22 +226,8 @@ impl Server {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("tidings ignored SIGTERM for 20s:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = self.child.take().expect("server running");
+        terminate(child, || self.logs())
     }
 
     /// Stops the server and starts it again on the same data directory and database.
@@ -349,7 +335,28 @@ pub fn free_port() -> u16 {
 }
 
 /// The value after `key` in a log line containing `marker`.
-fn field<'a>(line: &'a str, marker: &str, key: &str) -> Option<&'a str> {
+/// Sends SIGTERM to a server process and waits up to 20 s for it to exit; past that it
+/// is killed and the test fails with `context()` (its logs, or why there are none).
+pub fn terminate(mut child: Child, context: impl FnOnce() -> String) -> ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tidings ignored SIGTERM for 20s:\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value after `key` in a log line that contains `marker`.
+pub fn field<'a>(line: &'a str, marker: &str, key: &str) -> Option<&'a str> {
     if !line.contains(marker) {
         return None;
     }
