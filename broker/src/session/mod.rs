@@ -29,6 +29,7 @@ use crate::config::MqttLimits;
 use crate::connection::{CloseReason, FrameError, FrameReader, FrameWriter, Incoming, Outgoing};
 use crate::fanout::Fanout;
 use crate::hub::{ConnHandle, Hub, Outbound};
+use crate::outbox;
 use crate::presence::PresenceTracker;
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::worker::Inbound;
@@ -123,7 +124,7 @@ impl Drop for Registration {
 pub(crate) struct Accepted {
     registration: Registration,
     writer: FrameWriter,
-    outbound: crate::outbox::Receiver<Outbound>,
+    outbound: outbox::Receiver<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     keep_alive: Duration,
     will: Option<crate::connection::Will>,
@@ -238,7 +239,7 @@ impl Session<'_> {
     async fn deliver(
         &mut self,
         first: Outbound,
-        queue: &mut crate::outbox::Receiver<Outbound>,
+        queue: &mut outbox::Receiver<Outbound>,
     ) -> Result<(), FrameError> {
         self.encode_outbound(first)?;
         // Batching bounded so one busy connection cannot starve its own reads.

@@ -222,7 +222,7 @@ impl BatchWriter {
 
 /// Decides and stores `ops` in one transaction.
 pub(crate) async fn write_batch(
-    writer: &Arc<WriteSlot>,
+    slot: &Arc<WriteSlot>,
     batch_writer: &BatchWriter,
     ops: &[WriteOp],
 ) -> StoreResult<Vec<WriteOutcome>> {
@@ -230,7 +230,7 @@ pub(crate) async fn write_batch(
         return Ok(vec![]);
     }
     // The write slot: held, not used (see the module comment).
-    let _slot = writer.hold().await?;
+    let _held = slot.hold().await?;
     batch_writer.in_transaction(|db| decide_and_store(db, ops))
 }
 

@@ -26,7 +26,7 @@ const INDEX_CHUNK: i64 = 128;
 
 /// Indexes what is queued every [`INDEX_EVERY`], until `stop` fires or is dropped.
 pub(super) async fn index_until(
-    writer: Arc<WriteSlot>,
+    slot: Arc<WriteSlot>,
     batch_writer: Arc<BatchWriter>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -36,7 +36,7 @@ pub(super) async fn index_until(
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => {
-                if let Err(e) = index_pending(&writer, &batch_writer).await {
+                if let Err(e) = index_pending(&slot, &batch_writer).await {
                     tracing::warn!(error = %e, "could not update the search index; will retry");
                 }
             }
@@ -46,15 +46,15 @@ pub(super) async fn index_until(
 
 /// Moves every queued message into `messages_fts`, in transactions of [`INDEX_CHUNK`].
 pub(super) async fn index_pending(
-    writer: &Arc<WriteSlot>,
+    slot: &Arc<WriteSlot>,
     batch_writer: &Arc<BatchWriter>,
 ) -> StoreResult<()> {
     loop {
-        let slot = writer.hold().await?;
+        let held = slot.hold().await?;
         let batch_writer = batch_writer.clone();
         // SQLite blocks; a chunk is a few milliseconds, kept off the async workers.
         let (indexed, took) = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            let _held = held;
             let started = std::time::Instant::now();
             let indexed = batch_writer.in_transaction(index_chunk);
             indexed.map(|n| (n, started.elapsed()))

@@ -8,9 +8,9 @@
 //! it back to the pool is not free: sqlx 0.8 pings every connection it takes back
 //! (`return_to_pool`), a round trip to its connection thread, and the next `acquire`
 //! waits for it. Two thread wake-ups per batch, and on a loaded machine a wait for that
-//! thread to be scheduled: in the pairs bench at 5,000 msg/s, 30-87 batches in 10 s
-//! waited over 1 ms (up to 13 ms) to acquire the slot they had just returned
-//! (measured 2026-12-08).
+//! thread to be scheduled: in the pairs bench at 5,000 msg/s, 12-102 batches in 10 s
+//! waited over 1 ms (up to 17 ms) to acquire the slot they had just returned; kept
+//! here, 6-13 (up to 7 ms, behind the search indexer's chunks; measured 2026-12-08).
 //!
 //! So the slot is a fair async mutex over the pool connection, kept out of the pool:
 //! batches and the search indexer's chunks queue on it and hand it to each other
